@@ -1,0 +1,176 @@
+package bus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/presenced/presenced/presence"
+)
+
+// The wire contract other services build against (see README.md).
+
+// Event is a presence.online or presence.offline message.
+type Event struct {
+	UserID string `json:"userId"`
+	// Status is "online" or "offline".
+	Status string `json:"status"`
+	// Reason is "heartbeat" for online; "expired" or "disconnect" for offline.
+	Reason string `json:"reason"`
+	// At is when the transition happened, Redis server time.
+	At time.Time `json:"-"`
+	// Version strictly increases across one user's successive events: a
+	// consumer drops an event whose version is not above the last it applied.
+	Version int64 `json:"version"`
+}
+
+// TimeFormat is the format of Event.At on the wire: RFC 3339, microseconds.
+const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
+
+type eventJSON struct {
+	UserID  string `json:"userId"`
+	Status  string `json:"status"`
+	Reason  string `json:"reason"`
+	At      string `json:"at"`
+	Version int64  `json:"version"`
+}
+
+// MarshalJSON encodes At in TimeFormat, in UTC.
+func (e Event) MarshalJSON() ([]byte, error) {
+	return json.Marshal(eventJSON{e.UserID, e.Status, e.Reason, e.At.UTC().Format(TimeFormat), e.Version})
+}
+
+// UnmarshalJSON decodes an event published by presenced.
+func (e *Event) UnmarshalJSON(data []byte) error {
+	var j eventJSON
+	if err := json.Unmarshal(data, &j); err != nil {
+		return err
+	}
+	at, err := time.Parse(time.RFC3339Nano, j.At)
+	if err != nil {
+		return fmt.Errorf("event at: %w", err)
+	}
+	*e = Event{UserID: j.UserID, Status: j.Status, Reason: j.Reason, At: at, Version: j.Version}
+	return nil
+}
+
+// MsgID is the Nats-Msg-Id header of an event, "<userId>:<version>", unique
+// per event, so a JetStream stream drops a republished duplicate.
+func (e Event) MsgID() string { return fmt.Sprintf("%s:%d", e.UserID, e.Version) }
+
+// Rejection is one id that was not accepted, with the reason.
+type Rejection struct {
+	UserID string `json:"userId"`
+	Error  string `json:"error"`
+	// Reason is a stable label for metrics, not sent on the wire.
+	Reason string `json:"-"`
+}
+
+// Reply answers a heartbeat or disconnect message that has a reply subject.
+type Reply struct {
+	// Accepted counts the distinct valid ids that were stored.
+	Accepted int `json:"accepted"`
+	// Rejected lists the ids that were not, with the reason.
+	Rejected []Rejection `json:"rejected"`
+	// Error is set when the whole message failed (malformed, too large, or
+	// the store unavailable); Accepted is then 0.
+	Error string `json:"error,omitempty"`
+}
+
+// Errors for messages that fail as a whole; callers branch with errors.Is.
+var (
+	ErrMalformed = errors.New("malformed message")
+	ErrTooMany   = errors.New("too many ids")
+)
+
+// Request is a decoded heartbeat or disconnect message.
+type Request struct {
+	// IDs are the valid ids, duplicates removed, in first-seen order.
+	IDs []string
+	// Rejected are the invalid ones; the valid ids are still processed.
+	Rejected []Rejection
+}
+
+// maxShown bounds how much of a rejected value is echoed back.
+const maxShown = 64
+
+// DecodeRequest decodes {"userId":"u-1"} or {"userIds":["u-1",...]} (both
+// may appear; their ids are merged). Invalid ids are rejected one by one
+// without costing the valid ones. The message fails as a whole (ErrMalformed,
+// ErrTooMany) only when it is not such an object or holds more than max ids.
+func DecodeRequest(data []byte, max int) (Request, error) {
+	var raw struct {
+		UserID  json.RawMessage   `json:"userId"`
+		UserIDs []json.RawMessage `json:"userIds"`
+	}
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 {
+		return Request{}, fmt.Errorf("%w: empty message", ErrMalformed)
+	}
+	if data[0] != '{' {
+		return Request{}, fmt.Errorf("%w: expected a JSON object", ErrMalformed)
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return Request{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	n := len(raw.UserIDs)
+	if raw.UserID != nil {
+		n++
+	}
+	if n == 0 {
+		return Request{}, fmt.Errorf(`%w: no "userId" or "userIds"`, ErrMalformed)
+	}
+	if n > max {
+		return Request{}, fmt.Errorf("%w: %d ids, the maximum is %d", ErrTooMany, n, max)
+	}
+	req := Request{IDs: make([]string, 0, n)}
+	seen := make(map[string]struct{}, n)
+	add := func(r json.RawMessage) {
+		id, err := decodeID(r)
+		if err != nil {
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: presence.InvalidReason(err)})
+			return
+		}
+		if _, dup := seen[id]; dup {
+			return
+		}
+		seen[id] = struct{}{}
+		req.IDs = append(req.IDs, id)
+	}
+	if raw.UserID != nil {
+		add(raw.UserID)
+	}
+	for _, r := range raw.UserIDs {
+		add(r)
+	}
+	return req, nil
+}
+
+// decodeID returns the string in r and why it is not a valid user id.
+func decodeID(r json.RawMessage) (string, error) {
+	if len(r) == 0 || r[0] != '"' {
+		return "", presence.NewInvalidUserID("not_string", "not a string")
+	}
+	var id string
+	if err := json.Unmarshal(r, &id); err != nil {
+		return "", presence.NewInvalidUserID("malformed", err.Error())
+	}
+	// encoding/json turns invalid UTF-8 into U+FFFD, which ValidateUserID
+	// rejects, so broken encodings are reported rather than stored.
+	return id, presence.ValidateUserID(id)
+}
+
+// shown is what a rejection echoes as the userId: the decoded id when there
+// is one, else the raw JSON, cut to a readable length.
+func shown(id string, r json.RawMessage) string {
+	s := id
+	if s == "" {
+		s = string(r)
+	}
+	if len(s) > maxShown {
+		s = s[:maxShown] + "…"
+	}
+	return s
+}

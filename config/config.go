@@ -1,0 +1,673 @@
+// Package config holds the settings of presenced: one struct filled from
+// environment variables (12-factor) and command-line flags of the same
+// meaning, validated once at start.
+//
+// Precedence is flag, then environment variable, then default. Settings is the
+// single table that Load, Default and Usage all read, so the flags, the
+// variables, the defaults and the help text cannot drift apart.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Limits enforced by Validate.
+const (
+	// MinTTL is the shortest PRESENCE_TTL accepted; short TTLs exist for tests.
+	MinTTL = 100 * time.Millisecond
+	// MaxTTL is the longest PRESENCE_TTL accepted.
+	MaxTTL = 24 * time.Hour
+	// MaxMaxBatch is the largest PRESENCE_MAX_BATCH accepted.
+	MaxMaxBatch = 1_000_000
+	// MaxInFlight is the largest PRESENCE_INFLIGHT accepted.
+	MaxInFlight = 64
+)
+
+// Config is the effective configuration of one presenced process. The zero
+// value is not valid: start from Default or Load.
+type Config struct {
+	// NATSURL is the NATS server URL, or a comma-separated list of them
+	// (NATS_URL, --nats-url). Default "nats://127.0.0.1:4222".
+	NATSURL string
+	// RedisURL is the Redis URL, redis:// or rediss:// (REDIS_URL,
+	// --redis-url). Default "redis://127.0.0.1:6379/0".
+	RedisURL string
+	// TTL is how long a user stays online after the last heartbeat
+	// (PRESENCE_TTL, --ttl). Default 60s; between 100ms and 24h.
+	TTL time.Duration
+	// KeyPrefix prefixes every Redis key; a user's key is
+	// KeyPrefix+"user:"+id (PRESENCE_KEY_PREFIX, --key-prefix). Default
+	// "presence:"; non-empty, without whitespace or control characters.
+	KeyPrefix string
+	// SubjectPrefix prefixes every NATS subject (PRESENCE_SUBJECT_PREFIX,
+	// --subject-prefix). Default "presence"; dot-separated tokens without
+	// wildcards, whitespace or empty tokens.
+	SubjectPrefix string
+	// QueueGroup is the NATS queue group the replicas share
+	// (PRESENCE_QUEUE_GROUP, --queue-group). Default "presenced"; non-empty,
+	// without whitespace.
+	QueueGroup string
+	// ReconcileInterval is how often a replica sweeps the deadline index
+	// (PRESENCE_RECONCILE_INTERVAL, --reconcile-interval). Default 200ms;
+	// greater than zero and at most TTL.
+	ReconcileInterval time.Duration
+	// MaxBatch is the largest number of user ids accepted in one message
+	// (PRESENCE_MAX_BATCH, --max-batch). Default 10000; 1 to 1000000.
+	MaxBatch int
+	// ConnectTimeout bounds the first connection to NATS and Redis
+	// (PRESENCE_CONNECT_TIMEOUT, --connect-timeout). Default 5s; greater
+	// than zero.
+	ConnectTimeout time.Duration
+	// OutageThreshold: if no replica swept for longer than this, users whose
+	// deadline fell in the gap get one TTL of grace
+	// (PRESENCE_OUTAGE_THRESHOLD, --outage-threshold). Default 5s; greater
+	// than ReconcileInterval.
+	OutageThreshold time.Duration
+	// OutboxClaimAfter: outbox entries pending this long on a dead replica
+	// are reclaimed by another (PRESENCE_OUTBOX_CLAIM_AFTER,
+	// --outbox-claim-after). Default 15s; greater than zero.
+	OutboxClaimAfter time.Duration
+	// InFlight is the number of Redis batches in flight per replica
+	// (PRESENCE_INFLIGHT, --inflight). Default 4; 1 to 64.
+	InFlight int
+	// LogLevel is debug, info, warn or error (LOG_LEVEL, --log-level).
+	// Default "info".
+	LogLevel string
+	// LogFormat is json or text (LOG_FORMAT, --log-format). Default "json".
+	LogFormat string
+	// HTTPAddr is the listen address of the health and metrics endpoint
+	// (HTTP_ADDR, --http-addr). Default ":8080"; empty disables it (write
+	// "off" in the variable or the flag, which Load turns into "").
+	HTTPAddr string
+	// Pprof mounts net/http/pprof on the HTTP endpoint (PPROF_ENABLED,
+	// --pprof). Default false.
+	Pprof bool
+}
+
+// Setting describes one configuration setting: its flag (without dashes),
+// its environment variable, its default as it would be written in either,
+// and a one-line meaning. Settings returns the table.
+type Setting struct {
+	Flag    string
+	Env     string
+	Default string
+	Usage   string
+
+	isBool bool
+	set    func(c *Config, v string) error
+	check  func(c Config, name func(env string) string) error
+}
+
+// Settings returns every setting in display order. It is the single source
+// of truth for Load, Default and Usage. The returned slice is a fresh copy.
+func Settings() []Setting {
+	s := make([]Setting, len(settings))
+	copy(s, settings)
+	return s
+}
+
+var settings = []Setting{
+	{
+		Flag: "nats-url", Env: "NATS_URL", Default: "nats://127.0.0.1:4222",
+		Usage: "NATS server URL, or a comma-separated list of them",
+		set:   func(c *Config, v string) error { c.NATSURL = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkNATSURL(c.NATSURL); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("NATS_URL"), RedactURL(c.NATSURL), err)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "redis-url", Env: "REDIS_URL", Default: "redis://127.0.0.1:6379/0",
+		Usage: "Redis URL, redis://[user:password@]host:port/db or rediss:// for TLS",
+		set:   func(c *Config, v string) error { c.RedisURL = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkRedisURL(c.RedisURL); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("REDIS_URL"), RedactURL(c.RedisURL), err)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "ttl", Env: "PRESENCE_TTL", Default: "60s",
+		Usage: "how long a user stays online after the last heartbeat (100ms to 24h)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.TTL }),
+		check: func(c Config, name func(string) string) error {
+			if c.TTL < MinTTL || c.TTL > MaxTTL {
+				return fmt.Errorf("%s must be between %s and %s, got %s", name("PRESENCE_TTL"), MinTTL, MaxTTL, c.TTL)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "key-prefix", Env: "PRESENCE_KEY_PREFIX", Default: "presence:",
+		Usage: `prefix of every Redis key; a user's key is <prefix>user:<id>`,
+		set:   func(c *Config, v string) error { c.KeyPrefix = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if c.KeyPrefix == "" {
+				return fmt.Errorf("%s must not be empty", name("PRESENCE_KEY_PREFIX"))
+			}
+			if r, ok := findSpaceOrControl(c.KeyPrefix); ok {
+				return fmt.Errorf("invalid %s %q: contains whitespace or control character %q", name("PRESENCE_KEY_PREFIX"), c.KeyPrefix, r)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "subject-prefix", Env: "PRESENCE_SUBJECT_PREFIX", Default: "presence",
+		Usage: "prefix of every NATS subject: dot-separated tokens, no wildcards",
+		set:   func(c *Config, v string) error { c.SubjectPrefix = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkSubjectPrefix(c.SubjectPrefix); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("PRESENCE_SUBJECT_PREFIX"), c.SubjectPrefix, err)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "queue-group", Env: "PRESENCE_QUEUE_GROUP", Default: "presenced",
+		Usage: "NATS queue group shared by the replicas",
+		set:   func(c *Config, v string) error { c.QueueGroup = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if c.QueueGroup == "" {
+				return fmt.Errorf("%s must not be empty", name("PRESENCE_QUEUE_GROUP"))
+			}
+			if r, ok := findSpaceOrControl(c.QueueGroup); ok {
+				return fmt.Errorf("invalid %s %q: contains whitespace or control character %q", name("PRESENCE_QUEUE_GROUP"), c.QueueGroup, r)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "reconcile-interval", Env: "PRESENCE_RECONCILE_INTERVAL", Default: "200ms",
+		Usage: "how often a replica sweeps for expired users (> 0, <= ttl)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.ReconcileInterval }),
+		check: func(c Config, name func(string) string) error {
+			if c.ReconcileInterval <= 0 || c.ReconcileInterval > c.TTL {
+				return fmt.Errorf("%s must be greater than 0 and at most %s (%s), got %s",
+					name("PRESENCE_RECONCILE_INTERVAL"), name("PRESENCE_TTL"), c.TTL, c.ReconcileInterval)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "max-batch", Env: "PRESENCE_MAX_BATCH", Default: "10000",
+		Usage: "most user ids accepted in one message (1 to 1000000)",
+		set:   intSetter(func(c *Config) *int { return &c.MaxBatch }),
+		check: func(c Config, name func(string) string) error {
+			return checkIntRange(name("PRESENCE_MAX_BATCH"), c.MaxBatch, 1, MaxMaxBatch)
+		},
+	},
+	{
+		Flag: "connect-timeout", Env: "PRESENCE_CONNECT_TIMEOUT", Default: "5s",
+		Usage: "bound on the first connection to NATS and Redis (> 0)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.ConnectTimeout }),
+		check: func(c Config, name func(string) string) error {
+			if c.ConnectTimeout <= 0 {
+				return fmt.Errorf("%s must be greater than 0, got %s", name("PRESENCE_CONNECT_TIMEOUT"), c.ConnectTimeout)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "outage-threshold", Env: "PRESENCE_OUTAGE_THRESHOLD", Default: "5s",
+		Usage: "after a sweep gap longer than this, users due in the gap get one ttl of grace (> reconcile-interval)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.OutageThreshold }),
+		check: func(c Config, name func(string) string) error {
+			if c.OutageThreshold <= c.ReconcileInterval {
+				return fmt.Errorf("%s must be greater than %s (%s), got %s",
+					name("PRESENCE_OUTAGE_THRESHOLD"), name("PRESENCE_RECONCILE_INTERVAL"), c.ReconcileInterval, c.OutageThreshold)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "outbox-claim-after", Env: "PRESENCE_OUTBOX_CLAIM_AFTER", Default: "15s",
+		Usage: "outbox entries pending this long on a dead replica are reclaimed (> 0)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.OutboxClaimAfter }),
+		check: func(c Config, name func(string) string) error {
+			if c.OutboxClaimAfter <= 0 {
+				return fmt.Errorf("%s must be greater than 0, got %s", name("PRESENCE_OUTBOX_CLAIM_AFTER"), c.OutboxClaimAfter)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "inflight", Env: "PRESENCE_INFLIGHT", Default: "4",
+		Usage: "Redis batches in flight per replica (1 to 64)",
+		set:   intSetter(func(c *Config) *int { return &c.InFlight }),
+		check: func(c Config, name func(string) string) error {
+			return checkIntRange(name("PRESENCE_INFLIGHT"), c.InFlight, 1, MaxInFlight)
+		},
+	},
+	{
+		Flag: "log-level", Env: "LOG_LEVEL", Default: "info",
+		Usage: "debug, info, warn or error",
+		set:   func(c *Config, v string) error { c.LogLevel = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			switch c.LogLevel {
+			case "debug", "info", "warn", "error":
+				return nil
+			}
+			return fmt.Errorf("invalid %s %q: want debug, info, warn or error", name("LOG_LEVEL"), c.LogLevel)
+		},
+	},
+	{
+		Flag: "log-format", Env: "LOG_FORMAT", Default: "json",
+		Usage: "json or text",
+		set:   func(c *Config, v string) error { c.LogFormat = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			switch c.LogFormat {
+			case "json", "text":
+				return nil
+			}
+			return fmt.Errorf("invalid %s %q: want json or text", name("LOG_FORMAT"), c.LogFormat)
+		},
+	},
+	{
+		Flag: "http-addr", Env: "HTTP_ADDR", Default: ":8080",
+		Usage: `listen address for health and metrics; "off" or empty disables`,
+		set: func(c *Config, v string) error {
+			// An empty variable reads as unset, so "off" is how the
+			// environment disables the endpoint.
+			if v == "off" {
+				v = ""
+			}
+			c.HTTPAddr = v
+			return nil
+		},
+		check: func(c Config, name func(string) string) error {
+			if c.HTTPAddr == "" {
+				return nil
+			}
+			if err := checkListenAddr(c.HTTPAddr); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("HTTP_ADDR"), c.HTTPAddr, err)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "pprof", Env: "PPROF_ENABLED", Default: "false",
+		Usage:  "serve net/http/pprof on the HTTP address",
+		isBool: true,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.Unwrap(err) // strconv.ErrSyntax: the value is already in the message
+			}
+			c.Pprof = b
+			return nil
+		},
+		check: func(Config, func(string) string) error { return nil },
+	},
+}
+
+func durationSetter(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func intSetter(field func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.Unwrap(err) // strconv.ErrSyntax or ErrRange: the value is already in the message
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+// Default returns the configuration with every setting at its default.
+func Default() Config {
+	var c Config
+	for _, s := range settings {
+		if err := s.set(&c, s.Default); err != nil {
+			panic(fmt.Sprintf("config: default of %s: %v", s.Env, err)) // a bug in the table, caught by the tests
+		}
+	}
+	return c
+}
+
+// Load builds the configuration from command-line flags (args, without the
+// program name) and environment variables (read through getenv, usually
+// os.Getenv), then validates it.
+//
+// A flag beats its variable, which beats the default; a variable overridden
+// by its flag is not read, so an invalid value there is not an error. Empty
+// variables count as unset. Errors name the variable, and the flag when the
+// value came from one. Flags may be written -name or --name. Load prints
+// nothing: for -h or --help it returns flag.ErrHelp and the caller prints
+// Usage. Positional arguments are an error, so a caller with subcommands
+// passes only the arguments after the subcommand.
+func Load(args []string, getenv func(string) string) (Config, error) {
+	fs := flag.NewFlagSet("presenced", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	values := make(map[string]*flagValue, len(settings))
+	for _, s := range settings {
+		v := &flagValue{isBool: s.isBool}
+		values[s.Flag] = v
+		fs.Var(v, s.Flag, s.Usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, flag.ErrHelp
+		}
+		return Config{}, fmt.Errorf("parse flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	c := Default()
+	fromFlag := make(map[string]string, len(settings)) // env name -> flag name
+	for _, s := range settings {
+		if v := values[s.Flag]; v.set {
+			if err := s.set(&c, v.value); err != nil {
+				return Config{}, fmt.Errorf("invalid --%s (%s) %q: %w", s.Flag, s.Env, v.value, err)
+			}
+			fromFlag[s.Env] = s.Flag
+			continue
+		}
+		if v := getenv(s.Env); v != "" {
+			if err := s.set(&c, v); err != nil {
+				shown := v
+				if s.Env == "NATS_URL" || s.Env == "REDIS_URL" {
+					shown = RedactURL(v)
+				}
+				return Config{}, fmt.Errorf("invalid %s %q: %w", s.Env, shown, err)
+			}
+		}
+	}
+	name := func(env string) string {
+		if f, ok := fromFlag[env]; ok {
+			return "--" + f + " (" + env + ")"
+		}
+		return env
+	}
+	if err := c.validate(name); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// flagValue records a flag's raw value; Load parses it after flag parsing so
+// that the error can name both the flag and the variable.
+type flagValue struct {
+	value  string
+	set    bool
+	isBool bool
+}
+
+func (v *flagValue) String() string   { return v.value }
+func (v *flagValue) IsBoolFlag() bool { return v.isBool }
+func (v *flagValue) Set(s string) error {
+	v.value, v.set = s, true
+	return nil
+}
+
+// Validate reports the first invalid setting, in Settings order, as a
+// one-line error naming its environment variable; nil if all are valid.
+func (c Config) Validate() error {
+	return c.validate(func(env string) string { return env })
+}
+
+func (c Config) validate(name func(env string) string) error {
+	for _, s := range settings {
+		if err := s.check(c, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RedisDB returns the database number in RedisURL, as used in keyspace
+// notification channels (__keyevent@<db>__:expired). It returns 0 when the
+// URL names no database or does not parse; Validate rejects the latter.
+func (c Config) RedisDB() int {
+	o, err := redis.ParseURL(c.RedisURL)
+	if err != nil {
+		return 0
+	}
+	return o.DB
+}
+
+// Level returns LogLevel as a slog.Level; slog.LevelInfo if it is not one
+// of the values Validate accepts.
+func (c Config) Level() slog.Level {
+	switch c.LogLevel {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// LogValue implements slog.LogValuer: every setting as a group, keyed by its
+// flag name, with secrets in URLs masked by RedactURL.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("nats-url", RedactURL(c.NATSURL)),
+		slog.String("redis-url", RedactURL(c.RedisURL)),
+		slog.Duration("ttl", c.TTL),
+		slog.String("key-prefix", c.KeyPrefix),
+		slog.String("subject-prefix", c.SubjectPrefix),
+		slog.String("queue-group", c.QueueGroup),
+		slog.Duration("reconcile-interval", c.ReconcileInterval),
+		slog.Int("max-batch", c.MaxBatch),
+		slog.Duration("connect-timeout", c.ConnectTimeout),
+		slog.Duration("outage-threshold", c.OutageThreshold),
+		slog.Duration("outbox-claim-after", c.OutboxClaimAfter),
+		slog.Int("inflight", c.InFlight),
+		slog.String("log-level", c.LogLevel),
+		slog.String("log-format", c.LogFormat),
+		slog.String("http-addr", c.HTTPAddr),
+		slog.Bool("pprof", c.Pprof),
+	)
+}
+
+// Usage writes a table of every setting (flag, environment variable,
+// default, meaning) to w, for --help.
+func Usage(w io.Writer) {
+	fmt.Fprintln(w, "Settings (a flag beats its environment variable, which beats the default):")
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FLAG\tENVIRONMENT\tDEFAULT\tMEANING")
+	for _, s := range settings {
+		def := s.Default
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(tw, "--%s\t%s\t%s\t%s\n", s.Flag, s.Env, def, s.Usage)
+	}
+	tw.Flush()
+}
+
+const mask = "xxxxx"
+
+// RedactURL masks the secrets in a URL or a comma-separated list of URLs,
+// for logs and error messages: a password becomes xxxxx (user:xxxxx@), a
+// user-only userinfo (a NATS token) becomes xxxxx, and the value of any query
+// parameter whose name suggests a secret (password, token, secret, key, auth,
+// jwt, cred...) becomes xxxxx. It does not require the URL to parse, and
+// leaves the rest of the text as it was.
+func RedactURL(u string) string {
+	if !strings.Contains(u, ",") {
+		return redactOne(u)
+	}
+	parts := strings.Split(u, ",")
+	for i, p := range parts {
+		parts[i] = redactOne(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+func redactOne(u string) string {
+	query := ""
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		u, query = u[:i], u[i:]
+	}
+	start := 0
+	if i := strings.Index(u, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	// The last @ before the query ends the userinfo, so a password holding
+	// '/' or '@' is masked whole.
+	if at := strings.LastIndexByte(u[start:], '@'); at > 0 {
+		userinfo := u[start : start+at]
+		if user, _, ok := strings.Cut(userinfo, ":"); ok {
+			userinfo = user + ":" + mask
+		} else {
+			userinfo = mask
+		}
+		u = u[:start] + userinfo + u[start+at:]
+	}
+	return u + redactQuery(query)
+}
+
+func redactQuery(q string) string {
+	if q == "" {
+		return ""
+	}
+	frag := ""
+	if i := strings.IndexByte(q, '#'); i >= 0 {
+		q, frag = q[:i], q[i:]
+	}
+	params := strings.Split(q[1:], "&")
+	for i, p := range params {
+		k, _, ok := strings.Cut(p, "=")
+		if ok && secretParam(k) {
+			params[i] = k + "=" + mask
+		}
+	}
+	return "?" + strings.Join(params, "&") + frag
+}
+
+func secretParam(k string) bool {
+	k = strings.ToLower(k)
+	if uk, err := url.QueryUnescape(k); err == nil {
+		k = uk
+	}
+	for _, s := range []string{"pass", "pwd", "secret", "token", "key", "auth", "jwt", "cred", "sig"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkNATSURL(list string) error {
+	if strings.TrimSpace(list) == "" {
+		return errors.New("empty")
+	}
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			return errors.New("empty entry in list")
+		}
+		s := raw
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s // as nats.go does
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			return errors.New("not a URL") // url.Error would repeat the secret
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("scheme %q: want nats, tls, ws or wss", u.Scheme)
+		}
+		if u.Hostname() == "" {
+			return fmt.Errorf("%q has no host", RedactURL(raw))
+		}
+	}
+	return nil
+}
+
+func checkRedisURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("not a URL") // url.Error would repeat the secret
+	}
+	if u.Scheme != "redis" && u.Scheme != "rediss" {
+		return fmt.Errorf("scheme %q: want redis or rediss", u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return errors.New("no host")
+	}
+	if _, err := redis.ParseURL(s); err != nil {
+		return err
+	}
+	return nil
+}
+
+func checkSubjectPrefix(p string) error {
+	if p == "" {
+		return errors.New("empty")
+	}
+	if r, ok := findSpaceOrControl(p); ok {
+		return fmt.Errorf("contains whitespace or control character %q", r)
+	}
+	if strings.ContainsAny(p, "*>") {
+		return errors.New("contains a wildcard (* or >)")
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" {
+			return errors.New("empty token (leading, trailing or double dot)")
+		}
+	}
+	return nil
+}
+
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
+	}
+	return nil
+}
+
+func checkIntRange(name string, v, lo, hi int) error {
+	if v < lo || v > hi {
+		return fmt.Errorf("%s must be between %d and %d, got %d", name, lo, hi, v)
+	}
+	return nil
+}
+
+func findSpaceOrControl(s string) (rune, bool) {
+	for _, r := range s {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return r, true
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,127 @@
+// Package metrics holds presenced's Prometheus collectors, one registry per
+// process (or per test), so the seed's monitoring list is all there: users
+// online, heartbeat (ping) rate, expired count and Redis latency.
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+)
+
+// Metrics are the collectors. All fields are safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Online is the number of users online (sessions in the deadline index).
+	Online prometheus.Gauge
+	// Heartbeats counts heartbeat ids by result: accepted, rejected, failed.
+	Heartbeats *prometheus.CounterVec
+	// Disconnects counts disconnect ids by result: accepted, rejected, failed.
+	Disconnects *prometheus.CounterVec
+	// Rejections counts rejected ids and messages by reason.
+	Rejections *prometheus.CounterVec
+	// Events counts events published, by status and reason.
+	Events *prometheus.CounterVec
+	// Expiries counts offline claims by the path that found them: keyspace or sweep.
+	Expiries *prometheus.CounterVec
+	// Graced counts users given a TTL of grace after an outage.
+	Graced prometheus.Counter
+	// OfflineLag is the time from a user's deadline to the publish of their
+	// expired offline event.
+	OfflineLag prometheus.Histogram
+	// RedisLatency is the latency of Redis commands and pipelines, by command.
+	RedisLatency *prometheus.HistogramVec
+	// OutboxDepth is the number of events waiting in the outbox.
+	OutboxDepth prometheus.Gauge
+	// Republished counts outbox entries taken over from a dead replica.
+	Republished prometheus.Counter
+}
+
+// New returns fresh collectors registered on a new registry, with the Go and
+// process collectors.
+func New() *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { r.MustRegister(c) }
+	m := &Metrics{Registry: r}
+	m.Online = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_online_users", Help: "Users online (sessions in the deadline index)."})
+	m.Heartbeats = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_heartbeats_total", Help: "Heartbeat ids received, by result (accepted, rejected, failed)."}, []string{"result"})
+	m.Disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_disconnects_total", Help: "Disconnect ids received, by result (accepted, rejected, failed)."}, []string{"result"})
+	m.Rejections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_rejections_total", Help: "Rejected ids and messages, by reason."}, []string{"reason"})
+	m.Events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_events_published_total", Help: "Presence events published to NATS, by status and reason."}, []string{"status", "reason"})
+	m.Expiries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_expiries_total", Help: "Expired sessions claimed, by the path that found them (keyspace, sweep)."}, []string{"source"})
+	m.Graced = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_graced_users_total", Help: "Users given one TTL of grace after an outage."})
+	m.OfflineLag = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "presenced_offline_lag_seconds", Help: "Time from a user's deadline to the publish of the expired offline event.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
+	m.RedisLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presenced_redis_command_seconds", Help: "Redis command and pipeline latency, by command.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}, []string{"command"})
+	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Events in the outbox not yet trimmed (waiting to be published, plus at most one)."})
+	m.Republished = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_reclaimed_total", Help: "Outbox entries taken over from a replica that did not acknowledge them."})
+	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
+		m.RedisLatency, m.OutboxDepth, m.Republished} {
+		f(c)
+	}
+	return m
+}
+
+// Sources are counters kept by the connections themselves, read at scrape time.
+type Sources struct {
+	NATSReconnects       func() int64 // re-established NATS connections
+	SubscriberReconnects func() int64 // re-established Redis expiry subscriptions
+	SlowConsumerDrops    func() int64 // NATS slow-consumer errors (messages dropped)
+	ExpiryDropped        func() int64 // expired ids left to the sweep because the claimer was behind
+}
+
+// Observe registers the connection counters. Call it once.
+func (m *Metrics) Observe(s Sources) {
+	counter := func(name, help string, labels prometheus.Labels, f func() int64) {
+		m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(f()) }))
+	}
+	reconn := "Re-established connections, by connection (nats, redis_subscriber)."
+	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "nats"}, s.NATSReconnects)
+	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "redis_subscriber"}, s.SubscriberReconnects)
+	counter("presenced_nats_slow_consumer_total", "NATS slow-consumer errors: messages dropped because a subscription's pending limit was reached.", nil, s.SlowConsumerDrops)
+	counter("presenced_expiry_events_dropped_total", "Expired keyspace events left to the sweep because the claimer was behind.", nil, s.ExpiryDropped)
+}
+
+// RedisHook returns a go-redis hook that observes command and pipeline
+// latency into RedisLatency.
+func (m *Metrics) RedisHook() redis.Hook { return redisHook{m.RedisLatency} }
+
+type redisHook struct{ h *prometheus.HistogramVec }
+
+func (redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		if !isBlocking(cmd) {
+			r.h.WithLabelValues(cmd.Name()).Observe(time.Since(start).Seconds())
+		}
+		return err
+	}
+}
+
+func (r redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		r.h.WithLabelValues("pipeline").Observe(time.Since(start).Seconds())
+		return err
+	}
+}
+
+// isBlocking excludes commands whose latency is a wait, not Redis work.
+func isBlocking(cmd redis.Cmder) bool {
+	switch cmd.Name() {
+	case "xreadgroup", "psubscribe", "subscribe":
+		return true
+	}
+	return false
+}

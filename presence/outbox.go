@@ -1,0 +1,194 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// OutboxGroup is the consumer group every replica reads the outbox through.
+const OutboxGroup = "presenced"
+
+// Event is one presence transition taken from the outbox.
+type Event struct {
+	ID      string // outbox entry id; Ack takes it
+	UserID  string
+	Status  string // "online" or "offline"
+	Reason  string // "heartbeat", "expired" or "disconnect"
+	Version int64  // strictly increasing across one user's events
+	// Deadline is the deadline that passed, for expired offlines (else zero).
+	Deadline time.Time
+}
+
+// At is when the transition happened: Redis server time, from the version
+// (microseconds since the epoch, made monotonic by the version clock).
+func (e Event) At() time.Time { return time.UnixMicro(e.Version).UTC() }
+
+// Outbox reads the event stream through the consumer group as one consumer
+// (one replica). Entries stay pending until acknowledged; entries pending on
+// a consumer that died are taken over by Reclaim. An Outbox is used by one
+// goroutine at a time.
+type Outbox struct {
+	rdb      *redis.Client
+	key      string
+	consumer string
+	reclaim  string // XAUTOCLAIM cursor
+}
+
+// Outbox returns the outbox reader for consumer, a name unique to this replica.
+func (s *Store) Outbox(consumer string) *Outbox {
+	return &Outbox{rdb: s.rdb, key: s.keys.Outbox(), consumer: consumer, reclaim: "0-0"}
+}
+
+// Consumer returns this reader's consumer name.
+func (o *Outbox) Consumer() string { return o.consumer }
+
+// Init creates the stream and the consumer group if they do not exist. The
+// group starts at the beginning of the stream, so events written before any
+// reader existed are delivered too.
+func (o *Outbox) Init(ctx context.Context) error {
+	err := o.rdb.XGroupCreateMkStream(ctx, o.key, OutboxGroup, "0").Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("create outbox group: %w", err)
+	}
+	return nil
+}
+
+// IsNoGroup reports whether err says the stream or group is gone (Redis lost
+// its data); Init recreates them.
+func IsNoGroup(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "NOGROUP")
+}
+
+// ReadNew returns up to count entries never delivered to any consumer,
+// waiting up to block for the first. No entries is not an error.
+func (o *Outbox) ReadNew(ctx context.Context, count int, block time.Duration) ([]Event, error) {
+	return o.read(ctx, ">", count, block)
+}
+
+// ReadPending returns up to count entries delivered to this consumer and not
+// yet acknowledged (after a failed publish).
+func (o *Outbox) ReadPending(ctx context.Context, count int) ([]Event, error) {
+	return o.read(ctx, "0", count, -1)
+}
+
+func (o *Outbox) read(ctx context.Context, id string, count int, block time.Duration) ([]Event, error) {
+	streams, err := o.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: OutboxGroup, Consumer: o.consumer, Streams: []string{o.key, id}, Count: int64(count), Block: block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read outbox: %w", err)
+	}
+	var out []Event
+	for _, st := range streams {
+		out = appendEvents(out, st.Messages)
+	}
+	return out, nil
+}
+
+// Reclaim takes over up to count entries that have been pending on any
+// consumer for at least minIdle (their replica died between reading and
+// acknowledging), walking the pending list across calls.
+func (o *Outbox) Reclaim(ctx context.Context, minIdle time.Duration, count int) ([]Event, error) {
+	msgs, next, err := o.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
+		Stream: o.key, Group: OutboxGroup, Consumer: o.consumer, MinIdle: minIdle, Start: o.reclaim, Count: int64(count),
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("reclaim outbox entries: %w", err)
+	}
+	o.reclaim = next
+	return appendEvents(nil, msgs), nil
+}
+
+// Ack acknowledges published entries.
+func (o *Outbox) Ack(ctx context.Context, ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := o.rdb.XAck(ctx, o.key, OutboxGroup, ids...).Err(); err != nil {
+		return fmt.Errorf("ack %d outbox entries: %w", len(ids), err)
+	}
+	return nil
+}
+
+// Trim drops entries every consumer has acknowledged and returns how many.
+func (o *Outbox) Trim(ctx context.Context) (int64, error) {
+	n, err := scriptTrim.Run(ctx, o.rdb, []string{o.key}, OutboxGroup).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("trim outbox: %w", err)
+	}
+	return n, nil
+}
+
+// Len returns the number of entries in the outbox: the unpublished events,
+// plus at most one already published (see Trim).
+func (o *Outbox) Len(ctx context.Context) (int64, error) {
+	n, err := o.rdb.XLen(ctx, o.key).Result()
+	if err != nil {
+		return 0, fmt.Errorf("outbox length: %w", err)
+	}
+	return n, nil
+}
+
+// Leave removes this consumer from the group if nothing is pending on it
+// (a consumer with pending entries stays, so another replica reclaims them).
+func (o *Outbox) Leave(ctx context.Context) error {
+	pending, err := o.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
+		Stream: o.key, Group: OutboxGroup, Consumer: o.consumer, Start: "-", End: "+", Count: 1,
+	}).Result()
+	if err != nil {
+		return fmt.Errorf("check pending outbox entries: %w", err)
+	}
+	if len(pending) > 0 {
+		return nil
+	}
+	if err := o.rdb.XGroupDelConsumer(ctx, o.key, OutboxGroup, o.consumer).Err(); err != nil {
+		return fmt.Errorf("leave outbox group: %w", err)
+	}
+	return nil
+}
+
+// ErrBadEntry is wrapped in the error logged for an outbox entry that cannot
+// be decoded; such entries are acknowledged and dropped.
+var ErrBadEntry = errors.New("malformed outbox entry")
+
+func appendEvents(out []Event, msgs []redis.XMessage) []Event {
+	for _, m := range msgs {
+		out = append(out, decodeEntry(m))
+	}
+	return out
+}
+
+// decodeEntry never fails: a malformed entry becomes an Event with an empty
+// Status, which the relay acknowledges and reports (see Event.Valid).
+func decodeEntry(m redis.XMessage) Event {
+	e := Event{ID: m.ID}
+	e.Status, _ = m.Values["s"].(string)
+	e.UserID, _ = m.Values["u"].(string)
+	e.Reason, _ = m.Values["r"].(string)
+	if v, ok := m.Values["v"].(string); ok {
+		e.Version, _ = strconv.ParseInt(v, 10, 64)
+	}
+	if d, ok := m.Values["d"].(string); ok {
+		if ms, err := strconv.ParseInt(d, 10, 64); err == nil {
+			e.Deadline = time.UnixMilli(ms).UTC()
+		}
+	}
+	return e
+}
+
+// Valid reports whether the event decoded completely.
+func (e Event) Valid() error {
+	if (e.Status != "online" && e.Status != "offline") || e.UserID == "" || e.Version <= 0 || e.Reason == "" {
+		return fmt.Errorf("%w %s: %+v", ErrBadEntry, e.ID, e)
+	}
+	return nil
+}

@@ -1,0 +1,33 @@
+package presence
+
+import (
+	_ "embed"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Each script is lib.lua followed by its body, so the clock and the outbox
+// format live in one place. See the header of each .lua file for its KEYS,
+// ARGV and reply.
+var (
+	//go:embed lua/lib.lua
+	luaLib string
+	//go:embed lua/heartbeat.lua
+	luaHeartbeat string
+	//go:embed lua/disconnect.lua
+	luaDisconnect string
+	//go:embed lua/sweep.lua
+	luaSweep string
+	//go:embed lua/claim.lua
+	luaClaim string
+
+	scriptHeartbeat  = redis.NewScript(luaLib + "\n" + luaHeartbeat)
+	scriptDisconnect = redis.NewScript(luaLib + "\n" + luaDisconnect)
+	scriptSweep      = redis.NewScript(luaLib + "\n" + luaSweep)
+	scriptClaim      = redis.NewScript(luaLib + "\n" + luaClaim)
+)
+
+//go:embed lua/trim.lua
+var luaTrim string
+
+var scriptTrim = redis.NewScript(luaTrim)

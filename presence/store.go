@@ -1,0 +1,237 @@
+// Package presence keeps who is online in Redis: the seed's presence keys
+// (presence:user:{userId} = "1" with a TTL, so services that check EXISTS keep
+// working), a deadline index that makes expiry authoritative, and an outbox
+// stream that carries every online/offline transition to NATS. Every
+// transition and its event are written by one Lua script, so a transition is
+// never lost or doubled between Redis and the publisher.
+//
+// Store is safe for concurrent use. It does not own the *redis.Client it is
+// given; the fx Module owns and closes the clients it creates.
+package presence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ChunkSize is the most ids one script call handles; longer batches are split
+// into several calls sent in one pipeline, so no call blocks Redis for long.
+const ChunkSize = 1000
+
+// Options configures a Store. Zero values take the documented defaults.
+type Options struct {
+	// Prefix of every key; zero means "presence:".
+	Prefix string
+	// TTL of a presence key and the grace granted after an outage; zero means 60s.
+	TTL time.Duration
+	// OutageThreshold: when no replica has swept for longer than this, users
+	// whose deadline fell in the gap get one TTL of grace; zero means 5s.
+	OutageThreshold time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Prefix == "" {
+		o.Prefix = "presence:"
+	}
+	if o.TTL <= 0 {
+		o.TTL = 60 * time.Second
+	}
+	if o.OutageThreshold <= 0 {
+		o.OutageThreshold = 5 * time.Second
+	}
+	return o
+}
+
+// Store is the Redis side of presence. See the package comment.
+type Store struct {
+	rdb  *redis.Client
+	keys Keys
+	opts Options
+}
+
+// NewStore returns a Store on rdb. It does no I/O.
+func NewStore(rdb *redis.Client, opts Options) *Store {
+	opts = opts.withDefaults()
+	return &Store{rdb: rdb, keys: NewKeys(opts.Prefix), opts: opts}
+}
+
+// Keys returns the key names the store uses.
+func (s *Store) Keys() Keys { return s.keys }
+
+// TTL returns the presence TTL.
+func (s *Store) TTL() time.Duration { return s.opts.TTL }
+
+// Client returns the Redis client the store runs on.
+func (s *Store) Client() *redis.Client { return s.rdb }
+
+// Ping checks that Redis answers and loads the scripts, so the first
+// heartbeat does not pay for it.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping redis: %w", err)
+	}
+	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptTrim} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("load scripts: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) baseKeys(n int) []string {
+	keys := make([]string, 4, 4+n)
+	keys[0], keys[1], keys[2], keys[3] = s.keys.Deadlines(), s.keys.Sessions(), s.keys.Clock(), s.keys.Outbox()
+	return keys
+}
+
+// Heartbeat starts or refreshes the presence of ids (which must be valid and
+// unique; see ValidateUserID). It returns one version per id: the online
+// event's version when that user started a new session, 0 for a refresh.
+// The online events are in the outbox when Heartbeat returns.
+func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
+	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
+	res, err := s.runChunks(ctx, scriptHeartbeat, ids, func(chunk []string) ([]string, []any) {
+		keys := s.baseKeys(len(chunk))
+		args := make([]any, 1, 1+len(chunk))
+		args[0] = ttl
+		for _, id := range chunk {
+			keys = append(keys, s.keys.User(id))
+			args = append(args, id)
+		}
+		return keys, args
+	})
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat %d users: %w", len(ids), err)
+	}
+	return res, nil
+}
+
+// Disconnect ends the sessions of ids now. It returns one version per id:
+// the offline event's version, or 0 when the user had no session.
+func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
+	res, err := s.runChunks(ctx, scriptDisconnect, ids, func(chunk []string) ([]string, []any) {
+		keys := s.baseKeys(len(chunk))
+		args := make([]any, 0, len(chunk))
+		for _, id := range chunk {
+			keys = append(keys, s.keys.User(id))
+			args = append(args, id)
+		}
+		return keys, args
+	})
+	if err != nil {
+		return nil, fmt.Errorf("disconnect %d users: %w", len(ids), err)
+	}
+	return res, nil
+}
+
+// runChunks runs script once per ChunkSize ids, all in one pipeline, and
+// concatenates the per-id results (each reply is {now_ms, r1..rn}).
+func (s *Store) runChunks(ctx context.Context, script *redis.Script, ids []string, build func([]string) ([]string, []any)) ([]int64, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	type call struct {
+		keys []string
+		args []any
+	}
+	calls := make([]call, 0, (len(ids)+ChunkSize-1)/ChunkSize)
+	for start := 0; start < len(ids); start += ChunkSize {
+		k, a := build(ids[start:min(start+ChunkSize, len(ids))])
+		calls = append(calls, call{k, a})
+	}
+	var cmds []*redis.Cmd
+	exec := func() error {
+		cmds = cmds[:0]
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range calls {
+				cmds = append(cmds, script.EvalSha(ctx, p, c.keys, c.args...))
+			}
+			return nil
+		})
+		return err
+	}
+	err := exec()
+	if err != nil && isNoScript(err) {
+		// Redis restarted or SCRIPT FLUSH ran: nothing executed, so load and retry once.
+		if lerr := script.Load(ctx, s.rdb).Err(); lerr != nil {
+			return nil, fmt.Errorf("reload script: %w", lerr)
+		}
+		err = exec()
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, 0, len(ids))
+	for _, c := range cmds {
+		vals, err := c.Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vals[1:]...)
+	}
+	return out, nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// SweepResult is what one reconciler step did.
+type SweepResult struct {
+	Claimed int  // users whose offline event was appended to the outbox
+	Graced  int  // users given one TTL of grace after an outage
+	More    bool // the limit was reached: call again at once
+}
+
+// Sweep claims up to limit users whose deadline has passed (removal from the
+// index is the claim, so exactly one replica wins each user) and appends
+// their offline events, reason "expired", to the outbox. After an outage
+// (no sweep by any replica for longer than OutageThreshold) it grants grace
+// instead; see lua/sweep.lua. Its cost is proportional to the users handled,
+// not to the users online.
+func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
+	keys := append(s.baseKeys(2), s.keys.SweepMarker(), s.keys.GraceCutoff())
+	vals, err := scriptSweep.Run(ctx, s.rdb, keys, limit, s.opts.OutageThreshold.Milliseconds(),
+		s.opts.TTL.Milliseconds(), s.keys.UserPrefix()).Int64Slice()
+	if err != nil {
+		return SweepResult{}, fmt.Errorf("sweep due users: %w", err)
+	}
+	if len(vals) != 3 {
+		return SweepResult{}, fmt.Errorf("sweep due users: unexpected reply %v", vals)
+	}
+	return SweepResult{Claimed: int(vals[0]), Graced: int(vals[1]), More: vals[2] == 1}, nil
+}
+
+// ErrClaimDeferred is returned by Claim when sweeps have stopped or a grace
+// pass is running: the next sweep decides about those users.
+var ErrClaimDeferred = errors.New("claim deferred to the sweep after an outage")
+
+// Claim is the keyspace-event fast path: it claims those of ids whose
+// deadline has passed and appends their offline events. Users refreshed
+// since their key expired, or already claimed, are left alone. It returns
+// the number claimed.
+func (s *Store) Claim(ctx context.Context, ids []string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	keys := append(s.baseKeys(2), s.keys.SweepMarker(), s.keys.GraceCutoff())
+	args := make([]any, 0, 1+len(ids))
+	args = append(args, s.opts.OutageThreshold.Milliseconds())
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	n, err := scriptClaim.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("claim %d expired users: %w", len(ids), err)
+	}
+	if n < 0 {
+		return 0, ErrClaimDeferred
+	}
+	return int(n), nil
+}

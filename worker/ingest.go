@@ -1,0 +1,179 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/presenced/presenced/bus"
+)
+
+type op uint8
+
+const (
+	opHeartbeat op = iota
+	opDisconnect
+)
+
+func (o op) String() string {
+	if o == opDisconnect {
+		return "disconnect"
+	}
+	return "heartbeat"
+}
+
+// job is one decoded message waiting to be stored.
+type job struct {
+	op   op
+	ids  []string
+	done func(err error) // called once, after the store call
+}
+
+// handler decodes a message, answers or counts what is invalid, and queues
+// the valid ids. Queueing blocks while the executors are busy: that pushes
+// back into the subscription's pending buffer, whose limits bound memory.
+func (w *Worker) handler(o op) nats.MsgHandler {
+	results := w.m.Heartbeats
+	if o == opDisconnect {
+		results = w.m.Disconnects
+	}
+	return func(msg *nats.Msg) {
+		req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
+		if err != nil {
+			reason := "malformed"
+			if errors.Is(err, bus.ErrTooMany) {
+				reason = "too_many"
+			}
+			w.m.Rejections.WithLabelValues(reason).Inc()
+			results.WithLabelValues("rejected").Inc()
+			w.debugf("rejected message", "subject", msg.Subject, "reason", reason, "err", err)
+			w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: err.Error()})
+			return
+		}
+		for _, r := range req.Rejected {
+			w.m.Rejections.WithLabelValues(r.Reason).Inc()
+		}
+		if n := len(req.Rejected); n > 0 {
+			results.WithLabelValues("rejected").Add(float64(n))
+			w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
+		}
+		rejected := req.Rejected
+		if rejected == nil {
+			rejected = []bus.Rejection{}
+		}
+		if len(req.IDs) == 0 {
+			w.respond(msg, bus.Reply{Rejected: rejected})
+			return
+		}
+		w.jobs <- job{op: o, ids: req.IDs, done: func(err error) {
+			if err != nil {
+				results.WithLabelValues("failed").Add(float64(len(req.IDs)))
+				w.respond(msg, bus.Reply{Rejected: rejected, Error: "store unavailable: " + err.Error()})
+				return
+			}
+			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
+			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
+		}}
+	}
+}
+
+func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
+	if msg.Reply == "" {
+		return
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		w.log.Error("encode reply", "err", err)
+		return
+	}
+	if err := msg.Respond(data); err != nil {
+		w.debugf("reply failed", "err", err)
+	}
+}
+
+// debugf logs at debug level, sampled to one line a second.
+func (w *Worker) debugf(msg string, args ...any) {
+	if !w.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	if ok, suppressed := w.debug.allow(); ok {
+		w.log.Debug(msg, append(args, "suppressed_since_last", suppressed)...)
+	}
+}
+
+// execute takes a job, coalesces the jobs already waiting behind it (up to
+// BatchIDs ids) and stores them with as few script calls as possible,
+// keeping heartbeats and disconnects in arrival order. It runs until the
+// jobs channel is closed.
+func (w *Worker) execute(ctx context.Context) {
+	var batch []job
+	for j := range w.jobs {
+		batch = append(batch[:0], j)
+		n := len(j.ids)
+	more:
+		for n < w.opts.BatchIDs {
+			select {
+			case j2, ok := <-w.jobs:
+				if !ok {
+					break more
+				}
+				batch = append(batch, j2)
+				n += len(j2.ids)
+			default:
+				break more
+			}
+		}
+		w.storeBatch(ctx, batch)
+	}
+}
+
+// storeBatch stores runs of same-op jobs in order, one store call per run.
+func (w *Worker) storeBatch(ctx context.Context, batch []job) {
+	for start := 0; start < len(batch); {
+		end := start + 1
+		for end < len(batch) && batch[end].op == batch[start].op {
+			end++
+		}
+		w.storeRun(ctx, batch[start:end])
+		start = end
+	}
+}
+
+func (w *Worker) storeRun(ctx context.Context, run []job) {
+	ids := run[0].ids
+	if len(run) > 1 {
+		// Merge, dropping ids repeated across messages: a script sees each once.
+		seen := make(map[string]struct{}, len(run)*len(run[0].ids))
+		ids = make([]string, 0, len(seen))
+		for _, j := range run {
+			for _, id := range j.ids {
+				if _, dup := seen[id]; !dup {
+					seen[id] = struct{}{}
+					ids = append(ids, id)
+				}
+			}
+		}
+	}
+	var err error
+	var versions []int64
+	if run[0].op == opHeartbeat {
+		versions, err = w.store.Heartbeat(ctx, ids)
+	} else {
+		_, err = w.store.Disconnect(ctx, ids)
+	}
+	if err != nil {
+		w.log.Warn("store batch failed", "op", run[0].op, "ids", len(ids), "err", err)
+	} else if run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug) {
+		for i, v := range versions {
+			if v == 0 {
+				w.log.Debug("presence TTL refreshed for user", "user_id", ids[i])
+			}
+		}
+	}
+	for _, j := range run {
+		j.done(err)
+	}
+}

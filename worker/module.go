@@ -1,0 +1,56 @@
+package worker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"go.uber.org/fx"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/metrics"
+	"github.com/presenced/presenced/presence"
+)
+
+// Module provides the *Worker and starts it with the application: it
+// subscribes after the bus has connected and stops (draining its
+// subscriptions and finishing work in flight) before the bus drains.
+var Module = fx.Module("worker",
+	fx.Provide(NewFromConfig),
+	fx.Invoke(func(*Worker) {}),
+)
+
+// NewFromConfig builds the worker from the presence and bus modules.
+func NewFromConfig(lc fx.Lifecycle, cfg config.Config, store *presence.Store, expiry *presence.ExpiryListener,
+	b *bus.Bus, m *metrics.Metrics, log *slog.Logger) *Worker {
+	w := New(store, store.Outbox(ConsumerName()), b, expiry, Options{
+		Subjects:          bus.SubjectsFromConfig(cfg),
+		Queue:             cfg.QueueGroup,
+		MaxBatch:          cfg.MaxBatch,
+		InFlight:          cfg.InFlight,
+		ReconcileInterval: cfg.ReconcileInterval,
+		ClaimAfter:        cfg.OutboxClaimAfter,
+		Logger:            log.With("component", "worker"),
+		Metrics:           m,
+	})
+	m.Observe(metrics.Sources{
+		NATSReconnects:       b.Reconnects,
+		SubscriberReconnects: expiry.Reconnects,
+		SlowConsumerDrops:    b.SlowConsumerDrops,
+		ExpiryDropped:        expiry.Dropped,
+	})
+	lc.Append(fx.StartStopHook(w.Start, w.Stop))
+	return w
+}
+
+// ConsumerName is a name unique to this process for the outbox group:
+// hostname, pid and a random suffix (pids repeat across containers).
+func ConsumerName() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}

@@ -1,0 +1,115 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/presenced/presenced/presence"
+)
+
+// sweepLimit is the most users one sweep call handles; a full call is
+// followed at once by another.
+const sweepLimit = 1000
+
+// reconcile sweeps the deadline index every ReconcileInterval (and when
+// kicked) until ctx is done. Every replica runs it; the claim in the script
+// makes each user's offline happen exactly once whichever replica wins.
+func (w *Worker) reconcile(ctx context.Context) {
+	t := time.NewTicker(w.opts.ReconcileInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.kick:
+		}
+		if !w.canClaim() {
+			continue
+		}
+		err := w.sweepAll(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			w.log.Warn("sweep failed; retrying every interval", "err", err)
+			failing = true
+		case err == nil && failing:
+			w.log.Info("sweep recovered")
+			failing = false
+		}
+	}
+}
+
+// sweepAll sweeps until no due user is left (or an error).
+func (w *Worker) sweepAll(ctx context.Context) error {
+	for ctx.Err() == nil {
+		res, err := w.store.Sweep(ctx, sweepLimit)
+		if err != nil {
+			return err
+		}
+		if res.Claimed > 0 {
+			w.m.Expiries.WithLabelValues("sweep").Add(float64(res.Claimed))
+		}
+		if res.Graced > 0 {
+			w.m.Graced.Add(float64(res.Graced))
+			w.log.Warn("outage detected: granting one TTL of grace instead of offline", "users", res.Graced)
+		}
+		if !res.More {
+			break
+		}
+	}
+	if n, err := w.store.Count(ctx); err == nil {
+		w.m.Online.Set(float64(n))
+	}
+	return ctx.Err()
+}
+
+// claimExpired claims the users whose presence keys Redis reported expired,
+// in batches of the ids that arrived together, until ctx is done.
+func (w *Worker) claimExpired(ctx context.Context) {
+	src := w.expiry.Expired()
+	batch := make([]string, 0, presence.ChunkSize)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-src:
+			batch = append(batch[:0], id)
+		}
+	drain:
+		for len(batch) < presence.ChunkSize {
+			select {
+			case id := <-src:
+				batch = append(batch, id)
+			default:
+				break drain
+			}
+		}
+		w.claim(ctx, batch)
+	}
+}
+
+// claim is the fast path's claim; errors are left to the sweep.
+func (w *Worker) claim(ctx context.Context, ids []string) {
+	if !w.canClaim() {
+		return
+	}
+	n, err := w.store.Claim(ctx, ids)
+	switch {
+	case errors.Is(err, presence.ErrClaimDeferred):
+	case err != nil:
+		w.debugf("claim expired users failed; the sweep will", "ids", len(ids), "err", err)
+	case n > 0:
+		w.m.Expiries.WithLabelValues("keyspace").Add(float64(n))
+	}
+}
+
+// Kick asks the reconciler to sweep now (e.g. after the expiry subscription
+// was re-established, when events may have been missed).
+func (w *Worker) Kick() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/presence"
+)
+
+const (
+	relayBatch   = 512
+	relayBlock   = 500 * time.Millisecond
+	publishLimit = 5 * time.Second
+	trimEvery    = time.Second
+)
+
+// relay publishes outbox entries to NATS and acknowledges them only after the
+// publish is flushed, so an event is never lost between Redis and NATS: an
+// entry this replica read but could not publish is retried (ReadPending), and
+// one left by a replica that died is republished by another (Reclaim) after
+// ClaimAfter. A republish carries the same Nats-Msg-Id.
+func (w *Worker) relay(ctx context.Context) {
+	var (
+		retryOwn    = true // pending entries of this consumer first
+		lastReclaim time.Time
+		lastTrim    time.Time
+		failing     bool
+	)
+	for ctx.Err() == nil {
+		if !w.bus.Connected() {
+			sleep(ctx, 100*time.Millisecond)
+			continue
+		}
+		var (
+			events []presence.Event
+			err    error
+		)
+		switch {
+		case retryOwn:
+			events, err = w.outbox.ReadPending(ctx, relayBatch)
+			if err == nil && len(events) == 0 {
+				retryOwn = false
+				continue
+			}
+		case time.Since(lastReclaim) > w.opts.ClaimAfter/2:
+			lastReclaim = time.Now()
+			events, err = w.outbox.Reclaim(ctx, w.opts.ClaimAfter, relayBatch)
+			if err == nil && len(events) > 0 {
+				w.m.Republished.Add(float64(len(events)))
+				w.log.Warn("republishing events left unacknowledged by another replica", "count", len(events))
+			}
+		default:
+			events, err = w.outbox.ReadNew(ctx, relayBatch, relayBlock)
+		}
+		if err == nil && len(events) > 0 {
+			err = w.publish(ctx, events)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if presence.IsNoGroup(err) {
+				// Redis lost the stream (restart without persistence, FLUSHALL).
+				if ierr := w.outbox.Init(ctx); ierr == nil {
+					w.log.Warn("outbox group was missing and has been recreated")
+					continue
+				}
+			}
+			if !failing {
+				w.log.Warn("relay failed; retrying", "err", err)
+				failing = true
+			}
+			retryOwn = true
+			sleep(ctx, 200*time.Millisecond)
+			continue
+		}
+		if failing {
+			w.log.Info("relay recovered")
+			failing = false
+		}
+		if time.Since(lastTrim) > trimEvery {
+			lastTrim = time.Now()
+			w.trim(ctx)
+		}
+	}
+}
+
+// publish sends events in outbox order, flushes, then acknowledges them.
+// The flush and ack do not use ctx's cancellation, so a stopping worker
+// still acknowledges what it published.
+func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
+	if h := w.opts.Hooks; h != nil && h.AfterOutboxRead != nil {
+		if err := h.AfterOutboxRead(events); err != nil {
+			return err
+		}
+	}
+	ids := make([]string, 0, len(events))
+	now := time.Now()
+	for _, e := range events {
+		if err := e.Valid(); err != nil {
+			w.log.Error("dropping outbox entry", "err", err)
+			ids = append(ids, e.ID)
+			continue
+		}
+		ev := bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version}
+		if err := w.bus.Publish(w.opts.Subjects, ev); err != nil {
+			return err
+		}
+		ids = append(ids, e.ID)
+		w.m.Events.WithLabelValues(e.Status, e.Reason).Inc()
+		if !e.Deadline.IsZero() {
+			w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
+		}
+		switch {
+		case e.Status == "online":
+			w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
+		case e.Reason == "expired":
+			w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
+		default:
+			w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
+		}
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
+	defer cancel()
+	if err := w.bus.Flush(fctx); err != nil {
+		return err
+	}
+	if err := w.outbox.Ack(fctx, ids...); err != nil {
+		return fmt.Errorf("published %d events but could not acknowledge them: %w", len(ids), err)
+	}
+	return nil
+}
+
+func (w *Worker) trim(ctx context.Context) {
+	if _, err := w.outbox.Trim(ctx); err != nil {
+		w.debugf("trim outbox", "err", err)
+		return
+	}
+	if n, err := w.outbox.Len(ctx); err == nil {
+		w.m.OutboxDepth.Set(float64(n))
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

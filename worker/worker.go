@@ -1,0 +1,302 @@
+// Package worker is presenced's domain flow: heartbeats and disconnects from
+// the bus are validated, coalesced into batches and stored; due and expired
+// users are claimed; the outbox is relayed to the bus as presence events.
+//
+// Worker depends on the small interfaces below, not on Redis or NATS types,
+// so the flow is readable on its own; presence.Store, presence.Outbox and
+// bus.Bus implement them.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/metrics"
+	"github.com/presenced/presenced/presence"
+)
+
+// Store is what the worker needs from the presence store.
+type Store interface {
+	Heartbeat(ctx context.Context, ids []string) ([]int64, error)
+	Disconnect(ctx context.Context, ids []string) ([]int64, error)
+	Sweep(ctx context.Context, limit int) (presence.SweepResult, error)
+	Claim(ctx context.Context, ids []string) (int, error)
+	Count(ctx context.Context) (int64, error)
+}
+
+// Outbox is what the relay needs from the outbox stream.
+type Outbox interface {
+	Init(ctx context.Context) error
+	ReadNew(ctx context.Context, count int, block time.Duration) ([]presence.Event, error)
+	ReadPending(ctx context.Context, count int) ([]presence.Event, error)
+	Reclaim(ctx context.Context, minIdle time.Duration, count int) ([]presence.Event, error)
+	Ack(ctx context.Context, ids ...string) error
+	Trim(ctx context.Context) (int64, error)
+	Len(ctx context.Context) (int64, error)
+	Leave(ctx context.Context) error
+}
+
+// Bus is what the worker needs from NATS.
+type Bus interface {
+	QueueSubscribe(subject, queue string, handler nats.MsgHandler) (*nats.Subscription, error)
+	Publish(subjects bus.Subjects, ev bus.Event) error
+	Flush(ctx context.Context) error
+	Connected() bool
+}
+
+// ExpirySource delivers the user ids of expired presence keys
+// (presence.ExpiryListener); Run blocks until ctx is done.
+type ExpirySource interface {
+	Run(ctx context.Context) error
+	Connected() bool
+	Expired() <-chan string
+}
+
+var (
+	_ Store        = (*presence.Store)(nil)
+	_ Outbox       = (*presence.Outbox)(nil)
+	_ Bus          = (*bus.Bus)(nil)
+	_ ExpirySource = (*presence.ExpiryListener)(nil)
+)
+
+// Options configures a Worker. Zero values take the documented defaults.
+type Options struct {
+	Subjects bus.Subjects // zero means prefix "presence"
+	Queue    string       // queue group; zero means "presenced"
+	// MaxBatch is the most ids one message may carry; zero means 10000.
+	MaxBatch int
+	// InFlight is the number of store batches in flight; zero means 4.
+	InFlight int
+	// BatchIDs is the most ids coalesced into one store call; zero means 4000.
+	BatchIDs int
+	// ReconcileInterval is the sweep period; zero means 200ms.
+	ReconcileInterval time.Duration
+	// ClaimAfter is how long an outbox entry may stay unacknowledged on
+	// another replica before this one republishes it; zero means 15s.
+	ClaimAfter time.Duration
+	// Hooks are test seams; nil in production.
+	Hooks   *Hooks
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics // zero means a private registry
+}
+
+// Hooks let tests stop the flow at exact points instead of relying on timing.
+type Hooks struct {
+	// AfterOutboxRead runs after the relay read entries and before it
+	// publishes them; returning an error abandons them unacknowledged, as a
+	// replica that died at that point would.
+	AfterOutboxRead func(events []presence.Event) error
+}
+
+func (o Options) withDefaults() Options {
+	if o.Subjects.Prefix == "" {
+		o.Subjects.Prefix = "presence"
+	}
+	if o.Queue == "" {
+		o.Queue = "presenced"
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 10000
+	}
+	if o.InFlight <= 0 {
+		o.InFlight = 4
+	}
+	if o.BatchIDs <= 0 {
+		o.BatchIDs = 4 * presence.ChunkSize
+	}
+	if o.ReconcileInterval <= 0 {
+		o.ReconcileInterval = 200 * time.Millisecond
+	}
+	if o.ClaimAfter <= 0 {
+		o.ClaimAfter = 15 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	return o
+}
+
+// Worker runs the presence flow. Start it once, stop it once.
+type Worker struct {
+	store  Store
+	outbox Outbox
+	bus    Bus
+	expiry ExpirySource
+	opts   Options
+	log    *slog.Logger
+	m      *metrics.Metrics
+
+	jobs    chan job
+	subs    []*nats.Subscription
+	kick    chan struct{} // asks the reconciler to sweep now
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup // reconciler, relay, expiry
+	execs   sync.WaitGroup // batch executors
+	stopped atomic.Bool
+	debug   sampler
+}
+
+// New returns a Worker. expiry may be nil: then the sweep alone finds
+// expired users.
+func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *Worker {
+	opts = opts.withDefaults()
+	return &Worker{
+		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
+		log: opts.Logger, m: opts.Metrics,
+		jobs: make(chan job, opts.InFlight*4),
+		kick: make(chan struct{}, 1),
+	}
+}
+
+// Start prepares the outbox, subscribes to heartbeats and disconnects in the
+// queue group and starts the executors, the reconciler, the relay and the
+// expiry listener on their own context. It fails fast on the first error.
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.outbox.Init(ctx); err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	for range w.opts.InFlight {
+		w.execs.Add(1)
+		go func() {
+			defer w.execs.Done()
+			w.execute(runCtx)
+		}()
+	}
+	for _, s := range []struct {
+		subject string
+		op      op
+	}{{w.opts.Subjects.Heartbeat(), opHeartbeat}, {w.opts.Subjects.Disconnect(), opDisconnect}} {
+		sub, err := w.bus.QueueSubscribe(s.subject, w.opts.Queue, w.handler(s.op))
+		if err != nil {
+			_ = w.Stop(ctx)
+			return err
+		}
+		w.subs = append(w.subs, sub)
+	}
+	w.goLoop(func() { w.reconcile(runCtx) })
+	w.goLoop(func() { w.relay(runCtx) })
+	if w.expiry != nil {
+		w.goLoop(func() { _ = w.expiry.Run(runCtx) })
+		w.goLoop(func() { w.claimExpired(runCtx) })
+	}
+	w.log.Info("worker started", "heartbeat", w.opts.Subjects.Heartbeat(), "disconnect", w.opts.Subjects.Disconnect(), "queue", w.opts.Queue)
+	return nil
+}
+
+func (w *Worker) goLoop(f func()) {
+	w.loops.Add(1)
+	go func() {
+		defer w.loops.Done()
+		f()
+	}()
+}
+
+// Stop drains the subscriptions (messages already received are handled),
+// finishes the batches in flight, stops the loops after the relay's current
+// publish, and leaves the outbox group. Bounded by ctx.
+func (w *Worker) Stop(ctx context.Context) error {
+	if !w.stopped.CompareAndSwap(false, true) {
+		return nil
+	}
+	var errs []error
+	for _, sub := range w.subs {
+		if err := drain(ctx, sub); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	close(w.jobs)
+	if err := wait(ctx, &w.execs); err != nil {
+		errs = append(errs, fmt.Errorf("finish batches in flight: %w", err))
+	}
+	if w.cancel != nil {
+		w.cancel()
+	}
+	if err := wait(ctx, &w.loops); err != nil {
+		errs = append(errs, fmt.Errorf("stop loops: %w", err))
+	}
+	if err := w.outbox.Leave(ctx); err != nil {
+		w.log.Warn("leave outbox group", "err", err)
+	}
+	w.log.Info("worker stopped")
+	return errors.Join(errs...)
+}
+
+// drain stops sub taking messages and waits until those it holds are handled.
+func drain(ctx context.Context, sub *nats.Subscription) error {
+	if err := sub.Drain(); err != nil {
+		if errors.Is(err, nats.ErrBadSubscription) || errors.Is(err, nats.ErrConnectionClosed) {
+			return nil
+		}
+		return fmt.Errorf("drain %s: %w", sub.Subject, err)
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for sub.IsValid() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain %s: %w", sub.Subject, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func wait(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// canClaim: a replica that cannot receive heartbeats must not declare
+// anyone offline (they may be heartbeating into the void).
+func (w *Worker) canClaim() bool { return w.bus.Connected() }
+
+// Ready reports whether the worker can do its job now: NATS connected and,
+// when configured, the expiry subscription up.
+func (w *Worker) Ready() error {
+	if !w.bus.Connected() {
+		return errors.New("nats disconnected")
+	}
+	if w.expiry != nil && !w.expiry.Connected() {
+		return errors.New("redis expiry subscription down")
+	}
+	return nil
+}
+
+// sampler allows one log line per second, so a flood of bad input cannot
+// flood the log; it reports how many lines it suppressed meanwhile.
+type sampler struct {
+	next       atomic.Int64
+	suppressed atomic.Int64
+}
+
+func (s *sampler) allow() (bool, int64) {
+	now := time.Now().UnixNano()
+	n := s.next.Load()
+	if now < n || !s.next.CompareAndSwap(n, now+int64(time.Second)) {
+		s.suppressed.Add(1)
+		return false, 0
+	}
+	return true, s.suppressed.Swap(0)
+}

@@ -1,0 +1,236 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/internal/testenv"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// The embedded nats-server and go-redis pools keep background goroutines
+		// that end after the test binary's last cleanup.
+		goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/server.(*Server).Start.func1"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+func TestOnlineOnceRefreshSilentDisconnect(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	e.startReplica()
+
+	r := e.heartbeat("u-1")
+	if r.Accepted != 1 || len(r.Rejected) != 0 || r.Error != "" {
+		t.Fatalf("reply %+v", r)
+	}
+	evs := e.waitEvents(1, 5*time.Second)
+	if evs[0].UserID != "u-1" || evs[0].Status != "online" || evs[0].Reason != "heartbeat" || evs[0].Version <= 0 {
+		t.Fatalf("event %+v", evs[0])
+	}
+	if d := time.Since(evs[0].At); d < 0 || d > time.Minute {
+		t.Fatalf("event at %v is not Redis time now", evs[0].At)
+	}
+	// The seed's key, exactly.
+	if v, err := e.rdb.Get(context.Background(), e.prefix+"user:u-1").Result(); err != nil || v != "1" {
+		t.Fatalf("GET key = %q, %v", v, err)
+	}
+	if ttl := e.rdb.PTTL(context.Background(), e.prefix+"user:u-1").Val(); ttl <= 50*time.Second || ttl > time.Minute {
+		t.Fatalf("PTTL = %v", ttl)
+	}
+
+	// Refreshes: accepted, key TTL renewed, no further events.
+	for range 5 {
+		if r := e.heartbeat("u-1"); r.Accepted != 1 {
+			t.Fatalf("refresh reply %+v", r)
+		}
+	}
+	// A disconnect is the next event; had a refresh produced one, it would come first.
+	if r := e.disconnect("u-1"); r.Accepted != 1 {
+		t.Fatalf("disconnect reply %+v", r)
+	}
+	evs = e.waitEvents(2, 5*time.Second)
+	if got := summary(evs); !slices.Equal(got, []string{"u-1:offline:disconnect", "u-1:online:heartbeat"}) {
+		t.Fatalf("events %v", got)
+	}
+	checkVersions(t, evs)
+	if n := e.rdb.Exists(context.Background(), e.prefix+"user:u-1").Val(); n != 0 {
+		t.Fatal("key still exists after disconnect")
+	}
+	// A second disconnect of an offline user publishes nothing; a new session does.
+	e.disconnect("u-1")
+	e.heartbeat("u-1")
+	evs = e.waitEvents(3, 5*time.Second)
+	if got := summary(evs); !slices.Equal(got, []string{"u-1:offline:disconnect", "u-1:online:heartbeat", "u-1:online:heartbeat"}) {
+		t.Fatalf("events %v", got)
+	}
+	checkVersions(t, evs)
+}
+
+func TestExpiryWithShortTTL(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 300*time.Millisecond)
+	e.startReplica()
+	ids := []string{"a", "b", "c"}
+	e.heartbeat(ids...)
+	evs := e.waitEvents(6, 10*time.Second)
+	want := []string{"a:offline:expired", "a:online:heartbeat", "b:offline:expired", "b:online:heartbeat", "c:offline:expired", "c:online:heartbeat"}
+	if got := summary(evs); !slices.Equal(got, want) {
+		t.Fatalf("events %v", got)
+	}
+	checkVersions(t, evs)
+	for _, ev := range evs {
+		if ev.Status == "offline" && ev.At.Before(evs[0].At) {
+			t.Fatalf("offline before online: %+v", ev)
+		}
+	}
+	// Memory follows the users online: nothing per user is left behind.
+	ctx := context.Background()
+	if n := e.rdb.ZCard(ctx, e.prefix+"deadlines").Val(); n != 0 {
+		t.Fatalf("deadline index holds %d users", n)
+	}
+	if n := e.rdb.HLen(ctx, e.prefix+"sessions").Val(); n != 0 {
+		t.Fatalf("sessions hash holds %d users", n)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.rdb.XLen(ctx, e.prefix+"outbox").Val() <= 1 },
+		"outbox not trimmed: %d entries", e.rdb.XLen(ctx, e.prefix+"outbox").Val())
+}
+
+func TestHeartbeatKeepsSessionAcrossLapsedKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 500*time.Millisecond)
+	rep := e.startReplica()
+	e.heartbeat("u")
+	e.waitEvents(1, 5*time.Second)
+	// Stop the worker so nobody claims; the key lapses in Redis.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rep.w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, func() bool { return e.rdb.Exists(ctx, e.prefix+"user:u").Val() == 0 }, "key did not lapse")
+	// A heartbeat before any offline was claimed continues the session.
+	v, err := rep.store.Heartbeat(ctx, []string{"u"})
+	if err != nil || v[0] != 0 {
+		t.Fatalf("heartbeat after lapse: versions %v, err %v (want a silent refresh)", v, err)
+	}
+	if got := e.count(); got != 1 {
+		t.Fatalf("%d events, want only the first online", got)
+	}
+}
+
+func TestBatchWithInvalidIDs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	e.startReplica()
+	long := strings.Repeat("x", 257)
+	payload := fmt.Sprintf(`{"userIds":["ok-1","","ok-2",%q,"bad\u0000nul","ok-1",42,"glob*","ok-3"]}`, long)
+	r := e.request(e.subjects.Heartbeat(), []byte(payload))
+	if r.Accepted != 3 || r.Error != "" {
+		t.Fatalf("reply %+v, want 3 accepted", r)
+	}
+	if len(r.Rejected) != 5 {
+		t.Fatalf("rejected %+v, want 5", r.Rejected)
+	}
+	for _, rj := range r.Rejected {
+		if !strings.HasPrefix(rj.Error, "invalid userId: ") {
+			t.Fatalf("rejection %+v has no clear reason", rj)
+		}
+	}
+	evs := e.waitEvents(3, 5*time.Second)
+	if got := summary(evs); !slices.Equal(got, []string{"ok-1:online:heartbeat", "ok-2:online:heartbeat", "ok-3:online:heartbeat"}) {
+		t.Fatalf("events %v", got)
+	}
+	// Whole-message failures get a clear error and touch nothing.
+	for _, bad := range []string{`not json`, `{"userIds":`, `[]`, `{}`, `{"userIds":[]}`, ``} {
+		r := e.request(e.subjects.Heartbeat(), []byte(bad))
+		if r.Error == "" || r.Accepted != 0 {
+			t.Fatalf("message %q: reply %+v, want an error", bad, r)
+		}
+	}
+	// The worker is still alive and well.
+	if r := e.heartbeat("ok-4"); r.Accepted != 1 {
+		t.Fatalf("reply %+v", r)
+	}
+	e.waitEvents(4, 5*time.Second)
+	keys := e.rdb.Keys(context.Background(), e.prefix+"user:*").Val()
+	slices.Sort(keys)
+	want := []string{e.prefix + "user:ok-1", e.prefix + "user:ok-2", e.prefix + "user:ok-3", e.prefix + "user:ok-4"}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("keys %v, want %v", keys, want)
+	}
+}
+
+func TestSingleIDMessageAndNoReply(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	e.startReplica()
+	// Without a reply subject the message is processed all the same.
+	if err := e.nc.Publish(e.subjects.Heartbeat(), []byte(`{"userId":"solo"}`)); err != nil {
+		t.Fatal(err)
+	}
+	evs := e.waitEvents(1, 5*time.Second)
+	if evs[0].UserID != "solo" {
+		t.Fatalf("event %+v", evs[0])
+	}
+}
+
+func TestThreeReplicasExactlyOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 700*time.Millisecond)
+	for range 3 {
+		e.startReplica()
+	}
+	const users = 300
+	ids := make([]string, users)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("user-%03d", i)
+	}
+	// Spread over many messages so all three replicas take a share.
+	for i := 0; i < users; i += 10 {
+		if r := e.heartbeat(ids[i : i+10]...); r.Accepted != 10 {
+			t.Fatalf("reply %+v", r)
+		}
+	}
+	// Half disconnect, the other half expire.
+	for i := 0; i < users/2; i += 10 {
+		e.disconnect(ids[i : i+10]...)
+	}
+	evs := e.waitEvents(2*users, 20*time.Second)
+	// Let stragglers (a doubled event) arrive before counting.
+	time.Sleep(time.Second)
+	evs = e.received()
+	if len(evs) != 2*users {
+		t.Fatalf("%d events, want %d", len(evs), 2*users)
+	}
+	counts := map[string]int{}
+	for _, ev := range evs {
+		counts[ev.UserID+":"+ev.Status]++
+	}
+	for i, id := range ids {
+		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
+			t.Fatalf("user %s: %d online, %d offline", id, counts[id+":online"], counts[id+":offline"])
+		}
+		_ = i
+	}
+	reasons := map[string]int{}
+	for _, ev := range evs {
+		if ev.Status == "offline" {
+			reasons[ev.Reason]++
+		}
+	}
+	if reasons["disconnect"] != users/2 || reasons["expired"] != users/2 {
+		t.Fatalf("offline reasons %v", reasons)
+	}
+	checkVersions(t, evs)
+}
+
+var _ = bus.Reply{}
