@@ -102,6 +102,9 @@ func (b *Bus) Start(ctx context.Context) error {
 		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err == nil {
+				return // a deliberate close
+			}
 			b.disconns.Add(1)
 			b.log.Warn("nats disconnected", "err", err)
 		}),

@@ -132,6 +132,8 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 	}
 	ps := l.rdb.PSubscribe(ctx, l.channel)
 	defer ps.Close()
+	// go-redis does not abort a blocked read on ctx; closing the PubSub does.
+	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
 	// The first reply confirms the subscription.
 	if _, err := ps.ReceiveTimeout(ctx, l.healthTimeout); err != nil {
 		return fmt.Errorf("psubscribe %s: %w", l.channel, err)

@@ -56,16 +56,20 @@ func NewStoreFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *
 }
 
 // NewExpiryListenerFromConfig returns the listener on its own Redis
-// connection (a duplicate of rdb's options, as the seed's duplicate()),
+// connection (same URL as the main client, as the seed's duplicate()),
 // closed on stop. The listener runs when the worker starts it.
-func NewExpiryListenerFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config, log *slog.Logger) *ExpiryListener {
-	opts := *rdb.Options()
+func NewExpiryListenerFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*ExpiryListener, error) {
+	opts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	opts.DialTimeout = cfg.ConnectTimeout
 	opts.ClientName = "presenced-expiry"
-	sub := redis.NewClient(&opts)
+	sub := redis.NewClient(opts)
 	lc.Append(fx.Hook{OnStop: func(context.Context) error { return sub.Close() }})
 	return NewExpiryListener(sub, ExpiryOptions{
 		DB:         opts.DB,
 		UserPrefix: NewKeys(cfg.KeyPrefix).UserPrefix(),
 		Logger:     log.With("component", "expiry"),
-	})
+	}), nil
 }

@@ -42,10 +42,11 @@ func newEnv(t *testing.T, ttl time.Duration, ropts ...testenv.RedisOption) *env 
 }
 
 type replica struct {
-	w     *worker.Worker
-	store *presence.Store
-	bus   *bus.Bus
-	rdb   *redis.Client
+	w        *worker.Worker
+	listener *presence.ExpiryListener
+	store    *presence.Store
+	bus      *bus.Bus
+	rdb      *redis.Client
 }
 
 // startReplica starts one worker on its own Redis and NATS connections, as a
@@ -79,7 +80,7 @@ func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *rep
 		e.t.Fatal(err)
 	}
 	stopped := false
-	rep := &replica{w: w, store: store, bus: b, rdb: rdb}
+	rep := &replica{w: w, listener: l, store: store, bus: b, rdb: rdb}
 	e.t.Cleanup(func() {
 		if stopped {
 			return
@@ -96,6 +97,8 @@ func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *rep
 	testenv.Eventually(e.t, 5*time.Second, func() bool { return w.Ready() == nil }, "worker not ready: %v", w.Ready())
 	return rep
 }
+
+func (r *replica) listenerReconnects() int64 { return r.listener.Reconnects() }
 
 // request publishes a heartbeat or disconnect and returns the reply.
 func (e *env) request(subject string, payload any) bus.Reply {

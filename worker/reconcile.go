@@ -19,12 +19,14 @@ func (w *Worker) reconcile(ctx context.Context) {
 	t := time.NewTicker(w.opts.ReconcileInterval)
 	defer t.Stop()
 	failing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-w.kick:
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			case <-w.kick:
+			}
 		}
 		if !w.canClaim() {
 			continue

@@ -1,0 +1,379 @@
+package bus_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+var _ bus.QueryStore = (*presence.Store)(nil)
+
+// queryEnv is one test's Redis, NATS, store and query service.
+type queryEnv struct {
+	t        *testing.T
+	redis    *testenv.Redis
+	rdb      *redis.Client
+	store    *presence.Store
+	nc       *nats.Conn // the client side
+	subjects bus.Subjects
+	svc      micro.Service
+}
+
+func newQueryEnv(t *testing.T, opts bus.QueryOptions, nopts ...testenv.NATSOption) *queryEnv {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	n := testenv.StartNATS(t, nopts...)
+	p := testenv.Prefix(t)
+	e := &queryEnv{t: t, redis: r, rdb: r.Client(t), nc: n.Conn(t), subjects: bus.Subjects{Prefix: p}}
+	e.store = presence.NewStore(e.rdb, presence.Options{Prefix: p + ":", TTL: time.Minute})
+	opts.Subjects = e.subjects
+	svc, err := bus.StartQueryService(n.Conn(t), e.store, opts)
+	if err != nil {
+		t.Fatalf("start query service: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := svc.Stop(); err != nil {
+			t.Errorf("stop query service: %v", err)
+		}
+	})
+	e.svc = svc
+	return e
+}
+
+func (e *queryEnv) heartbeat(ids ...string) {
+	e.t.Helper()
+	if _, err := e.store.Heartbeat(context.Background(), ids); err != nil {
+		e.t.Fatalf("heartbeat: %v", err)
+	}
+}
+
+// request sends body to the endpoint and returns the reply message.
+func (e *queryEnv) request(endpoint string, body any) *nats.Msg {
+	e.t.Helper()
+	data, ok := body.([]byte)
+	if !ok {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	msg, err := e.nc.Request(e.subjects.Query(endpoint), data, 5*time.Second)
+	if err != nil {
+		e.t.Fatalf("request %s %s: %v", endpoint, data, err)
+	}
+	return msg
+}
+
+// call sends body to the endpoint and decodes a successful reply into out.
+func (e *queryEnv) call(endpoint string, body, out any) {
+	e.t.Helper()
+	msg := e.request(endpoint, body)
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		e.t.Fatalf("%s: error %s %q", endpoint, code, msg.Header.Get(micro.ErrorHeader))
+	}
+	if err := json.Unmarshal(msg.Data, out); err != nil {
+		e.t.Fatalf("%s: decode %q: %v", endpoint, msg.Data, err)
+	}
+}
+
+func TestQueryEndpoints(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{})
+	before := time.Now()
+	e.heartbeat("u-1", "u-2", "a<b&c>\"d") // HTML characters and a quote round-trip unharmed
+
+	var st bus.StatusReply
+	e.call(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}, &st)
+	if st.UserID != "u-1" || !st.Online || st.Version <= 0 {
+		t.Fatalf("status of u-1 = %+v", st)
+	}
+	since, err := time.Parse(bus.TimeFormat, st.Since)
+	if err != nil {
+		t.Fatalf("since %q: %v", st.Since, err)
+	}
+	expires, err := time.Parse(bus.TimeFormat, st.ExpiresAt)
+	if err != nil {
+		t.Fatalf("expiresAt %q: %v", st.ExpiresAt, err)
+	}
+	if since.Before(before.Add(-time.Minute)) || !expires.After(since) || expires.Sub(since) > time.Minute+time.Second {
+		t.Fatalf("since %v, expiresAt %v: not a fresh one-minute session", since, expires)
+	}
+	if since.UnixMicro() != st.Version {
+		t.Fatalf("since %v is not the version %d in µs", since, st.Version)
+	}
+
+	// Offline: no session fields at all on the wire.
+	msg := e.request(bus.QueryStatus, []byte(`{"userId":"nobody"}`))
+	if got, want := string(msg.Data), `{"userId":"nobody","online":false,"version":0}`; got != want {
+		t.Fatalf("status of nobody = %s, want %s", got, want)
+	}
+
+	var on bus.OnlineReply
+	e.call(bus.QueryOnline, bus.OnlineRequest{UserIDs: []string{"u-2", "nobody", "a<b&c>\"d", "u-1", "u-2"}}, &on)
+	if want := []string{"u-2", "a<b&c>\"d", "u-1"}; !slices.Equal(on.Online, want) {
+		t.Fatalf("online = %q, want %q", on.Online, want)
+	}
+	msg = e.request(bus.QueryOnline, []byte(`{"userIds":[]}`))
+	if string(msg.Data) != `{"online":[]}` {
+		t.Fatalf("online of none = %s", msg.Data)
+	}
+	msg = e.request(bus.QueryOnline, []byte(`{"userIds":["a<b&c>\"d"]}`))
+	if string(msg.Data) != `{"online":["a<b&c>\"d"]}` {
+		t.Fatalf("online reply escapes HTML: %s", msg.Data)
+	}
+
+	for _, body := range [][]byte{nil, []byte(`{}`), []byte(`whatever`)} {
+		var c bus.CountReply
+		e.call(bus.QueryCount, body, &c)
+		if c.Online != 3 {
+			t.Fatalf("count with body %q = %d, want 3", body, c.Online)
+		}
+	}
+
+	var page bus.ListReply
+	e.call(bus.QueryList, bus.ListRequest{}, &page)
+	slices.Sort(page.UserIDs)
+	if want := []string{"a<b&c>\"d", "u-1", "u-2"}; !slices.Equal(page.UserIDs, want) || page.Cursor != "" {
+		t.Fatalf("list = %+v, want %q and no cursor", page, want)
+	}
+
+	if _, err := e.store.Disconnect(context.Background(), []string{"u-1"}); err != nil {
+		t.Fatal(err)
+	}
+	e.call(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}, &st)
+	if st.Online || st.Since != "" || st.ExpiresAt != "" || st.Version != 0 {
+		t.Fatalf("status after disconnect = %+v", st)
+	}
+}
+
+func TestQueryBadRequests(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{MaxIDs: 3})
+	tests := []struct {
+		endpoint string
+		body     string
+		want     string // in the description
+	}{
+		{bus.QueryStatus, ``, "malformed message: empty body"},
+		{bus.QueryStatus, `not json`, "malformed message: expected a JSON object"},
+		{bus.QueryStatus, `{"userId":`, "malformed message: unexpected end of JSON input"},
+		{bus.QueryStatus, `{"userId":7}`, "malformed message: json: cannot unmarshal number"},
+		{bus.QueryStatus, `{}`, "invalid userId: empty"},
+		{bus.QueryStatus, `{"userId":"a b"}`, "invalid userId: space at byte 1"},
+		{bus.QueryStatus, `{"userId":"u*"}`, "invalid userId: glob character '*' at byte 1"},
+		{bus.QueryStatus, `{"userId":"` + strings.Repeat("x", 257) + `"}`, "invalid userId: 257 bytes, over the maximum of 256"},
+		{bus.QueryOnline, `{}`, `malformed message: no "userIds"`},
+		{bus.QueryOnline, `[]`, "malformed message: expected a JSON object"},
+		{bus.QueryOnline, `{"userIds":["ok","a\nb"]}`, "userIds[1]: invalid userId: control character 0x0a at byte 1"},
+		{bus.QueryOnline, `{"userIds":["a","b","c","d"]}`, "too many ids: 4 ids, the maximum is 3"},
+		{bus.QueryList, `{"cursor":"abc"}`, `invalid cursor: "abc"`},
+		{bus.QueryList, `{"limit":-1}`, "malformed message: negative limit -1"},
+		{bus.QueryList, `{"limit":"10"}`, "malformed message: json: cannot unmarshal string"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.endpoint+" "+tt.body, func(t *testing.T) {
+			msg := e.request(tt.endpoint, []byte(tt.body))
+			code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader)
+			if code != bus.QueryBadRequest || !strings.Contains(desc, tt.want) {
+				t.Fatalf("reply %s %q (body %q), want 400 containing %q", code, desc, msg.Data, tt.want)
+			}
+			if len(msg.Data) != 0 {
+				t.Fatalf("error reply has a body %q", msg.Data)
+			}
+		})
+	}
+}
+
+func TestQueryStoreFailure(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{Timeout: time.Second})
+	e.heartbeat("u-1")
+	e.redis.Stop(t)
+	for _, ep := range []struct {
+		name string
+		body any
+	}{
+		{bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}},
+		{bus.QueryOnline, bus.OnlineRequest{UserIDs: []string{"u-1"}}},
+		{bus.QueryList, bus.ListRequest{}},
+		{bus.QueryCount, nil},
+	} {
+		msg := e.request(ep.name, ep.body)
+		if code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader); code != bus.QueryStoreFailure || desc == "" {
+			t.Fatalf("%s with redis down: reply %s %q %q, want 500", ep.name, code, desc, msg.Data)
+		}
+	}
+	// Redis back (empty, no AOF): the same service answers again.
+	e.redis.Start(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		msg := e.request(bus.QueryCount, nil)
+		return msg.Header.Get(micro.ErrorCodeHeader) == "" && string(msg.Data) == `{"online":0}`
+	}, "count answers after redis restarted")
+}
+
+func TestQueryDiscovery(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{Version: "1.2.3"})
+	msg, err := e.nc.Request("$SRV.PING.presence", nil, 5*time.Second)
+	if err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	var ping micro.Ping
+	if err := json.Unmarshal(msg.Data, &ping); err != nil {
+		t.Fatal(err)
+	}
+	if ping.Name != bus.QueryServiceName || ping.Version != "1.2.3" || ping.Metadata["prefix"] != e.subjects.Prefix || ping.Type != micro.PingResponseType {
+		t.Fatalf("ping = %+v", ping)
+	}
+
+	msg, err = e.nc.Request("$SRV.INFO.presence", nil, 5*time.Second)
+	if err != nil {
+		t.Fatalf("info: %v", err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(msg.Data, &info); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ep := range info.Endpoints {
+		got = append(got, ep.Name+" "+ep.Subject+" "+ep.QueueGroup)
+	}
+	slices.Sort(got)
+	p := e.subjects.Prefix
+	want := []string{
+		"count " + p + ".query.count presenced",
+		"list " + p + ".query.list presenced",
+		"online " + p + ".query.online presenced",
+		"status " + p + ".query.status presenced",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("info endpoints = %q, want %q", got, want)
+	}
+
+	var c bus.CountReply
+	e.call(bus.QueryCount, nil, &c)
+	msg, err = e.nc.Request("$SRV.STATS.presence", nil, 5*time.Second)
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	var stats micro.Stats
+	if err := json.Unmarshal(msg.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range stats.Endpoints {
+		if ep.Name == bus.QueryCount && ep.NumRequests != 1 {
+			t.Fatalf("count endpoint stats %+v, want 1 request", ep)
+		}
+	}
+}
+
+// listAll pages through the listing with limit and returns how often each id
+// was seen, failing on any error or any reply over the max payload.
+func (e *queryEnv) listAll(limit int) (seen map[string]int, pages int) {
+	e.t.Helper()
+	seen = map[string]int{}
+	cursor := ""
+	for {
+		msg := e.request(bus.QueryList, bus.ListRequest{Cursor: cursor, Limit: limit})
+		if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+			e.t.Fatalf("page %d: error %s %q", pages, code, msg.Header.Get(micro.ErrorHeader))
+		}
+		if int64(len(msg.Data)) > e.nc.MaxPayload() {
+			e.t.Fatalf("page %d is %d bytes, over the max payload %d", pages, len(msg.Data), e.nc.MaxPayload())
+		}
+		var page bus.ListReply
+		if err := json.Unmarshal(msg.Data, &page); err != nil {
+			e.t.Fatalf("page %d: decode: %v", pages, err)
+		}
+		pages++
+		for _, id := range page.UserIDs {
+			seen[id]++
+		}
+		if page.Cursor == "" {
+			return seen, pages
+		}
+		cursor = page.Cursor
+	}
+}
+
+// TestQueryListMillion pages through a million users with the default
+// 1 MiB max payload: pages are capped near 2000 ids, all are seen.
+func TestQueryListMillion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("populates a million users")
+	}
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{})
+	const total, chunk = 1_000_000, 10_000
+	start := time.Now()
+	ids := make([]string, chunk)
+	for base := 0; base < total; base += chunk {
+		for i := range ids {
+			ids[i] = fmt.Sprintf("user-%07d", base+i)
+		}
+		e.heartbeat(ids...)
+	}
+	t.Logf("populated %d users in %v", total, time.Since(start))
+
+	var c bus.CountReply
+	e.call(bus.QueryCount, nil, &c)
+	if c.Online != total {
+		t.Fatalf("count = %d, want %d", c.Online, total)
+	}
+
+	start = time.Now()
+	seen, pages := e.listAll(10_000)
+	t.Logf("listed %d distinct ids in %d pages in %v", len(seen), pages, time.Since(start))
+	if len(seen) != total {
+		t.Fatalf("saw %d distinct ids, want %d", len(seen), total)
+	}
+	for i := range total {
+		if id := fmt.Sprintf("user-%07d", i); seen[id] == 0 {
+			t.Fatalf("%s never listed", id)
+		}
+	}
+	if capped := total / 2100; pages < capped {
+		t.Fatalf("%d pages: limit 10000 was not capped to fit 1 MiB of worst-case ids", pages)
+	}
+}
+
+// TestQueryListOversizedIDs fills the index with ids that ValidateUserID
+// refuses (written directly, as a buggy writer might) and that escape to six
+// bytes each, on a server with a 64 KiB max payload: the service shrinks
+// its scan step until each page fits, and still lists every id.
+func TestQueryListOversizedIDs(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
+	if got := e.nc.MaxPayload(); got != 64<<10 {
+		t.Fatalf("max payload %d", got)
+	}
+	ctx := context.Background()
+	const n = 2000
+	members := make([]redis.Z, n)
+	for i := range members {
+		// 250 control bytes: 1500 bytes each in JSON, so a page of the
+		// payload cap's ~127 ids is about 190 KB.
+		members[i] = redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: fmt.Sprintf("%06d", i) + strings.Repeat("\x01", 250)}
+	}
+	if err := e.rdb.ZAdd(ctx, e.store.Keys().Deadlines(), members...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	seen, pages := e.listAll(0)
+	if len(seen) != n {
+		t.Fatalf("saw %d distinct ids in %d pages, want %d", len(seen), pages, n)
+	}
+	t.Logf("%d ids of 1500 JSON bytes in %d pages", n, pages)
+}

@@ -1,0 +1,125 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/metrics"
+	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/worker"
+)
+
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	return out
+}
+
+// expectSessions checks that every id had exactly one online and one
+// offline event, with increasing versions.
+func (e *env) expectSessions(users []string, timeout time.Duration) {
+	e.t.Helper()
+	evs := e.waitEvents(2*len(users), timeout)
+	counts := map[string]int{}
+	for _, ev := range evs {
+		counts[ev.UserID+":"+ev.Status]++
+	}
+	for _, id := range users {
+		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
+			e.t.Fatalf("user %s: %d online, %d offline events", id, counts[id+":online"], counts[id+":offline"])
+		}
+	}
+	if len(evs) != 2*len(users) {
+		e.t.Fatalf("%d events, want %d", len(evs), 2*len(users))
+	}
+	checkVersions(e.t, evs)
+}
+
+func TestKeyspacePathSurvivesPubsubKill(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 400*time.Millisecond)
+	m := metrics.New()
+	// Sweeps only at start (to set the marker), so expiries after that can
+	// only be found through keyspace events.
+	rep := e.startReplica(func(o *worker.Options, p *presence.Options) {
+		o.ReconcileInterval = time.Hour
+		o.Metrics = m
+		p.OutageThreshold = 2 * time.Hour
+	})
+	ctx := context.Background()
+	flags := e.rdb.ConfigGet(ctx, "notify-keyspace-events").Val()["notify-keyspace-events"]
+	if flags != "xE" && flags != "Ex" {
+		t.Fatalf("notify-keyspace-events = %q, want E and x merged in", flags)
+	}
+	round := func(name string, want int) {
+		users := ids(name, 20)
+		e.heartbeat(users...)
+		testenv.Eventually(t, 20*time.Second, func() bool {
+			return testutil.ToFloat64(m.Expiries.WithLabelValues("keyspace")) >= float64(want)
+		}, "keyspace claims did not reach %d", want)
+	}
+	round("before", 20)
+	for i := range 3 {
+		n := e.rdb.ClientKillByFilter(ctx, "TYPE", "pubsub").Val()
+		if n < 1 {
+			t.Fatalf("CLIENT KILL TYPE pubsub killed %d clients", n)
+		}
+		testenv.Eventually(t, 10*time.Second, func() bool { return rep.listenerReconnects() >= int64(i+1) }, "listener did not reconnect")
+		round(fmt.Sprintf("after%d", i), 20*(i+2))
+	}
+	e.expectSessions(append(append(append(ids("before", 20), ids("after0", 20)...), ids("after1", 20)...), ids("after2", 20)...), 10*time.Second)
+}
+
+func TestRedisRestartLosesNoOffline(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Second, testenv.WithAOF())
+	e.startReplica()
+	users := ids("r", 50)
+	e.heartbeat(users...)
+	e.waitEvents(len(users), 5*time.Second)
+	// Restart while the sessions run out; the restarted Redis has no
+	// notify-keyspace-events until the worker sets it again.
+	e.redis.Restart(t)
+	e.expectSessions(users, 30*time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.ConfigGet(context.Background(), "notify-keyspace-events").Val()["notify-keyspace-events"] != ""
+	}, "notify-keyspace-events not restored after restart")
+}
+
+func TestDueWhileNoWorkerRan(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 300*time.Millisecond)
+	rep := e.startReplica(func(_ *worker.Options, p *presence.Options) { p.OutageThreshold = time.Second })
+	users := ids("gone", 10)
+	e.heartbeat(users...)
+	e.waitEvents(len(users), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rep.w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every deadline passes while no worker runs, for longer than the outage
+	// threshold.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.Exists(ctx, e.prefix+"user:"+users[0]).Val() == 0
+	}, "keys did not lapse")
+	// Wait on Redis's clock until the gap since the last sweep exceeds the threshold.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		last, err := e.rdb.Get(ctx, e.prefix+"sweep").Int64()
+		now, terr := e.rdb.Time(ctx).Result()
+		return err == nil && terr == nil && now.UnixMilli()-last > 1200
+	}, "no outage gap on the Redis clock")
+	if n := e.count(); n != len(users) {
+		t.Fatalf("%d events while no worker ran", n)
+	}
+	e.startReplica(func(_ *worker.Options, p *presence.Options) { p.OutageThreshold = time.Second })
+	// After one TTL of grace the offline events come, once each.
+	e.expectSessions(users, 10*time.Second)
+}
