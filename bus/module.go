@@ -30,4 +30,3 @@ func NewFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) *Bus {
 
 // SubjectsFromConfig returns the subjects under cfg's prefix.
 func SubjectsFromConfig(cfg config.Config) Subjects { return Subjects{Prefix: cfg.SubjectPrefix} }
-

@@ -205,4 +205,3 @@ func (p *printer) handle(m *nats.Msg) {
 }
 
 func (p *printer) counts() (int64, int64) { return p.on.Load(), p.off.Load() }
-
