@@ -210,7 +210,8 @@ type queryService struct {
 // stops it with Stop (which drains its subscriptions: requests being handled
 // are answered) before draining or closing nc. micro installs its own closed
 // and error handlers on nc and chains to the ones set before, so set nc's
-// handlers first. Each endpoint handles its requests one at a time, in
+// handlers first. It returns once the server has the subscriptions, failing
+// when it does not confirm them within Timeout. Each endpoint handles its requests one at a time, in
 // order, on its subscription's goroutine; replicas in the queue group share
 // the load.
 func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micro.Service, error) {
@@ -245,6 +246,11 @@ func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micr
 			_ = svc.Stop()
 			return nil, fmt.Errorf("add query endpoint %s: %w", ep.name, err)
 		}
+	}
+	// Once the server has the subscriptions, requests find a responder.
+	if err := nc.FlushTimeout(opts.Timeout); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("add query service: flush subscriptions: %w", err)
 	}
 	return svc, nil
 }

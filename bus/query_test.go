@@ -63,16 +63,23 @@ func (e *queryEnv) heartbeat(ids ...string) {
 // request sends body to the endpoint and returns the reply message.
 func (e *queryEnv) request(endpoint string, body any) *nats.Msg {
 	e.t.Helper()
+	return request(e.t, e.nc, e.subjects.Query(endpoint), body)
+}
+
+// request sends body (JSON-encoded unless []byte) to subject on nc and
+// returns the reply message.
+func request(t testing.TB, nc *nats.Conn, subject string, body any) *nats.Msg {
+	t.Helper()
 	data, ok := body.([]byte)
 	if !ok {
 		var err error
 		if data, err = json.Marshal(body); err != nil {
-			e.t.Fatal(err)
+			t.Fatal(err)
 		}
 	}
-	msg, err := e.nc.Request(e.subjects.Query(endpoint), data, 5*time.Second)
+	msg, err := nc.Request(subject, data, 5*time.Second)
 	if err != nil {
-		e.t.Fatalf("request %s %s: %v", endpoint, data, err)
+		t.Fatalf("request %s %s: %v", subject, data, err)
 	}
 	return msg
 }
@@ -153,9 +160,9 @@ func TestQueryEndpoints(t *testing.T) {
 	if _, err := e.store.Disconnect(context.Background(), []string{"u-1"}); err != nil {
 		t.Fatal(err)
 	}
-	e.call(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}, &st)
-	if st.Online || st.Since != "" || st.ExpiresAt != "" || st.Version != 0 {
-		t.Fatalf("status after disconnect = %+v", st)
+	msg = e.request(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"})
+	if got, want := string(msg.Data), `{"userId":"u-1","online":false,"version":0}`; got != want {
+		t.Fatalf("status after disconnect = %s, want %s", got, want)
 	}
 }
 
@@ -185,7 +192,7 @@ func TestQueryBadRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.endpoint+" "+tt.body, func(t *testing.T) {
-			msg := e.request(tt.endpoint, []byte(tt.body))
+			msg := request(t, e.nc, e.subjects.Query(tt.endpoint), []byte(tt.body))
 			code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader)
 			if code != bus.QueryBadRequest || !strings.Contains(desc, tt.want) {
 				t.Fatalf("reply %s %q (body %q), want 400 containing %q", code, desc, msg.Data, tt.want)

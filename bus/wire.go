@@ -12,7 +12,8 @@ import (
 
 // The wire contract other services build against (see README.md).
 
-// Event is a presence.online or presence.offline message.
+// Event is a presence.online or presence.offline message (or, with Status
+// "reset" and no UserID, a presence.reset notice).
 type Event struct {
 	UserID string `json:"userId"`
 	// Status is "online" or "offline".
@@ -58,7 +59,18 @@ func (e *Event) UnmarshalJSON(data []byte) error {
 
 // MsgID is the Nats-Msg-Id header of an event, "<userId>:<version>", unique
 // per event, so a JetStream stream drops a republished duplicate.
-func (e Event) MsgID() string { return fmt.Sprintf("%s:%d", e.UserID, e.Version) }
+func (e Event) MsgID() string {
+	if e.Status == StatusReset {
+		return fmt.Sprintf("reset:%d", e.Version)
+	}
+	return fmt.Sprintf("%s:%d", e.UserID, e.Version)
+}
+
+// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
+// presence data set (or presenced started on an empty one). Consumers clear
+// their online set; within one TTL every connected user is online again
+// through presence.online as their heartbeats arrive.
+const StatusReset = "reset"
 
 // Rejection is one id that was not accepted, with the reason.
 type Rejection struct {

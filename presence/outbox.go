@@ -18,8 +18,8 @@ const OutboxGroup = "presenced"
 type Event struct {
 	ID      string // outbox entry id; Ack takes it
 	UserID  string
-	Status  string // "online" or "offline"
-	Reason  string // "heartbeat", "expired" or "disconnect"
+	Status  string // "online", "offline", or "reset" (UserID empty)
+	Reason  string // "heartbeat", "expired", "disconnect"; "data_loss" for reset
 	Version int64  // strictly increasing across one user's events
 	// Deadline is the deadline that passed, for expired offlines (else zero).
 	Deadline time.Time
@@ -187,6 +187,9 @@ func decodeEntry(m redis.XMessage) Event {
 
 // Valid reports whether the event decoded completely.
 func (e Event) Valid() error {
+	if e.Status == "reset" && e.UserID == "" && e.Version > 0 {
+		return nil
+	}
 	if (e.Status != "online" && e.Status != "offline") || e.UserID == "" || e.Version <= 0 || e.Reason == "" {
 		return fmt.Errorf("%w %s: %+v", ErrBadEntry, e.ID, e)
 	}

@@ -84,9 +84,11 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// baseKeys returns KEYS[1..5] of every script (see lua/lib.lua), with room
+// for n more.
 func (s *Store) baseKeys(n int) []string {
-	keys := make([]string, 4, 4+n)
-	keys[0], keys[1], keys[2], keys[3] = s.keys.Deadlines(), s.keys.Sessions(), s.keys.Clock(), s.keys.Outbox()
+	keys := make([]string, 5, 5+n)
+	keys[0], keys[1], keys[2], keys[3], keys[4] = s.keys.Deadlines(), s.keys.Sessions(), s.keys.Clock(), s.keys.Outbox(), s.keys.Epoch()
 	return keys
 }
 

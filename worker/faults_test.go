@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
@@ -122,4 +123,52 @@ func TestDueWhileNoWorkerRan(t *testing.T) {
 	e.startReplica(func(_ *worker.Options, p *presence.Options) { p.OutageThreshold = time.Second })
 	// After one TTL of grace the offline events come, once each.
 	e.expectSessions(users, 10*time.Second)
+}
+
+func TestDataLossPublishesOneReset(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2*time.Second)
+	resets := testenv.Collect(t, e.nats.Conn(t), e.subjects.Reset())
+	e.startReplica()
+	e.startReplica()
+	users := ids("flush", 20)
+	e.heartbeat(users...)
+	e.waitEvents(len(users), 5*time.Second)
+	// The first start on an empty data set is announced once.
+	resets.WaitFor(t, 1, 5*time.Second)
+	ctx := context.Background()
+	if err := e.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// One reset for the loss, whichever replica or script notices it first.
+	resets.WaitFor(t, 2, 10*time.Second)
+	// Users still connected heartbeat again: one online each, and no offline
+	// for anyone (their sessions are unknowable, not ended).
+	e.heartbeat(users...)
+	evs := e.waitEvents(2*len(users), 10*time.Second)
+	for _, ev := range evs {
+		if ev.Status != "online" {
+			t.Fatalf("event after data loss: %+v", ev)
+		}
+	}
+	// Before counting: both replicas have swept well after the flush (a
+	// doubled reset would come from a sweep) and the outbox is fully relayed.
+	after := e.rdb.Time(ctx).Val().Add(300 * time.Millisecond).UnixMilli()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		marker, err := e.rdb.Get(ctx, e.prefix+"sweep").Int64()
+		pending := e.rdb.XPending(ctx, e.prefix+"outbox", "presenced").Val()
+		return err == nil && marker > after && pending != nil && pending.Count == 0
+	}, "sweeps or relay did not settle")
+	if n := resets.Len(); n != 2 {
+		t.Fatalf("%d reset events, want 2 (first start, then the flush)", n)
+	}
+	for _, m := range resets.Msgs() {
+		var ev struct {
+			Status, Reason string
+			Version        int64
+		}
+		if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Status != "reset" || ev.Reason != "data_loss" || ev.Version <= 0 {
+			t.Fatalf("reset event %s: %v", m.Data, err)
+		}
+	}
 }

@@ -23,10 +23,25 @@ var Module = fx.Module("worker",
 	fx.Invoke(func(*Worker) {}),
 )
 
+// Deps are the worker's dependencies in the fx graph.
+type Deps struct {
+	fx.In
+	Lifecycle fx.Lifecycle
+	Config    config.Config
+	Store     *presence.Store
+	Expiry    *presence.ExpiryListener
+	Bus       *bus.Bus
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+	// Hooks are supplied only by fault-injection tests.
+	Hooks *Hooks `optional:"true"`
+}
+
 // NewFromConfig builds the worker from the presence and bus modules.
-func NewFromConfig(lc fx.Lifecycle, cfg config.Config, store *presence.Store, expiry *presence.ExpiryListener,
-	b *bus.Bus, m *metrics.Metrics, log *slog.Logger) *Worker {
+func NewFromConfig(d Deps) *Worker {
+	lc, cfg, store, expiry, b, m, log := d.Lifecycle, d.Config, d.Store, d.Expiry, d.Bus, d.Metrics, d.Logger
 	w := New(store, store.Outbox(ConsumerName()), b, expiry, Options{
+		Hooks:             d.Hooks,
 		Subjects:          bus.SubjectsFromConfig(cfg),
 		Queue:             cfg.QueueGroup,
 		MaxBatch:          cfg.MaxBatch,

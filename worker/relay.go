@@ -114,6 +114,8 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
 		}
 		switch {
+		case e.Status == bus.StatusReset:
+			w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
 		case e.Status == "online":
 			w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
 		case e.Reason == "expired":

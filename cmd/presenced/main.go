@@ -19,6 +19,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -108,7 +109,7 @@ func runWorker(args []string, getenv func(string) string, stdout, stderr io.Writ
 	}
 	log := NewLogger(cfg, stderr)
 	log.Info("starting presenced", "version", Version(), "config", cfg)
-	app := fx.New(App(cfg, log))
+	app := fx.New(App(cfg, log, testHooks(getenv, log)))
 	return runApp(app, log, cfg.ConnectTimeout)
 }
 
@@ -160,6 +161,27 @@ func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
 		),
 		fx.Options(extra...),
 	)
+}
+
+// testHooks supports the fault suite: PRESENCED_TEST_KILL_AFTER_OUTBOX_READ=offline
+// makes the process SIGKILL itself after reading outbox entries that include
+// an offline event and before publishing them, the exact point where a
+// crash would lose the event without the outbox. Never set in production.
+func testHooks(getenv func(string) string, log *slog.Logger) fx.Option {
+	status := getenv("PRESENCED_TEST_KILL_AFTER_OUTBOX_READ")
+	if status == "" {
+		return fx.Options()
+	}
+	log.Warn("test hook armed: this process will kill itself", "after_outbox_read", status)
+	return fx.Supply(&worker.Hooks{AfterOutboxRead: func(events []presence.Event) error {
+		for _, e := range events {
+			if e.Status == status {
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {} // the signal is on its way
+			}
+		}
+		return nil
+	}})
 }
 
 // readiness adapts a dependency's check into the status "checks" group.

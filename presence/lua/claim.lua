@@ -1,9 +1,9 @@
 -- claim.lua: the keyspace-event fast path. Claims users whose presence key
 -- Redis reported as expired, if their deadline has really passed.
--- Requires lib.lua (KEYS[1..4]).
+-- Requires lib.lua (KEYS[1..5]).
 --
--- KEYS[5]  sweep marker (STRING, NOW_MS of the last sweep)
--- KEYS[6]  grace cutoff (STRING, present while a grace pass is running)
+-- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep)
+-- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
 -- ARGV[1]  outage threshold in ms (as in sweep.lua)
 -- ARGV[2..] user ids
 --
@@ -13,9 +13,11 @@
 --
 -- Returns the number of users claimed, or -1 when the claim was deferred to
 -- the sweep.
+check_epoch()
 local outage = tonumber(ARGV[1])
-local last = redis.call('GET', KEYS[5])
-if redis.call('EXISTS', KEYS[6]) == 1 or last == false or NOW_MS - tonumber(last) > outage then
+local last = redis.call('GET', KEYS[6])
+if redis.call('EXISTS', KEYS[7]) == 1 or last == false or NOW_MS - tonumber(last) > outage then
+  save_clock()
   return -1
 end
 local n = 0

@@ -1,7 +1,7 @@
 -- heartbeat.lua: start or refresh the presence of a batch of users, atomically
--- with the deadline index and the outbox. Requires lib.lua (KEYS[1..4]).
+-- with the deadline index and the outbox. Requires lib.lua (KEYS[1..5]).
 --
--- KEYS[5..4+n]  the users' presence keys, presence:user:{userId}, in ARGV order
+-- KEYS[6..5+n]  the users' presence keys, presence:user:{userId}, in ARGV order
 -- ARGV[1]       TTL in milliseconds
 -- ARGV[2..1+n]  user ids (the caller removes duplicates)
 --
@@ -13,12 +13,13 @@
 --
 -- Returns {now_ms, r1, ..., rn}: ri is the online event's version when user i
 -- started a session, 0 when it was a refresh.
+check_epoch()
 local ttl = tonumber(ARGV[1])
 local deadline = string.format('%d', NOW_MS + ttl)
 local res = {NOW_MS}
 for i = 2, #ARGV do
   local id = ARGV[i]
-  redis.call('SET', KEYS[i + 3], '1', 'PX', ttl)
+  redis.call('SET', KEYS[i + 4], '1', 'PX', ttl)
   if redis.call('ZADD', KEYS[1], deadline, id) == 1 then
     local v = emit('online', id, 'heartbeat')
     redis.call('HSET', KEYS[2], id, string.format('%d', v))

@@ -1,11 +1,12 @@
 -- lib.lua: prepended to every presence script (see scripts.go), so all of
 -- them share one clock and one outbox format.
 --
--- Every script that includes it takes the same first four keys:
+-- Every script that includes it takes the same first five keys:
 --   KEYS[1]  deadline index (ZSET userId -> deadline, ms since epoch, Redis clock)
 --   KEYS[2]  sessions (HASH userId -> version of the session's online event)
 --   KEYS[3]  version clock (STRING, the last version handed out)
 --   KEYS[4]  outbox (STREAM of events waiting to be published)
+--   KEYS[5]  epoch (STRING, marks the presence data set; see check_epoch)
 --
 -- Versions are Redis server time in microseconds, made strictly increasing
 -- by the clock key, so one user's successive events always carry increasing
@@ -37,6 +38,18 @@ local function save_clock()
   if CLOCK ~= nil then
     redis.call('SET', KEYS[3], string.format('%d', CLOCK))
   end
+end
+
+-- check_epoch runs first in every script. A missing epoch means the
+-- presence data set is new or was lost (FLUSHALL, a restart without
+-- persistence, a failover to an empty replica): the sessions it held are
+-- unknowable, so instead of guessing, one "reset" event goes out before
+-- anything else, and consumers resynchronise. Exactly one script call sees
+-- the epoch missing, so the reset is published once.
+local function check_epoch()
+  if redis.call('EXISTS', KEYS[5]) == 1 then return end
+  redis.call('SET', KEYS[5], string.format('%d', NOW_US))
+  emit('reset', '', 'data_loss')
 end
 
 -- end_session removes a user from the index (the claim: exactly one caller

@@ -1,9 +1,9 @@
 -- sweep.lua: the reconciler's step. Claims users whose deadline has passed
 -- and emits their offline events, or, after an outage, grants grace instead.
--- Requires lib.lua (KEYS[1..4]).
+-- Requires lib.lua (KEYS[1..5]).
 --
--- KEYS[5]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
--- KEYS[6]  grace cutoff (STRING, present while a grace pass is running)
+-- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
+-- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
 -- ARGV[1]  maximum number of users to handle in this call
 -- ARGV[2]  outage threshold in ms: a gap between sweeps longer than this
 --          means no replica could see heartbeats (NATS cut, Redis down,
@@ -19,15 +19,16 @@
 --
 -- Returns {claimed, graced, more}: more is 1 when the limit was reached and
 -- the caller should call again at once.
+check_epoch()
 local limit = tonumber(ARGV[1])
 local outage = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-local last = redis.call('GET', KEYS[5])
-redis.call('SET', KEYS[5], string.format('%d', NOW_MS))
-local cutoff = redis.call('GET', KEYS[6])
+local last = redis.call('GET', KEYS[6])
+redis.call('SET', KEYS[6], string.format('%d', NOW_MS))
+local cutoff = redis.call('GET', KEYS[7])
 if cutoff == false and last and NOW_MS - tonumber(last) > outage then
   cutoff = string.format('%d', NOW_MS)
-  redis.call('SET', KEYS[6], cutoff)
+  redis.call('SET', KEYS[7], cutoff)
 end
 if cutoff then
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, limit)
@@ -36,8 +37,9 @@ if cutoff then
     redis.call('ZADD', KEYS[1], 'XX', deadline, id)
     redis.call('SET', ARGV[4] .. id, '1', 'PX', ttl)
   end
+  save_clock()
   if #ids < limit then
-    redis.call('DEL', KEYS[6])
+    redis.call('DEL', KEYS[7])
     return {0, #ids, 0}
   end
   return {0, #ids, 1}
