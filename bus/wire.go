@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/presenced/presenced/presence"
@@ -113,6 +114,14 @@ const maxShown = 64
 // without costing the valid ones. The message fails as a whole (ErrMalformed,
 // ErrTooMany) only when it is not such an object or holds more than max ids.
 func DecodeRequest(data []byte, max int) (Request, error) {
+	if req, ok := decodeFast(data, max); ok {
+		return req, nil
+	}
+	return decodeSlow(data, max)
+}
+
+// decodeSlow is the general decoder: encoding/json, element by element.
+func decodeSlow(data []byte, max int) (Request, error) {
 	var raw struct {
 		UserID  json.RawMessage   `json:"userId"`
 		UserIDs []json.RawMessage `json:"userIds"`
@@ -185,4 +194,134 @@ func shown(id string, r json.RawMessage) string {
 		s = s[:maxShown] + "…"
 	}
 	return s
+}
+
+// decodeFast handles the shapes gateways send, {"userId":"x"} and
+// {"userIds":["x","y",...]} with ids of printable ASCII without escapes,
+// in one pass and one allocation per id. Anything else (escapes, other
+// fields, unusual layout, any error) returns ok=false and is decoded by
+// decodeSlow, so both give the same result wherever the fast path answers.
+func decodeFast(data []byte, max int) (req Request, ok bool) {
+	p := fastParser{b: data}
+	p.space()
+	if !p.lit('{') {
+		return req, false
+	}
+	p.space()
+	key, ok := p.str()
+	if !ok {
+		return req, false
+	}
+	p.space()
+	if !p.lit(':') {
+		return req, false
+	}
+	p.space()
+	var ids []string
+	switch string(key) {
+	case "userId":
+		v, ok := p.str()
+		if !ok || len(v) == 0 {
+			return req, false
+		}
+		ids = []string{string(v)}
+	case "userIds":
+		if !p.lit('[') {
+			return req, false
+		}
+		p.space()
+		if p.lit(']') {
+			return req, false // empty batch: let the slow path word the error
+		}
+		for {
+			v, ok := p.str()
+			if !ok || len(v) == 0 {
+				return req, false
+			}
+			if len(ids) == max {
+				return req, false // over the maximum: the slow path counts and words it
+			}
+			ids = append(ids, string(v))
+			p.space()
+			if p.lit(']') {
+				break
+			}
+			if !p.lit(',') {
+				return req, false
+			}
+			p.space()
+		}
+	default:
+		return req, false
+	}
+	p.space()
+	if !p.lit('}') {
+		return req, false
+	}
+	p.space()
+	if p.i != len(p.b) {
+		return req, false
+	}
+	req.IDs = ids[:0]
+	var seen map[string]struct{}
+	if len(ids) > 16 {
+		seen = make(map[string]struct{}, len(ids))
+	}
+	for _, id := range ids {
+		if err := presence.ValidateUserID(id); err != nil {
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: presence.InvalidReason(err)})
+			continue
+		}
+		if seen != nil {
+			if _, dup := seen[id]; dup {
+				continue
+			}
+			seen[id] = struct{}{}
+		} else if slices.Contains(req.IDs, id) {
+			continue
+		}
+		req.IDs = append(req.IDs, id)
+	}
+	return req, true
+}
+
+type fastParser struct {
+	b []byte
+	i int
+}
+
+func (p *fastParser) space() {
+	for p.i < len(p.b) && (p.b[p.i] == ' ' || p.b[p.i] == '\n' || p.b[p.i] == '\r' || p.b[p.i] == '\t') {
+		p.i++
+	}
+}
+
+func (p *fastParser) lit(c byte) bool {
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// str reads a string of printable ASCII without escapes; it returns the
+// bytes between the quotes.
+func (p *fastParser) str() ([]byte, bool) {
+	if !p.lit('"') {
+		return nil, false
+	}
+	start := p.i
+	for p.i < len(p.b) {
+		c := p.b[p.i]
+		switch {
+		case c == '"':
+			v := p.b[start:p.i]
+			p.i++
+			return v, true
+		case c == '\\' || c < 0x20 || c > 0x7e:
+			return nil, false
+		}
+		p.i++
+	}
+	return nil, false
 }

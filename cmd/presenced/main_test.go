@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,7 +116,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "presenced")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
 	if err != nil {
-		return "", &exec.ExitError{Stderr: out}
+		return "", fmt.Errorf("%w: %s", err, out)
 	}
 	return bin, nil
 })

@@ -1,0 +1,140 @@
+package bus_test
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/presence"
+)
+
+func TestDecodeRequest(t *testing.T) {
+	long := strings.Repeat("a", 257)
+	cases := []struct {
+		name     string
+		in       string
+		max      int
+		ids      []string
+		rejected []string // reasons
+		err      error
+	}{
+		{name: "single", in: `{"userId":"u-1"}`, ids: []string{"u-1"}},
+		{name: "batch", in: `{"userIds":["a","b","c"]}`, ids: []string{"a", "b", "c"}},
+		{name: "both merged", in: `{"userId":"a","userIds":["b","a"]}`, ids: []string{"a", "b"}},
+		{name: "duplicates collapse", in: `{"userIds":["a","a","b","a"]}`, ids: []string{"a", "b"}},
+		{name: "whitespace around", in: "  \n{\"userId\":\"u\"}\n", ids: []string{"u"}},
+		{name: "unicode id", in: `{"userId":"пользователь-1"}`, ids: []string{"пользователь-1"}},
+		{name: "empty id", in: `{"userIds":["","ok"]}`, ids: []string{"ok"}, rejected: []string{"empty"}},
+		{name: "too long", in: `{"userIds":["` + long + `","ok"]}`, ids: []string{"ok"}, rejected: []string{"too_long"}},
+		{name: "256 bytes ok", in: `{"userId":"` + long[:256] + `"}`, ids: []string{long[:256]}},
+		{name: "control char", in: `{"userIds":["a\u0001b","ok"]}`, ids: []string{"ok"}, rejected: []string{"control_char"}},
+		{name: "nul", in: `{"userIds":["a\u0000b"]}`, ids: []string{}, rejected: []string{"control_char"}},
+		{name: "space", in: `{"userIds":["a b"]}`, ids: []string{}, rejected: []string{"space"}},
+		{name: "glob star", in: `{"userIds":["*","ok"]}`, ids: []string{"ok"}, rejected: []string{"glob_char"}},
+		{name: "glob question", in: `{"userIds":["a?"]}`, ids: []string{}, rejected: []string{"glob_char"}},
+		{name: "glob bracket", in: `{"userIds":["[a]"]}`, ids: []string{}, rejected: []string{"glob_char"}},
+		{name: "number element", in: `{"userIds":[42,"ok"]}`, ids: []string{"ok"}, rejected: []string{"not_string"}},
+		{name: "null element", in: `{"userIds":[null,"ok"]}`, ids: []string{"ok"}, rejected: []string{"not_string"}},
+		{name: "object element", in: `{"userIds":[{"a":1},"ok"]}`, ids: []string{"ok"}, rejected: []string{"not_string"}},
+		{name: "invalid utf8", in: "{\"userIds\":[\"a\xffb\",\"ok\"]}", ids: []string{"ok"}, rejected: []string{"invalid_utf8"}},
+		{name: "lone surrogate", in: `{"userIds":["a\ud800b","ok"]}`, ids: []string{"ok"}, rejected: []string{"invalid_utf8"}},
+		{name: "single not string", in: `{"userId":7}`, ids: []string{}, rejected: []string{"not_string"}},
+		{name: "empty message", in: ``, err: bus.ErrMalformed},
+		{name: "not json", in: `hello`, err: bus.ErrMalformed},
+		{name: "array", in: `["a"]`, err: bus.ErrMalformed},
+		{name: "truncated", in: `{"userIds":["a"`, err: bus.ErrMalformed},
+		{name: "no ids", in: `{}`, err: bus.ErrMalformed},
+		{name: "empty batch", in: `{"userIds":[]}`, err: bus.ErrMalformed},
+		{name: "userIds not array", in: `{"userIds":"a"}`, err: bus.ErrMalformed},
+		{name: "deeply nested", in: strings.Repeat(`{"a":`, 20000) + `1` + strings.Repeat(`}`, 20000), err: bus.ErrMalformed},
+		{name: "over max", in: `{"userIds":["a","b","c"]}`, max: 2, err: bus.ErrTooMany},
+		{name: "at max", in: `{"userIds":["a","b"]}`, max: 2, ids: []string{"a", "b"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			max := c.max
+			if max == 0 {
+				max = 100
+			}
+			req, err := bus.DecodeRequest([]byte(c.in), max)
+			if c.err != nil {
+				if !errors.Is(err, c.err) {
+					t.Fatalf("err %v, want %v", err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(req.IDs, c.ids) {
+				t.Fatalf("ids %q, want %q", req.IDs, c.ids)
+			}
+			var reasons []string
+			for _, r := range req.Rejected {
+				reasons = append(reasons, r.Reason)
+				if !strings.HasPrefix(r.Error, "invalid userId: ") {
+					t.Fatalf("rejection error %q is not clear", r.Error)
+				}
+			}
+			if !slices.Equal(reasons, c.rejected) {
+				t.Fatalf("rejected %v, want %v", req.Rejected, c.rejected)
+			}
+		})
+	}
+}
+
+func TestEventJSONRoundTrip(t *testing.T) {
+	ev := bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", Version: 1795635703206340}
+	ev.At = presence.Event{Version: ev.Version}.At()
+	data, err := ev.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"userId":"u-1","status":"online","reason":"heartbeat","at":"2026-11-25T19:41:43.206340Z","version":1795635703206340}`
+	if string(data) != want {
+		t.Fatalf("got  %s\nwant %s", data, want)
+	}
+	var back bus.Event
+	if err := back.UnmarshalJSON(data); err != nil || back != ev {
+		t.Fatalf("round trip %+v, %v", back, err)
+	}
+	if ev.MsgID() != "u-1:1795635703206340" {
+		t.Fatalf("MsgID %s", ev.MsgID())
+	}
+}
+
+// FuzzDecodeRequest: any input decodes or fails cleanly; accepted ids are
+// valid, unique, and never glob patterns or control characters.
+func FuzzDecodeRequest(f *testing.F) {
+	for _, s := range []string{`{"userId":"u"}`, `{"userIds":["a","b","a"]}`, `{"userIds":[1,null,"*","a\u0000"]}`, `{`, ``, `[]`,
+		"{\"userId\":\"\xff\"}", `{"userIds":["a\ud800"]}`, `{"userId":"a","userIds":["b"]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := bus.DecodeRequest(data, 1000)
+		if err != nil {
+			if !errors.Is(err, bus.ErrMalformed) && !errors.Is(err, bus.ErrTooMany) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		seen := map[string]bool{}
+		for _, id := range req.IDs {
+			if err := presence.ValidateUserID(id); err != nil {
+				t.Fatalf("accepted invalid id %q: %v", id, err)
+			}
+			if seen[id] {
+				t.Fatalf("duplicate id %q", id)
+			}
+			seen[id] = true
+		}
+		for _, r := range req.Rejected {
+			if r.Error == "" || r.Reason == "" || !utf8.ValidString(r.Error) {
+				t.Fatalf("unclear rejection %+v", r)
+			}
+		}
+	})
+}
