@@ -1,31 +1,66 @@
 package bus
 
 import (
+	"context"
 	"log/slog"
 	"os"
 
+	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/fx"
 
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/presence"
 )
 
-// Module provides the *Bus. It owns the NATS connection: connects in
-// OnStart (failing within PRESENCE_CONNECT_TIMEOUT) and drains it in OnStop.
+// Module provides the *Bus and runs the query service. It owns the NATS
+// connection: connects in OnStart (failing within PRESENCE_CONNECT_TIMEOUT)
+// and drains it in OnStop; the query service starts after the connection
+// and stops before it drains.
 var Module = fx.Module("bus",
 	fx.Provide(NewFromConfig),
+	fx.Invoke(StartQueryFromConfig),
 )
 
-// NewFromConfig returns a Bus for cfg tied to lc.
-func NewFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) *Bus {
+// NewFromConfig returns a Bus for cfg (credentials and TLS included) tied to lc.
+func NewFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*Bus, error) {
+	extra, err := NATSOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	host, _ := os.Hostname()
 	b := New(Options{
 		URL:            cfg.NATSURL,
 		Name:           "presenced@" + host,
 		ConnectTimeout: cfg.ConnectTimeout,
+		Extra:          extra,
 		Logger:         log.With("component", "bus"),
 	})
 	lc.Append(fx.Hook{OnStart: b.Start, OnStop: b.Stop})
-	return b
+	return b, nil
+}
+
+// StartQueryFromConfig runs the query service (presence.query.*) on b for
+// the lifetime of the application.
+func StartQueryFromConfig(lc fx.Lifecycle, cfg config.Config, b *Bus, store *presence.Store, log *slog.Logger) {
+	var svc micro.Service
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			var err error
+			svc, err = StartQueryService(b.Conn(), store, QueryOptions{
+				Subjects: SubjectsFromConfig(cfg),
+				Queue:    cfg.QueueGroup,
+				MaxIDs:   cfg.MaxBatch,
+				Logger:   log.With("component", "query"),
+			})
+			return err
+		},
+		OnStop: func(context.Context) error {
+			if svc == nil {
+				return nil
+			}
+			return svc.Stop()
+		},
+	})
 }
 
 // SubjectsFromConfig returns the subjects under cfg's prefix.

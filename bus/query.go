@@ -206,14 +206,17 @@ type queryService struct {
 	log   *slog.Logger
 }
 
-// StartQueryService adds the query service on nc and returns it; the caller
-// stops it with Stop (which drains its subscriptions: requests being handled
-// are answered) before draining or closing nc. micro installs its own closed
-// and error handlers on nc and chains to the ones set before, so set nc's
-// handlers first. It returns once the server has the subscriptions, failing
-// when it does not confirm them within Timeout. Each endpoint handles its requests one at a time, in
-// order, on its subscription's goroutine; replicas in the queue group share
-// the load.
+// StartQueryService adds the query service on nc and returns it once the
+// server has its subscriptions (failing if that is not confirmed within
+// Timeout). The caller stops it with Stop, which drains its subscriptions so
+// requests being handled are answered, before draining or closing nc.
+//
+// micro installs its own closed and error handlers on nc and chains to the
+// ones set before: set nc's handlers first, and do not replace them while
+// the service runs (Stop restores them).
+//
+// Each endpoint handles its requests one at a time, in order, on its
+// subscription's goroutine; replicas in the queue group share the load.
 func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micro.Service, error) {
 	opts = opts.withDefaults()
 	q := &queryService{nc: nc, store: store, opts: opts, log: opts.Logger}

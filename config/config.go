@@ -42,9 +42,60 @@ type Config struct {
 	// NATSURL is the NATS server URL, or a comma-separated list of them
 	// (NATS_URL, --nats-url). Default "nats://127.0.0.1:4222".
 	NATSURL string
+	// NATSUser and NATSPassword authenticate to NATS with a user and a
+	// password (NATS_USER, --nats-user; NATS_PASSWORD, --nats-password).
+	// Default empty; set both or neither. NATSPassword is a secret.
+	NATSUser     string
+	NATSPassword string
+	// NATSToken authenticates to NATS with a token (NATS_TOKEN,
+	// --nats-token). Default empty. A secret.
+	NATSToken string
+	// NATSNkeySeedFile is a file holding an nkey user seed ("SU...") to
+	// authenticate to NATS with (NATS_NKEY_SEED_FILE, --nats-nkey-seed-file).
+	// Default empty; must be readable.
+	NATSNkeySeedFile string
+	// NATSCredsFile is a NATS credentials file (user JWT and nkey seed,
+	// as written by nsc) (NATS_CREDS_FILE, --nats-creds-file). Default
+	// empty; must be readable. It is read again on every reconnect.
+	//
+	// At most one NATS authentication method is set: NATSUser with
+	// NATSPassword, NATSToken, NATSNkeySeedFile, NATSCredsFile, or
+	// credentials in NATSURL.
+	NATSCredsFile string
+	// NATSTLSCAFile is a PEM file of the CAs that sign the NATS server's
+	// certificate, instead of the system roots (NATS_TLS_CA_FILE,
+	// --nats-tls-ca-file). Default empty. Setting any NATS_TLS_* file makes
+	// the connection use TLS whatever the URL's scheme.
+	NATSTLSCAFile string
+	// NATSTLSCertFile and NATSTLSKeyFile are the PEM client certificate and
+	// its key, for servers that verify clients (NATS_TLS_CERT_FILE,
+	// --nats-tls-cert-file; NATS_TLS_KEY_FILE, --nats-tls-key-file).
+	// Default empty; set both or neither.
+	NATSTLSCertFile string
+	NATSTLSKeyFile  string
 	// RedisURL is the Redis URL, redis:// or rediss:// (REDIS_URL,
-	// --redis-url). Default "redis://127.0.0.1:6379/0".
+	// --redis-url). Default "redis://127.0.0.1:6379/0". It may carry
+	// user:password; the skip_verify parameter is refused.
 	RedisURL string
+	// RedisUsername is the Redis ACL user; it replaces the user in RedisURL
+	// (REDIS_USERNAME, --redis-username). Default empty: the URL's, else
+	// "default". A password must be set too, here or in the URL.
+	RedisUsername string
+	// RedisPassword is the Redis password; it replaces the password in
+	// RedisURL (REDIS_PASSWORD, --redis-password). Default empty: the
+	// URL's. A secret.
+	RedisPassword string
+	// RedisTLSCAFile is a PEM file of the CAs that sign the Redis server's
+	// certificate, instead of the system roots (REDIS_TLS_CA_FILE,
+	// --redis-tls-ca-file). Default empty. The REDIS_TLS_* files need a
+	// rediss:// RedisURL.
+	RedisTLSCAFile string
+	// RedisTLSCertFile and RedisTLSKeyFile are the PEM client certificate
+	// and its key, for servers with tls-auth-clients (REDIS_TLS_CERT_FILE,
+	// --redis-tls-cert-file; REDIS_TLS_KEY_FILE, --redis-tls-key-file).
+	// Default empty; set both or neither.
+	RedisTLSCertFile string
+	RedisTLSKeyFile  string
 	// TTL is how long a user stays online after the last heartbeat
 	// (PRESENCE_TTL, --ttl). Default 60s; between 100ms and 24h.
 	TTL time.Duration
@@ -107,6 +158,7 @@ type Setting struct {
 	Usage   string
 
 	isBool bool
+	secret bool // the value never appears in errors or logs
 	set    func(c *Config, v string) error
 	check  func(c Config, name func(env string) string) error
 }
@@ -132,6 +184,73 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "nats-user", Env: "NATS_USER", Default: "",
+		Usage: "NATS user, with --nats-password",
+		set:   func(c *Config, v string) error { c.NATSUser = v; return nil },
+		check: func(Config, func(string) string) error { return nil }, // paired in nats-password
+	},
+	{
+		Flag: "nats-password", Env: "NATS_PASSWORD", Default: "",
+		Usage:  "NATS password, with --nats-user (prefer the variable: flags show in ps)",
+		secret: true,
+		set:    func(c *Config, v string) error { c.NATSPassword = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			return checkPair(name, "NATS_USER", c.NATSUser, "NATS_PASSWORD", c.NATSPassword)
+		},
+	},
+	{
+		Flag: "nats-token", Env: "NATS_TOKEN", Default: "",
+		Usage:  "NATS authentication token (prefer the variable: flags show in ps)",
+		secret: true,
+		set:    func(c *Config, v string) error { c.NATSToken = v; return nil },
+		check:  func(Config, func(string) string) error { return nil }, // exclusivity in nats-creds-file
+	},
+	{
+		Flag: "nats-nkey-seed-file", Env: "NATS_NKEY_SEED_FILE", Default: "",
+		Usage: "file holding the NATS nkey user seed (SU...)",
+		set:   func(c *Config, v string) error { c.NATSNkeySeedFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			return checkReadable(name("NATS_NKEY_SEED_FILE"), c.NATSNkeySeedFile)
+		},
+	},
+	{
+		Flag: "nats-creds-file", Env: "NATS_CREDS_FILE", Default: "",
+		Usage: "NATS credentials file (user JWT and seed, from nsc)",
+		set:   func(c *Config, v string) error { c.NATSCredsFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkReadable(name("NATS_CREDS_FILE"), c.NATSCredsFile); err != nil {
+				return err
+			}
+			return checkNATSAuth(c, name)
+		},
+	},
+	{
+		Flag: "nats-tls-ca-file", Env: "NATS_TLS_CA_FILE", Default: "",
+		Usage: "PEM CA certificates that sign the NATS server's certificate (default: system roots)",
+		set:   func(c *Config, v string) error { c.NATSTLSCAFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			_, err := loadCAs(name("NATS_TLS_CA_FILE"), c.NATSTLSCAFile)
+			return err
+		},
+	},
+	{
+		Flag: "nats-tls-cert-file", Env: "NATS_TLS_CERT_FILE", Default: "",
+		Usage: "PEM client certificate for NATS, with --nats-tls-key-file",
+		set:   func(c *Config, v string) error { c.NATSTLSCertFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			return checkReadable(name("NATS_TLS_CERT_FILE"), c.NATSTLSCertFile)
+		},
+	},
+	{
+		Flag: "nats-tls-key-file", Env: "NATS_TLS_KEY_FILE", Default: "",
+		Usage: "PEM key of the NATS client certificate",
+		set:   func(c *Config, v string) error { c.NATSTLSKeyFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			_, err := loadKeyPair(name, natsTLS(c))
+			return err
+		},
+	},
+	{
 		Flag: "redis-url", Env: "REDIS_URL", Default: "redis://127.0.0.1:6379/0",
 		Usage: "Redis URL, redis://[user:password@]host:port/db or rediss:// for TLS",
 		set:   func(c *Config, v string) error { c.RedisURL = v; return nil },
@@ -140,6 +259,65 @@ var settings = []Setting{
 				return fmt.Errorf("invalid %s %q: %w", name("REDIS_URL"), RedactURL(c.RedisURL), err)
 			}
 			return nil
+		},
+	},
+	{
+		Flag: "redis-username", Env: "REDIS_USERNAME", Default: "",
+		Usage: "Redis ACL user; replaces the user in --redis-url",
+		set:   func(c *Config, v string) error { c.RedisUsername = v; return nil },
+		check: func(Config, func(string) string) error { return nil }, // checked in redis-password
+	},
+	{
+		Flag: "redis-password", Env: "REDIS_PASSWORD", Default: "",
+		Usage:  "Redis password; replaces the password in --redis-url (prefer the variable: flags show in ps)",
+		secret: true,
+		set:    func(c *Config, v string) error { c.RedisPassword = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if c.RedisUsername == "" || c.RedisPassword != "" {
+				return nil
+			}
+			if u, err := url.Parse(c.RedisURL); err == nil && u.User != nil {
+				if _, ok := u.User.Password(); ok {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s is set without a password: set %s or put the password in %s",
+				name("REDIS_USERNAME"), name("REDIS_PASSWORD"), name("REDIS_URL"))
+		},
+	},
+	{
+		Flag: "redis-tls-ca-file", Env: "REDIS_TLS_CA_FILE", Default: "",
+		Usage: "PEM CA certificates that sign the Redis server's certificate (default: system roots; needs rediss://)",
+		set:   func(c *Config, v string) error { c.RedisTLSCAFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkRediss(c, name, "REDIS_TLS_CA_FILE", c.RedisTLSCAFile); err != nil {
+				return err
+			}
+			_, err := loadCAs(name("REDIS_TLS_CA_FILE"), c.RedisTLSCAFile)
+			return err
+		},
+	},
+	{
+		Flag: "redis-tls-cert-file", Env: "REDIS_TLS_CERT_FILE", Default: "",
+		Usage: "PEM client certificate for Redis, with --redis-tls-key-file (needs rediss://)",
+		set:   func(c *Config, v string) error { c.RedisTLSCertFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkRediss(c, name, "REDIS_TLS_CERT_FILE", c.RedisTLSCertFile); err != nil {
+				return err
+			}
+			return checkReadable(name("REDIS_TLS_CERT_FILE"), c.RedisTLSCertFile)
+		},
+	},
+	{
+		Flag: "redis-tls-key-file", Env: "REDIS_TLS_KEY_FILE", Default: "",
+		Usage: "PEM key of the Redis client certificate (needs rediss://)",
+		set:   func(c *Config, v string) error { c.RedisTLSKeyFile = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if err := checkRediss(c, name, "REDIS_TLS_KEY_FILE", c.RedisTLSKeyFile); err != nil {
+				return err
+			}
+			_, err := loadKeyPair(name, redisTLS(c))
+			return err
 		},
 	},
 	{
@@ -385,7 +563,11 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	for _, s := range settings {
 		if v := values[s.Flag]; v.set {
 			if err := s.set(&c, v.value); err != nil {
-				return Config{}, fmt.Errorf("invalid --%s (%s) %q: %w", s.Flag, s.Env, v.value, err)
+				shown := v.value
+				if s.secret {
+					shown = mask
+				}
+				return Config{}, fmt.Errorf("invalid --%s (%s) %q: %w", s.Flag, s.Env, shown, err)
 			}
 			fromFlag[s.Env] = s.Flag
 			continue
@@ -393,7 +575,10 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		if v := getenv(s.Env); v != "" {
 			if err := s.set(&c, v); err != nil {
 				shown := v
-				if s.Env == "NATS_URL" || s.Env == "REDIS_URL" {
+				switch {
+				case s.secret:
+					shown = mask
+				case s.Env == "NATS_URL" || s.Env == "REDIS_URL":
 					shown = RedactURL(v)
 				}
 				return Config{}, fmt.Errorf("invalid %s %q: %w", s.Env, shown, err)
@@ -468,11 +653,26 @@ func (c Config) Level() slog.Level {
 }
 
 // LogValue implements slog.LogValuer: every setting as a group, keyed by its
-// flag name, with secrets in URLs masked by RedactURL.
+// flag name, with secrets in URLs masked by RedactURL and passwords and
+// tokens replaced by xxxxx (left empty when unset). File names are shown;
+// the files' contents never are.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("nats-url", RedactURL(c.NATSURL)),
+		slog.String("nats-user", c.NATSUser),
+		slog.String("nats-password", maskSecret(c.NATSPassword)),
+		slog.String("nats-token", maskSecret(c.NATSToken)),
+		slog.String("nats-nkey-seed-file", c.NATSNkeySeedFile),
+		slog.String("nats-creds-file", c.NATSCredsFile),
+		slog.String("nats-tls-ca-file", c.NATSTLSCAFile),
+		slog.String("nats-tls-cert-file", c.NATSTLSCertFile),
+		slog.String("nats-tls-key-file", c.NATSTLSKeyFile),
 		slog.String("redis-url", RedactURL(c.RedisURL)),
+		slog.String("redis-username", c.RedisUsername),
+		slog.String("redis-password", maskSecret(c.RedisPassword)),
+		slog.String("redis-tls-ca-file", c.RedisTLSCAFile),
+		slog.String("redis-tls-cert-file", c.RedisTLSCertFile),
+		slog.String("redis-tls-key-file", c.RedisTLSKeyFile),
 		slog.Duration("ttl", c.TTL),
 		slog.String("key-prefix", c.KeyPrefix),
 		slog.String("subject-prefix", c.SubjectPrefix),
@@ -489,6 +689,13 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("pprof", c.Pprof),
 	)
 }
+
+// String returns the settings as LogValue shows them, secrets masked, so
+// that printing a Config with %v or %+v cannot leak a password.
+func (c Config) String() string { return c.LogValue().String() }
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return c.String() }
 
 // Usage writes a table of every setting (flag, environment variable,
 // default, meaning) to w, for --help.
@@ -620,8 +827,12 @@ func checkRedisURL(s string) error {
 	if u.Hostname() == "" {
 		return errors.New("no host")
 	}
-	if _, err := redis.ParseURL(s); err != nil {
+	o, err := redis.ParseURL(s)
+	if err != nil {
 		return err
+	}
+	if o.TLSConfig != nil && o.TLSConfig.InsecureSkipVerify {
+		return errors.New("skip_verify is not supported: trust a private CA with REDIS_TLS_CA_FILE")
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -66,8 +67,8 @@ func TestSettings(t *testing.T) {
 		}
 		flags[s.Flag], envs[s.Env] = true, true
 	}
-	if n := len(Settings()); n != 16 {
-		t.Errorf("Settings() has %d entries, want one per Config field (16)", n)
+	if n, want := len(Settings()), reflect.TypeFor[Config]().NumField(); n != want {
+		t.Errorf("Settings() has %d entries, want one per Config field (%d)", n, want)
 	}
 	s := Settings()
 	s[0].Flag = "changed"

@@ -21,9 +21,9 @@ var Module = fx.Module("presence",
 
 // NewClient returns the main Redis client for cfg and ties it to lc.
 func NewClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog.Logger) (*redis.Client, error) {
-	opts, err := redis.ParseURL(cfg.RedisURL)
+	opts, err := RedisOptions(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+		return nil, err
 	}
 	opts.DialTimeout = cfg.ConnectTimeout
 	opts.ClientName = "presenced"
@@ -59,9 +59,9 @@ func NewStoreFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *
 // connection (same URL as the main client, as the seed's duplicate()),
 // closed on stop. The listener runs when the worker starts it.
 func NewExpiryListenerFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*ExpiryListener, error) {
-	opts, err := redis.ParseURL(cfg.RedisURL)
+	opts, err := RedisOptions(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+		return nil, err
 	}
 	opts.DialTimeout = cfg.ConnectTimeout
 	opts.ClientName = "presenced-expiry"

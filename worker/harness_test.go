@@ -26,8 +26,10 @@ type env struct {
 	prefix   string // key prefix
 	subjects bus.Subjects
 	ttl      time.Duration
-	online   *testenv.Collector
-	offline  *testenv.Collector
+	// pendingMsgs, when set, is the replicas' subscription pending limit.
+	pendingMsgs int
+	online      *testenv.Collector
+	offline     *testenv.Collector
 }
 
 func newEnv(t *testing.T, ttl time.Duration, ropts ...testenv.RedisOption) *env {
@@ -53,6 +55,13 @@ type replica struct {
 // separate process would. It stops at the end of the test.
 func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *replica {
 	e.t.Helper()
+	return e.startReplicaVia(e.redis.URL(), e.nats.URL(), opt...)
+}
+
+// startReplicaVia is startReplica with other Redis and NATS URLs (a fault
+// proxy in front of the real servers).
+func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Options, *presence.Options)) *replica {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	popts := presence.Options{Prefix: e.prefix, TTL: e.ttl, OutageThreshold: 3 * time.Second}
@@ -60,7 +69,7 @@ func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *rep
 	for _, f := range opt {
 		f(&wopts, &popts)
 	}
-	rdbOpts, err := redis.ParseURL(e.redis.URL())
+	rdbOpts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -70,7 +79,7 @@ func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *rep
 	if err := store.Ping(ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	b := bus.New(bus.Options{URL: e.nats.URL()})
+	b := bus.New(bus.Options{URL: natsURL, PendingMsgs: e.pendingMsgs})
 	if err := b.Start(ctx); err != nil {
 		e.t.Fatal(err)
 	}

@@ -41,6 +41,14 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 		results = w.m.Disconnects
 	}
 	return func(msg *nats.Msg) {
+		w.active.Add(1)
+		defer w.active.Add(-1)
+		select {
+		case <-w.stopping:
+			w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown})
+			return
+		default:
+		}
 		req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
 		if err != nil {
 			reason := "malformed"
@@ -68,7 +76,7 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 			w.respond(msg, bus.Reply{Rejected: rejected})
 			return
 		}
-		w.jobs <- job{op: o, ids: req.IDs, done: func(err error) {
+		j := job{op: o, ids: req.IDs, done: func(err error) {
 			if err != nil {
 				results.WithLabelValues("failed").Add(float64(len(req.IDs)))
 				w.respond(msg, bus.Reply{Rejected: rejected, Error: "store unavailable: " + err.Error()})
@@ -77,8 +85,16 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
 			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
 		}}
+		select {
+		case w.jobs <- j:
+		case <-w.stopping:
+			results.WithLabelValues("failed").Add(float64(len(req.IDs)))
+			w.respond(msg, bus.Reply{Rejected: rejected, Error: errShuttingDown})
+		}
 	}
 }
+
+const errShuttingDown = "shutting down: not stored, send again"
 
 func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
 	if msg.Reply == "" {
@@ -106,20 +122,27 @@ func (w *Worker) debugf(msg string, args ...any) {
 
 // execute takes a job, coalesces the jobs already waiting behind it (up to
 // BatchIDs ids) and stores them with as few script calls as possible,
-// keeping heartbeats and disconnects in arrival order. It runs until the
-// jobs channel is closed.
+// keeping heartbeats and disconnects in arrival order. After execStop is
+// closed it finishes the jobs still queued and returns.
 func (w *Worker) execute(ctx context.Context) {
 	var batch []job
-	for j := range w.jobs {
+	for {
+		var j job
+		select {
+		case j = <-w.jobs:
+		case <-w.execStop:
+			select {
+			case j = <-w.jobs:
+			default:
+				return
+			}
+		}
 		batch = append(batch[:0], j)
 		n := len(j.ids)
 	more:
 		for n < w.opts.BatchIDs {
 			select {
-			case j2, ok := <-w.jobs:
-				if !ok {
-					break more
-				}
+			case j2 := <-w.jobs:
 				batch = append(batch, j2)
 				n += len(j2.ids)
 			default:

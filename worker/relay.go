@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -27,8 +28,21 @@ func (w *Worker) relay(ctx context.Context) {
 		lastReclaim time.Time
 		lastTrim    time.Time
 		failing     bool
+		unacked     []string // published, acknowledgement failed
 	)
 	for ctx.Err() == nil {
+		if len(unacked) > 0 {
+			// Acknowledge before anything else, so entries already published
+			// are not published again when Redis returns.
+			actx, cancel := context.WithTimeout(ctx, publishLimit)
+			err := w.outbox.Ack(actx, unacked...)
+			cancel()
+			if err != nil {
+				sleep(ctx, 200*time.Millisecond)
+				continue
+			}
+			unacked = nil
+		}
 		if !w.bus.Connected() {
 			sleep(ctx, 100*time.Millisecond)
 			continue
@@ -56,6 +70,10 @@ func (w *Worker) relay(ctx context.Context) {
 		}
 		if err == nil && len(events) > 0 {
 			err = w.publish(ctx, events)
+		}
+		var ae *ackError
+		if errors.As(err, &ae) {
+			unacked = ae.ids
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -130,10 +148,23 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 		return err
 	}
 	if err := w.outbox.Ack(fctx, ids...); err != nil {
-		return fmt.Errorf("published %d events but could not acknowledge them: %w", len(ids), err)
+		return &ackError{ids: ids, err: err}
 	}
 	return nil
 }
+
+// ackError: the events were published but their acknowledgement failed; the
+// relay retries the acknowledgement instead of publishing them again.
+type ackError struct {
+	ids []string
+	err error
+}
+
+func (e *ackError) Error() string {
+	return fmt.Sprintf("published %d events but could not acknowledge them: %v", len(e.ids), e.err)
+}
+
+func (e *ackError) Unwrap() error { return e.err }
 
 func (w *Worker) trim(ctx context.Context) {
 	if _, err := w.outbox.Trim(ctx); err != nil {

@@ -137,14 +137,17 @@ type Worker struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 
-	jobs    chan job
-	subs    []*nats.Subscription
-	kick    chan struct{} // asks the reconciler to sweep now
-	cancel  context.CancelFunc
-	loops   sync.WaitGroup // reconciler, relay, expiry
-	execs   sync.WaitGroup // batch executors
-	stopped atomic.Bool
-	debug   sampler
+	jobs     chan job
+	stopping chan struct{} // closed when handlers must stop queueing
+	execStop chan struct{} // closed when executors must return once jobs is empty
+	active   atomic.Int64  // message handlers running now
+	subs     []*nats.Subscription
+	kick     chan struct{} // asks the reconciler to sweep now
+	cancel   context.CancelFunc
+	loops    sync.WaitGroup // reconciler, relay, expiry
+	execs    sync.WaitGroup // batch executors
+	stopped  atomic.Bool
+	debug    sampler
 }
 
 // New returns a Worker. expiry may be nil: then the sweep alone finds
@@ -154,8 +157,10 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 	return &Worker{
 		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
 		log: opts.Logger, m: opts.Metrics,
-		jobs: make(chan job, opts.InFlight*4),
-		kick: make(chan struct{}, 1),
+		jobs:     make(chan job, opts.InFlight*4),
+		stopping: make(chan struct{}),
+		execStop: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 	}
 }
 
@@ -214,10 +219,20 @@ func (w *Worker) Stop(ctx context.Context) error {
 	var errs []error
 	for _, sub := range w.subs {
 		if err := drain(ctx, sub); err != nil {
+			// Out of time: stop taking messages; those still pending in the
+			// subscription are dropped (their senders time out and retry).
 			errs = append(errs, err)
+			_ = sub.Unsubscribe()
 		}
 	}
-	close(w.jobs)
+	// Handlers blocked on a full queue give up (answering "shutting down");
+	// then no one sends on jobs any more and the executors can finish.
+	close(w.stopping)
+	if err := waitZero(ctx, &w.active); err != nil {
+		errs = append(errs, fmt.Errorf("message handlers: %w", err))
+	}
+	// Executors finish what is queued, then return.
+	close(w.execStop)
 	if err := wait(ctx, &w.execs); err != nil {
 		errs = append(errs, fmt.Errorf("finish batches in flight: %w", err))
 	}
@@ -254,6 +269,20 @@ func drain(ctx context.Context, sub *nats.Subscription) error {
 	return nil
 }
 
+// waitZero waits until n is zero.
+func waitZero(ctx context.Context, n *atomic.Int64) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for n.Load() != 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
 func wait(ctx context.Context, wg *sync.WaitGroup) error {
 	done := make(chan struct{})
 	go func() {
@@ -266,6 +295,18 @@ func wait(ctx context.Context, wg *sync.WaitGroup) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// PendingHighWater returns the most messages any of the worker's
+// subscriptions held unhandled at once (bounded by the pending limits).
+func (w *Worker) PendingHighWater() int {
+	most := 0
+	for _, sub := range w.subs {
+		if n, _, err := sub.MaxPending(); err == nil && n > most {
+			most = n
+		}
+	}
+	return most
 }
 
 // canClaim: a replica that cannot receive heartbeats must not declare

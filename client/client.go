@@ -1,0 +1,343 @@
+// Package client is the Go client of presenced for other services: gateways
+// send heartbeats and disconnects with it, consumers follow the online and
+// offline events and ask the query service who is online.
+//
+// It depends on nats.go only. A Client is safe for concurrent use; it does
+// not own the *nats.Conn, which the caller connects and closes.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Defaults of the options.
+const (
+	DefaultPrefix       = "presence"
+	DefaultTimeout      = 5 * time.Second
+	DefaultBatchSize    = 10000
+	DefaultTombstoneTTL = 10 * time.Minute
+)
+
+// inFlight bounds the requests one call has outstanding at once.
+const inFlight = 4
+
+// subscribeBuffer is how many events Subscribe holds for a slow handler
+// before NATS drops them (reported to the connection's error handler as
+// nats.ErrSlowConsumer).
+const subscribeBuffer = 65536
+
+// Client talks to presenced over one NATS connection.
+type Client struct {
+	nc           *nats.Conn
+	prefix       string
+	timeout      time.Duration
+	batch        int
+	tombstoneTTL time.Duration
+	log          *slog.Logger
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithPrefix sets the subject prefix presenced runs under; the default is
+// DefaultPrefix ("presence").
+func WithPrefix(prefix string) Option { return func(c *Client) { c.prefix = prefix } }
+
+// WithTimeout bounds each request (a call may send several); the context
+// passed to a call may end it sooner. Zero or less means DefaultTimeout.
+func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// WithBatchSize sets the most ids one heartbeat, disconnect or online
+// request carries; it must not exceed presenced's limit (PRESENCE_MAX_BATCH,
+// 10000 by default). Requests are also split to fit the connection's max
+// payload. Zero or less means DefaultBatchSize.
+func WithBatchSize(n int) Option { return func(c *Client) { c.batch = n } }
+
+// WithTombstoneTTL sets how long Subscribe remembers the version of a user's
+// offline event (see Subscribe). Zero or less means DefaultTombstoneTTL.
+func WithTombstoneTTL(d time.Duration) Option { return func(c *Client) { c.tombstoneTTL = d } }
+
+// WithLogger sets where Subscribe reports events it cannot decode; the
+// default discards.
+func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
+
+// New returns a Client on nc. It does no I/O.
+func New(nc *nats.Conn, opts ...Option) *Client {
+	c := &Client{nc: nc}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.prefix == "" {
+		c.prefix = DefaultPrefix
+	}
+	if c.timeout <= 0 {
+		c.timeout = DefaultTimeout
+	}
+	if c.batch <= 0 {
+		c.batch = DefaultBatchSize
+	}
+	if c.tombstoneTTL <= 0 {
+		c.tombstoneTTL = DefaultTombstoneTTL
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Heartbeat starts or refreshes the presence of ids. Duplicates are removed
+// first; more ids than the batch size, or than fit the max payload, are sent
+// as several requests, a few at a time. The Reply sums the answers: Accepted
+// counts the ids stored, Rejected lists the invalid ones. If a request fails
+// (no answer, or presenced answered with an error, wrapped as ErrFailed),
+// the error says which, and the Reply still counts the requests that
+// succeeded. No ids means no request.
+func (c *Client) Heartbeat(ctx context.Context, ids ...string) (Reply, error) {
+	return c.send(ctx, "heartbeat", ids)
+}
+
+// Disconnect ends the sessions of ids now; each user that was online gets an
+// offline event. Batching, the Reply and errors are as for Heartbeat.
+func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
+	return c.send(ctx, "disconnect", ids)
+}
+
+func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, error) {
+	parts := c.chunks(dedupe(ids))
+	replies := make([]Reply, len(parts))
+	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
+		if err := c.call(ctx, c.prefix+"."+op, idsRequest{UserIDs: parts[i]}, &replies[i]); err != nil {
+			return err
+		}
+		if replies[i].Error != "" {
+			return fmt.Errorf("%w: %s", ErrFailed, replies[i].Error)
+		}
+		return nil
+	})
+	total := Reply{Rejected: []Rejection{}}
+	for i, r := range replies {
+		if errs[i] != nil {
+			errs[i] = fmt.Errorf("%s request %d of %d (%d ids): %w", op, i+1, len(parts), len(parts[i]), errs[i])
+			continue
+		}
+		total.Accepted += r.Accepted
+		total.Rejected = append(total.Rejected, r.Rejected...)
+	}
+	return total, errors.Join(errs...)
+}
+
+// Status returns id's presence. An invalid id is a *ServiceError with
+// CodeBadRequest.
+func (c *Client) Status(ctx context.Context, id string) (Status, error) {
+	var r statusReply
+	if err := c.query(ctx, "status", statusRequest{UserID: id}, &r); err != nil {
+		return Status{}, err
+	}
+	st := Status{UserID: r.UserID, Online: r.Online, Version: r.Version}
+	var err error
+	if r.Since != "" {
+		if st.Since, err = time.Parse(time.RFC3339Nano, r.Since); err != nil {
+			return Status{}, fmt.Errorf("presence status: since: %w", err)
+		}
+	}
+	if r.ExpiresAt != "" {
+		if st.ExpiresAt, err = time.Parse(time.RFC3339Nano, r.ExpiresAt); err != nil {
+			return Status{}, fmt.Errorf("presence status: expiresAt: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// IsOnline reports whether id is online (its presence key exists, as for
+// the EXISTS check of services that read Redis directly).
+func (c *Client) IsOnline(ctx context.Context, id string) (bool, error) {
+	online, err := c.Online(ctx, []string{id})
+	if err != nil {
+		return false, err
+	}
+	return len(online) == 1, nil
+}
+
+// Online returns those of ids that are online, in the order given,
+// duplicates removed. Each request costs presenced one Redis round trip;
+// more ids than the batch size are sent as several requests. One invalid id
+// fails the call with a *ServiceError (CodeBadRequest).
+func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
+	parts := c.chunks(dedupe(ids))
+	replies := make([]onlineReply, len(parts))
+	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
+		return c.query(ctx, "online", idsRequest{UserIDs: parts[i]}, &replies[i])
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	online := []string{}
+	for _, r := range replies {
+		online = append(online, r.Online...)
+	}
+	return online, nil
+}
+
+// Count returns the number of users online.
+func (c *Client) Count(ctx context.Context) (int64, error) {
+	var r countReply
+	if err := c.query(ctx, "count", struct{}{}, &r); err != nil {
+		return 0, err
+	}
+	return r.Online, nil
+}
+
+// List iterates over the users online, one page per step; pageSize is a
+// hint (zero means presenced's default, 1000), and presenced caps it so a
+// page fits the max payload. Empty pages are skipped. On an error the
+// iterator yields it once and stops.
+//
+// A listing is a Redis ZSCAN: a user online for the whole listing appears at
+// least once; one who comes or goes during it may or may not; an id may
+// appear twice, so dedupe. To keep an online set, Subscribe first, then
+// List, and let events that arrived meanwhile win over the listing.
+func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, error] {
+	return func(yield func([]string, error) bool) {
+		cursor := ""
+		for {
+			var r listReply
+			if err := c.query(ctx, "list", listRequest{Cursor: cursor, Limit: pageSize}, &r); err != nil {
+				yield(nil, err)
+				return
+			}
+			if len(r.UserIDs) > 0 && !yield(r.UserIDs, nil) {
+				return
+			}
+			if r.Cursor == "" {
+				return
+			}
+			cursor = r.Cursor
+		}
+	}
+}
+
+// query calls a query service endpoint.
+func (c *Client) query(ctx context.Context, endpoint string, req, out any) error {
+	if err := c.call(ctx, c.prefix+".query."+endpoint, req, out); err != nil {
+		return fmt.Errorf("presence %s: %w", endpoint, err)
+	}
+	return nil
+}
+
+// call sends req to subject, waits at most the timeout for the reply and
+// decodes it into out; micro error headers become a *ServiceError.
+func (c *Client) call(ctx context.Context, subject string, req, out any) error {
+	data, err := encode(req)
+	if err != nil {
+		return fmt.Errorf("encode request: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	if err != nil {
+		return fmt.Errorf("request %s: %w", subject, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &ServiceError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if err := json.Unmarshal(msg.Data, out); err != nil {
+		return fmt.Errorf("decode reply from %s: %w", subject, err)
+	}
+	return nil
+}
+
+// each runs fn for 0..n-1, at most inFlight at once, and returns the errors
+// by index.
+func (c *Client) each(ctx context.Context, n int, fn func(ctx context.Context, i int) error) []error {
+	errs := make([]error, n)
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = fn(ctx, i)
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
+// requestOverhead bounds a request body's bytes other than its ids:
+// {"userIds":[]}.
+const requestOverhead = 64
+
+// chunks splits ids into runs of at most the batch size whose request body
+// fits the connection's max payload.
+func (c *Client) chunks(ids []string) [][]string {
+	budget := int(c.nc.MaxPayload()) - requestOverhead
+	var out [][]string
+	start, size := 0, 0
+	for i, id := range ids {
+		n := encodedLen(id) + 1 // and a comma
+		if i > start && (i-start >= c.batch || size+n > budget) {
+			out = append(out, ids[start:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(ids) {
+		out = append(out, ids[start:])
+	}
+	return out
+}
+
+// encodedLen is the length of id as a JSON string written by encode, or a
+// little more for control characters (some take 2 bytes, not 6).
+func encodedLen(id string) int {
+	n := 2
+	for i := 0; i < len(id); {
+		r, size := utf8.DecodeRuneInString(id[i:])
+		switch {
+		case r == '"' || r == '\\':
+			n += 2
+		case r < 0x20, r == utf8.RuneError && size == 1, r == '\u2028', r == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
+	}
+	return n
+}
+
+// encode marshals v without HTML escaping, as encodedLen assumes.
+func encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+// dedupe returns ids without repeats, in first-seen order.
+func dedupe(ids []string) []string {
+	seen := make(map[string]struct{}, len(ids))
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if _, dup := seen[id]; !dup {
+			seen[id] = struct{}{}
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -1,0 +1,99 @@
+package client_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/presenced/presenced/client"
+)
+
+// A gateway reports its connections; any service asks who is online.
+func Example() {
+	nc, shutdown := runPresenced("Example") // NATS, Redis and presenced for this example
+	defer shutdown()
+	ctx := context.Background()
+	c := client.New(nc)
+
+	r, err := c.Heartbeat(ctx, "alice", "bob", "not valid")
+	if err != nil {
+		fmt.Println("heartbeat:", err)
+		return
+	}
+	fmt.Println("accepted:", r.Accepted)
+	for _, rej := range r.Rejected {
+		fmt.Printf("rejected %q: %s\n", rej.UserID, rej.Error)
+	}
+
+	online, _ := c.IsOnline(ctx, "alice")
+	n, _ := c.Count(ctx)
+	fmt.Println("alice online:", online, "users online:", n)
+
+	if _, err := c.Disconnect(ctx, "alice"); err != nil {
+		fmt.Println("disconnect:", err)
+		return
+	}
+	online, _ = c.IsOnline(ctx, "alice")
+	fmt.Println("alice online:", online)
+	// Output:
+	// accepted: 2
+	// rejected "not valid": invalid userId: space at byte 3
+	// alice online: true users online: 2
+	// alice online: false
+}
+
+func ExampleClient_Subscribe() {
+	nc, shutdown := runPresenced("ExampleClient_Subscribe")
+	defer shutdown()
+	ctx := context.Background()
+	c := client.New(nc)
+
+	events := make(chan client.Event, 16)
+	stop, err := c.Subscribe(ctx, func(ev client.Event) { events <- ev })
+	if err != nil {
+		fmt.Println("subscribe:", err)
+		return
+	}
+	defer stop()
+
+	next := func() {
+		select {
+		case ev := <-events:
+			fmt.Println(ev.UserID, ev.Status, ev.Reason)
+		case <-time.After(10 * time.Second):
+			fmt.Println("no event")
+		}
+	}
+	_, _ = c.Heartbeat(ctx, "alice")
+	next()
+	_, _ = c.Heartbeat(ctx, "alice") // a refresh: no event
+	_, _ = c.Disconnect(ctx, "alice")
+	next()
+	// Output:
+	// alice online heartbeat
+	// alice offline disconnect
+}
+
+func ExampleClient_List() {
+	nc, shutdown := runPresenced("ExampleClient_List")
+	defer shutdown()
+	ctx := context.Background()
+	c := client.New(nc)
+
+	for i := range 250 {
+		_, _ = c.Heartbeat(ctx, fmt.Sprintf("user-%d", i))
+	}
+	online := map[string]bool{} // a listing may repeat an id
+	for page, err := range c.List(ctx, 100) {
+		if err != nil {
+			fmt.Println("list:", err)
+			return
+		}
+		for _, id := range page {
+			online[id] = true
+		}
+	}
+	fmt.Println(len(online), "users online")
+	// Output:
+	// 250 users online
+}

@@ -1,0 +1,181 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Subscribe calls handler with each online and offline event and each
+// reset notice, one call at a time, on a goroutine of its own. It returns
+// once the server has the subscriptions, so every event published
+// afterwards is seen.
+//
+// Events are filtered by version: one whose version is not above the last
+// applied for its user is dropped (a duplicate, or an older event arriving
+// late, such as a republish after a replica failed). To bound memory, the
+// version of a user's offline event is kept only for the tombstone TTL
+// (WithTombstoneTTL, 10 minutes by default); an event of that user older
+// than the offline one arriving after that is applied. A user's online
+// version is kept while they are online.
+//
+// A reset (Status StatusReset) is passed on once (a repeat of it is
+// dropped) and clears the versions kept: the handler should clear its state
+// too. Events older than the last reset are dropped, since the sessions they
+// describe were lost with the data.
+//
+// Events that arrive while the handler is busy are buffered (65536); beyond
+// that NATS drops them and reports nats.ErrSlowConsumer to the connection's
+// error handler, and a consumer keeping state should resynchronise (List).
+//
+// The subscription ends when ctx is done or stop is called. stop waits for
+// the handler's last call to return, so it must not be called from the
+// handler; it may be called more than once. Events still buffered when it
+// ends are discarded.
+func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func() error, err error) {
+	msgs := make(chan *nats.Msg, subscribeBuffer)
+	var subs []*nats.Subscription
+	unsubscribe := func() error {
+		var errs []error
+		for _, s := range subs {
+			if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	for _, subject := range []string{c.prefix + ".online", c.prefix + ".offline", c.prefix + ".reset"} {
+		s, err := c.nc.ChanSubscribe(subject, msgs)
+		if err != nil {
+			_ = unsubscribe()
+			return nil, fmt.Errorf("subscribe %s: %w", subject, err)
+		}
+		subs = append(subs, s)
+	}
+	if err := c.nc.FlushTimeout(c.timeout); err != nil {
+		_ = unsubscribe()
+		return nil, fmt.Errorf("subscribe to presence events: %w", err)
+	}
+
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	var unsubErr error
+	go func() {
+		defer close(done)
+		defer func() { unsubErr = unsubscribe() }()
+		f := newVersionFilter(c.tombstoneTTL)
+		tick := time.NewTicker(max(c.tombstoneTTL/2, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-quit:
+				return
+			case now := <-tick.C:
+				f.prune(now)
+			case m := <-msgs:
+				var ev Event
+				if err := json.Unmarshal(m.Data, &ev); err != nil || !valid(ev) {
+					c.log.Warn("dropped an undecodable presence event", "subject", m.Subject, "err", err, "data", truncate(m.Data))
+					continue
+				}
+				now := time.Now()
+				f.prune(now)
+				if f.apply(ev, now) {
+					handler(ev)
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() error {
+		once.Do(func() { close(quit) })
+		<-done
+		return unsubErr
+	}, nil
+}
+
+// valid reports whether ev is an event Subscribe passes on.
+func valid(ev Event) bool {
+	switch ev.Status {
+	case StatusOnline, StatusOffline:
+		return ev.UserID != ""
+	case StatusReset:
+		return ev.UserID == ""
+	}
+	return false
+}
+
+func truncate(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "…"
+	}
+	return string(b)
+}
+
+// versionFilter remembers the last version applied per user. Not safe for
+// concurrent use.
+type versionFilter struct {
+	ttl   time.Duration
+	reset int64 // version of the last reset applied
+	last  map[string]int64
+	// tombs are the offline events applied, oldest first; each is forgotten
+	// after ttl unless a later event replaced it.
+	tombs []tombstone
+}
+
+type tombstone struct {
+	id      string
+	version int64
+	expires time.Time
+}
+
+func newVersionFilter(ttl time.Duration) *versionFilter {
+	return &versionFilter{ttl: ttl, last: map[string]int64{}}
+}
+
+// apply records ev and reports whether it is newer than what was applied.
+func (f *versionFilter) apply(ev Event, now time.Time) bool {
+	if ev.Version <= f.reset {
+		return false
+	}
+	if ev.Status == StatusReset {
+		f.reset = ev.Version
+		clear(f.last)
+		f.tombs = nil
+		return true
+	}
+	if v, ok := f.last[ev.UserID]; ok && ev.Version <= v {
+		return false
+	}
+	f.last[ev.UserID] = ev.Version
+	if ev.Status == StatusOffline {
+		f.tombs = append(f.tombs, tombstone{id: ev.UserID, version: ev.Version, expires: now.Add(f.ttl)})
+	}
+	return true
+}
+
+// prune forgets the offline versions older than ttl.
+func (f *versionFilter) prune(now time.Time) {
+	n := 0
+	for n < len(f.tombs) && !f.tombs[n].expires.After(now) {
+		t := f.tombs[n]
+		if f.last[t.id] == t.version {
+			delete(f.last, t.id)
+		}
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	f.tombs = f.tombs[n:]
+	if cap(f.tombs) > 1024 && len(f.tombs) < cap(f.tombs)/4 {
+		f.tombs = append([]tombstone(nil), f.tombs...) // let the old array go
+	}
+}

@@ -1,0 +1,162 @@
+package worker_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/metrics"
+	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/worker"
+)
+
+// heartbeater keeps users online from a goroutine the test owns, counting
+// replies that carry an error.
+type heartbeater struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	errors atomic.Int64
+	sent   atomic.Int64
+}
+
+func (e *env) keepAlive(every time.Duration, users ...string) *heartbeater {
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &heartbeater{cancel: cancel, done: make(chan struct{})}
+	nc := e.nats.Conn(e.t)
+	payload := []byte(`{"userIds":["` + strings.Join(users, `","`) + `"]}`)
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			msg, err := nc.Request(e.subjects.Heartbeat(), payload, max(every, 3*time.Second))
+			h.sent.Add(1)
+			if err == nil && strings.Contains(string(msg.Data), `"error"`) {
+				h.errors.Add(1)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	e.t.Cleanup(h.stop)
+	return h
+}
+
+func (h *heartbeater) stop() {
+	h.cancel()
+	<-h.done
+}
+
+func TestRedisUnreachableForTenSeconds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2*time.Second)
+	proxy := testenv.StartProxy(t, e.redis.Addr)
+	m := metrics.New()
+	rep := e.startReplicaVia("redis://"+proxy.Addr+"/0", e.nats.URL(), func(o *worker.Options, _ *presence.Options) { o.Metrics = m })
+	stayers, leavers := ids("stay", 10), ids("leave", 10)
+	hb := e.keepAlive(400*time.Millisecond, stayers...)
+	e.heartbeat(leavers...)
+	e.waitEvents(20, 10*time.Second)
+
+	proxy.Cut()
+	ctx := context.Background()
+	outage := time.Now()
+	// Not ready: the readiness check pings Redis through the same path.
+	testenv.Eventually(t, 5*time.Second, func() bool { return rep.rdb.Ping(ctx).Err() != nil }, "redis still answers through a cut proxy")
+	// Heartbeats that cannot be stored are answered with an error and counted,
+	// for the whole 10 s, while the worker keeps running.
+	testenv.Eventually(t, 20*time.Second, func() bool { return time.Since(outage) >= 10*time.Second }, "")
+	if hb.errors.Load() == 0 {
+		t.Fatalf("no heartbeat got an error reply during the outage (%d sent)", hb.sent.Load())
+	}
+	if got := testutil.ToFloat64(m.Heartbeats.WithLabelValues("failed")); got == 0 {
+		t.Fatal("failed heartbeats not counted")
+	}
+	if n := e.count(); n != 20 {
+		t.Fatalf("%d events during the outage, want none beyond the 20 onlines", n)
+	}
+	proxy.Restore()
+	testenv.Eventually(t, 10*time.Second, func() bool { return rep.rdb.Ping(ctx).Err() == nil }, "redis not back")
+
+	// Leavers go offline (after one TTL of grace); stayers, heartbeating all
+	// along, do not flap.
+	evs := e.waitEvents(30, 20*time.Second)
+	for _, ev := range evs {
+		if ev.Status == "offline" && strings.HasPrefix(ev.UserID, "stay") {
+			t.Fatalf("a user who kept heartbeating went offline: %+v", ev)
+		}
+	}
+	if testutil.ToFloat64(m.Graced) == 0 {
+		t.Fatal("no grace granted after the outage")
+	}
+	hb.stop()
+	e.expectSessions(append(stayers, leavers...), 20*time.Second)
+}
+
+func TestNATSRestartWhileOfflinesDue(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Second)
+	e.startReplica()
+	users := ids("n", 30)
+	e.heartbeat(users...)
+	e.waitEvents(len(users), 10*time.Second)
+	ctx := context.Background()
+	// Stop NATS; the sessions run out meanwhile and their offlines wait in the
+	// outbox (claimed by the sweep or not: the worker does not claim while it
+	// cannot receive heartbeats).
+	e.nats.Stop(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return e.rdb.Exists(ctx, e.prefix+"user:"+users[len(users)-1]).Val() == 0
+	}, "keys did not lapse")
+	e.nats.Start(t)
+	e.expectSessions(users, 20*time.Second)
+}
+
+func TestSlowRedisKeepsMemoryBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	e.pendingMsgs = 50
+	proxy := testenv.StartProxy(t, e.redis.Addr)
+	m := metrics.New()
+	rep := e.startReplicaVia("redis://"+proxy.Addr+"/0", e.nats.URL(), func(o *worker.Options, _ *presence.Options) {
+		o.Metrics = m
+		o.InFlight = 1
+	})
+	_ = rep
+	proxy.SetLatency(50 * time.Millisecond)
+	// Flood far more than Redis (at 50ms a round trip) can take; a small
+	// pending limit on the subscription makes NATS drop the excess.
+	nc := e.nats.Conn(t)
+	big := []byte(`{"userIds":["` + strings.Join(ids("flood", 1000), `","`) + `"]}`)
+	for range 500 {
+		if err := nc.Publish(e.subjects.Heartbeat(), big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() bool { return rep.bus.SlowConsumerDrops() > 0 },
+		"no slow-consumer drops counted under a flood into a slow Redis")
+	proxy.SetLatency(0)
+	// Still serving once the backlog is through (a request may itself be
+	// dropped while the subscription is full, so ask until answered).
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		msg, err := nc.Request(e.subjects.Heartbeat(), []byte(`{"userId":"after-flood"}`), 2*time.Second)
+		return err == nil && strings.Contains(string(msg.Data), `"accepted":1`)
+	}, "worker does not serve after the flood")
+	// Memory stayed bounded: the subscription never held more than its limit
+	// (nats.go records the high-water mark before dropping the message that
+	// overflows it, so a drop shows as limit+1).
+	if n := rep.w.PendingHighWater(); n == 0 || n > 51 {
+		t.Fatalf("subscription held up to %d messages; want between 1 and its limit of 50 (+1 being dropped)", n)
+	}
+}
