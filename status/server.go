@@ -40,9 +40,14 @@ type Options struct {
 // is taken) and serves on its own goroutine; Stop shuts down gracefully.
 type Server struct {
 	opts Options
+	mux  *http.ServeMux
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
+	// cancelRequests cancels the context of every request, so long-lived
+	// streams (the status page's /events) end when Stop is called instead
+	// of holding Shutdown until its deadline.
+	cancelRequests context.CancelFunc
 }
 
 // New returns a Server; it does no I/O until Start.
@@ -55,7 +60,7 @@ func New(opts Options) *Server {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	s := &Server{opts: opts}
+	s := &Server{opts: opts, mux: mux}
 	mux.HandleFunc("GET /readyz", s.ready)
 	if opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -67,9 +72,17 @@ func New(opts Options) *Server {
 	for p, h := range opts.Extra {
 		mux.Handle(p, h)
 	}
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	base, cancel := context.WithCancel(context.Background())
+	s.cancelRequests = cancel
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	return s
 }
+
+// Handle mounts h on pattern (http.ServeMux syntax), like Options.Extra, for
+// handlers built after the Server (the status page). Safe to call at any
+// time; call it before Start so that no request sees the route missing.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -115,8 +128,12 @@ func (s *Server) Start(context.Context) error {
 	return nil
 }
 
-// Stop shuts the server down, waiting for requests in flight, bounded by ctx.
+// Stop shuts the server down, bounded by ctx. It first cancels the context
+// of the requests in flight, so those that watch it (SSE streams such as the
+// status page's /events, pprof profiles, /readyz checks) return at once
+// instead of holding the shutdown until ctx expires; the others finish.
 func (s *Server) Stop(ctx context.Context) error {
+	s.cancelRequests()
 	if s.ln == nil {
 		return nil
 	}

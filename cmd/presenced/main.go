@@ -3,6 +3,7 @@
 //
 //	presenced [flags]          run the worker (settings: presenced --help)
 //	presenced demo [flags]     run a self-contained demo (embedded NATS, local redis-server)
+//	presenced check [flags]    verify a deployment (Redis version, keyspace events, ACL, NATS permissions)
 //	presenced version          print the version
 //
 // main is the only place that exits: 0 after a clean shutdown (SIGTERM,
@@ -51,6 +52,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return runWorker(args, getenv, stdout, stderr)
 	case "demo":
 		return runDemo(args, getenv, stdout, stderr)
+	case "check":
+		return runCheck(args, getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "presenced", Version())
 		return 0
@@ -81,6 +84,7 @@ presence.online / presence.offline events.
 Usage:
   presenced [flags]          run the worker
   presenced demo [flags]     run a demo: embedded NATS, a local redis-server, simulated users
+  presenced check [flags]    check that Redis and NATS are reachable and allow what the worker does
   presenced version          print the version
 
 `)
@@ -151,6 +155,7 @@ func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
 		bus.Module,
 		worker.Module,
 		status.Module,
+		status.PageModule,
 		fx.Provide(
 			readiness("redis", func(rdb *redis.Client) func(context.Context) error {
 				return func(ctx context.Context) error { return rdb.Ping(ctx).Err() }

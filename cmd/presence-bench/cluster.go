@@ -1,0 +1,609 @@
+package main
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/internal/localredis"
+)
+
+// impl is one implementation under test.
+type impl struct {
+	name     string // "presenced" or "seed"
+	keys     string // key prefix
+	subjects bus.Subjects
+}
+
+func (im impl) userKey(id string) string { return im.keys + "user:" + id }
+
+// cluster is the deployment the bench drives: NATS, Redis and the workers of
+// the implementation under test, either started here (each in a process of
+// its own, so their CPU and memory can be read from /proc) or external.
+type cluster struct {
+	cfg *config
+	tmp string
+
+	natsURL  string
+	redisURL string
+	natsProc *proc
+	natsEmb  *server.Server
+	redisSrv *localredis.Server
+	redisOpt *redis.Options
+
+	rdb *redis.Client // the bench's own: INFO, PTTL, FLUSHALL, background keys
+	pub *nats.Conn    // requests and their replies
+	ev  *nats.Conn    // events
+
+	presencedBin string
+	selfBin      string
+	natsBin      string
+
+	workers []*proc
+	current string // the implementation whose workers run
+}
+
+func (c *cluster) external() bool { return c.cfg.external }
+
+// start brings up NATS and Redis (unless external) and the bench's clients.
+func (c *cluster) start(ctx context.Context) error {
+	var err error
+	if c.tmp, err = os.MkdirTemp("", "presence-bench-"); err != nil {
+		return err
+	}
+	if c.selfBin, err = os.Executable(); err != nil {
+		return fmt.Errorf("find own executable (for seed-worker): %w", err)
+	}
+	if c.external() {
+		c.natsURL, c.redisURL = c.cfg.natsURL, c.cfg.redisURL
+	} else {
+		if err := c.buildBinaries(ctx); err != nil {
+			return err
+		}
+		if err := c.startNATS(ctx); err != nil {
+			return err
+		}
+		progress("starting redis-server")
+		if c.redisSrv, err = localredis.Start(ctx); err != nil {
+			return err
+		}
+		c.redisURL = c.redisSrv.URL()
+	}
+	if c.redisOpt, err = redis.ParseURL(c.redisURL); err != nil {
+		return fmt.Errorf("redis url: %w", err)
+	}
+	o := *c.redisOpt
+	o.PoolSize = 16
+	c.rdb = redis.NewClient(&o)
+	if err := c.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	for _, p := range []**nats.Conn{&c.pub, &c.ev} {
+		nc, err := nats.Connect(c.natsURL, nats.Name("presence-bench"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("nats: %w", err)
+		}
+		*p = nc
+	}
+	return nil
+}
+
+// moduleRoot finds the presenced module's directory from the working
+// directory up, for go build.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(data), "module github.com/presenced/presenced\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("not inside the presenced module: run from the repository or pass --presenced-bin and --nats-server-bin")
+		}
+		dir = parent
+	}
+}
+
+func (c *cluster) buildBinaries(ctx context.Context) error {
+	c.presencedBin, c.natsBin = c.cfg.presencedBin, c.cfg.natsBin
+	if c.presencedBin != "" && (c.natsBin != "" || c.cfg.natsMode == "embedded") {
+		return nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	build := func(out, pkg string) error {
+		progress("go build %s", pkg)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+		}
+		return nil
+	}
+	if c.presencedBin == "" {
+		c.presencedBin = filepath.Join(c.tmp, "presenced")
+		if err := build(c.presencedBin, "./cmd/presenced"); err != nil {
+			return err
+		}
+	}
+	if c.natsBin == "" && c.cfg.natsMode == "process" {
+		c.natsBin = filepath.Join(c.tmp, "nats-server")
+		if err := build(c.natsBin, "github.com/nats-io/nats-server/v2"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *cluster) startNATS(ctx context.Context) error {
+	if c.cfg.natsMode == "embedded" {
+		progress("starting embedded nats-server (its CPU counts as the bench's)")
+		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+		if err != nil {
+			return fmt.Errorf("nats-server: %w", err)
+		}
+		s.Start()
+		if !s.ReadyForConnections(10 * time.Second) {
+			return errors.New("embedded nats-server not ready")
+		}
+		c.natsEmb, c.natsURL = s, s.ClientURL()
+		return nil
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	progress("starting nats-server process on %s", addr)
+	p, err := startProc("nats-server", c.natsBin, []string{"-a", host, "-p", port}, cleanEnv(), "")
+	if err != nil {
+		return err
+	}
+	c.natsProc, c.natsURL = p, "nats://"+addr
+	for {
+		nc, err := nats.Connect(c.natsURL, nats.Timeout(time.Second))
+		if err == nil {
+			nc.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return p.exitErr()
+		case <-ctx.Done():
+			return fmt.Errorf("nats-server not ready: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// stop stops everything the bench started.
+func (c *cluster) stop() {
+	_ = c.stopWorkers()
+	for _, nc := range []*nats.Conn{c.pub, c.ev} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	if c.rdb != nil {
+		_ = c.rdb.Close()
+	}
+	if c.natsProc != nil {
+		_ = c.natsProc.stop(5 * time.Second)
+	}
+	if c.natsEmb != nil {
+		c.natsEmb.Shutdown()
+	}
+	if c.redisSrv != nil {
+		c.redisSrv.Stop()
+	}
+	if c.tmp != "" && !c.cfg.keep {
+		_ = os.RemoveAll(c.tmp)
+	}
+}
+
+// impls returns the implementations to run, presenced first.
+func (c *cluster) impls() []impl {
+	out := []impl{c.presenced()}
+	if c.cfg.baseline == "seed" {
+		out = append(out, c.seed())
+	}
+	return out
+}
+
+func (c *cluster) presenced() impl {
+	if c.external() {
+		return impl{name: "presenced", keys: c.cfg.keyPrefix, subjects: bus.Subjects{Prefix: c.cfg.subjectPrefix}}
+	}
+	return impl{name: "presenced", keys: "presence:", subjects: bus.Subjects{Prefix: "bench.presenced"}}
+}
+
+func (c *cluster) seed() impl {
+	if c.external() {
+		// Beside a live deployment: keys of the same length, other names.
+		return impl{name: "seed", keys: "seedpres:", subjects: bus.Subjects{Prefix: "bench.seed"}}
+	}
+	return impl{name: "seed", keys: "presence:", subjects: bus.Subjects{Prefix: "bench.seed"}}
+}
+
+// reset prepares a fresh run of im: stops the workers, empties Redis, loads
+// the background keys and starts replicas workers with ttl. External: only
+// the seed's workers are (re)started, nothing is flushed.
+func (c *cluster) reset(ctx context.Context, im impl, replicas int, ttl time.Duration) error {
+	if err := c.stopWorkers(); err != nil {
+		return err
+	}
+	if !c.external() {
+		if err := c.rdb.FlushAll(ctx).Err(); err != nil {
+			return fmt.Errorf("flushall: %w", err)
+		}
+		// Each implementation sets the flags it needs.
+		if err := c.rdb.ConfigSet(ctx, "notify-keyspace-events", "").Err(); err != nil {
+			return fmt.Errorf("reset notify-keyspace-events: %w", err)
+		}
+		if c.cfg.bgKeys > 0 {
+			if err := c.loadBackground(ctx, c.cfg.bgKeys); err != nil {
+				return err
+			}
+		}
+	}
+	if c.external() && im.name == "presenced" {
+		c.current = im.name
+		return nil
+	}
+	return c.startWorkers(ctx, im, replicas, ttl)
+}
+
+// loadBackground writes n volatile keys (SET bg:<i> x EX 3600, pipelined),
+// which make Redis's active expiry find expired presence keys more slowly.
+func (c *cluster) loadBackground(ctx context.Context, n int) error {
+	progress("loading %d background volatile keys", n)
+	const chunk = 10000
+	for start := 0; start < n; start += chunk {
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := start; i < min(start+chunk, n); i++ {
+				p.Set(ctx, "bg:"+strconv.Itoa(i), "x", time.Hour)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("background keys: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for i := range n {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		var p *proc
+		name := fmt.Sprintf("%s-%d", im.name, i)
+		if im.name == "presenced" {
+			args := []string{
+				"--nats-url", c.natsURL, "--redis-url", c.redisURL, "--ttl", ttl.String(),
+				"--key-prefix", im.keys, "--subject-prefix", im.subjects.Prefix, "--queue-group", "presenced",
+				"--http-addr", addr, "--log-level", c.cfg.workerLogLevel,
+			}
+			if c.cfg.pprofDir != "" {
+				args = append(args, "--pprof")
+			}
+			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)
+		} else {
+			args := []string{"seed-worker",
+				"--nats-url", c.natsURL, "--redis-url", c.redisURL, "--ttl", ttl.String(),
+				"--key-prefix", im.keys, "--subject-prefix", im.subjects.Prefix, "--queue-group", "seed",
+				"--concurrency", strconv.Itoa(c.cfg.seedConcurrency), "--http-addr", addr,
+			}
+			p, err = startProc(name, c.selfBin, args, cleanEnv(), addr)
+		}
+		if err != nil {
+			return err
+		}
+		c.workers = append(c.workers, p)
+	}
+	for _, p := range c.workers {
+		if err := p.waitReady(ctx); err != nil {
+			return err
+		}
+	}
+	c.current = im.name
+	// Ready means subscribed; give the server a moment to have the queue
+	// subscriptions of every replica before traffic starts.
+	time.Sleep(200 * time.Millisecond)
+	return nil
+}
+
+// stopWorkers stops the running workers (SIGTERM, then kill after 30s).
+func (c *cluster) stopWorkers() error {
+	var errs []error
+	for _, p := range c.workers {
+		if err := p.stop(30 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	c.workers = nil
+	c.current = ""
+	return errors.Join(errs...)
+}
+
+// checkWorkers reports a worker that exited on its own.
+func (c *cluster) checkWorkers() error {
+	for _, p := range c.workers {
+		if p.exited() {
+			return p.exitErr()
+		}
+	}
+	return nil
+}
+
+// workerPIDs are the processes whose CPU and memory are reported as the
+// workers': the ones started here, or --worker-pids when external.
+func (c *cluster) workerPIDs() []int {
+	if c.external() && c.current == "presenced" {
+		return c.cfg.workerPIDs
+	}
+	pids := make([]int, len(c.workers))
+	for i, p := range c.workers {
+		pids[i] = p.pid()
+	}
+	return pids
+}
+
+// info returns the fields of INFO section.
+func (c *cluster) info(ctx context.Context, section string) (map[string]string, error) {
+	s, err := c.rdb.Info(ctx, section).Result()
+	if err != nil {
+		return nil, fmt.Errorf("info %s: %w", section, err)
+	}
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":"); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
+func (c *cluster) usedMemory(ctx context.Context) (int64, error) {
+	m, err := c.info(ctx, "memory")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(m["used_memory"], 10, 64)
+}
+
+// dataMemory returns the memory Redis uses for data (keys, values, their
+// hash tables and expiry entries): MEMORY STATS total.allocated without the
+// clients' buffers, Lua and function caches and replication buffers, which
+// depend on how many connections the workers hold, not on the users online.
+func (c *cluster) dataMemory(ctx context.Context) (int64, error) {
+	res, err := c.rdb.Do(ctx, "MEMORY", "STATS").Result()
+	if err != nil {
+		return 0, fmt.Errorf("memory stats: %w", err)
+	}
+	stats := map[string]int64{}
+	put := func(k, v any) {
+		ks, _ := k.(string)
+		switch n := v.(type) {
+		case int64:
+			stats[ks] = n
+		case float64:
+			stats[ks] = int64(n)
+		}
+	}
+	switch r := res.(type) {
+	case map[any]any:
+		for k, v := range r {
+			put(k, v)
+		}
+	case []any:
+		for i := 0; i+1 < len(r); i += 2 {
+			put(r[i], r[i+1])
+		}
+	default:
+		return 0, fmt.Errorf("memory stats: unexpected reply %T", res)
+	}
+	total, ok := stats["total.allocated"]
+	if !ok {
+		return 0, errors.New("memory stats: no total.allocated")
+	}
+	for _, k := range []string{"clients.normal", "clients.slaves", "replication.backlog", "aof.buffer", "lua.caches", "functions.caches", "cluster.links"} {
+		total -= stats[k]
+	}
+	return total, nil
+}
+
+func (c *cluster) redisCPU(ctx context.Context) float64 {
+	m, err := c.info(ctx, "cpu")
+	if err != nil {
+		return -1
+	}
+	u, _ := strconv.ParseFloat(m["used_cpu_user"], 64)
+	s, _ := strconv.ParseFloat(m["used_cpu_sys"], 64)
+	return u + s
+}
+
+// redisHostPort returns the host and port of the Redis URL, for
+// redis-benchmark.
+func (c *cluster) redisHostPort() (string, string, string) {
+	u, err := url.Parse(c.redisURL)
+	if err != nil {
+		return "127.0.0.1", "6379", ""
+	}
+	pw, _ := u.User.Password()
+	port := u.Port()
+	if port == "" {
+		port = "6379"
+	}
+	return u.Hostname(), port, pw
+}
+
+// usage is the CPU and memory of the processes during one phase. CPU is in
+// % of one core (200 = both cores of this machine); -1 means not measured.
+type usage struct {
+	Seconds       float64   `json:"seconds"`
+	WorkerCPU     []float64 `json:"worker_cpu_pct"`
+	WorkerCPUSum  float64   `json:"worker_cpu_pct_sum"`
+	WorkerRSSMB   []float64 `json:"worker_rss_mb"`
+	WorkerPeakMB  []float64 `json:"worker_peak_rss_mb"`
+	RedisCPU      float64   `json:"redis_cpu_pct"`
+	RedisCommands []cmdStat `json:"redis_commands,omitempty"`
+	NATSCPU       float64   `json:"nats_cpu_pct"`
+	BenchCPU      float64   `json:"bench_cpu_pct"`
+	MachineIdlePc float64   `json:"machine_idle_pct"`
+}
+
+// meter measures usage between its creation and done.
+type meter struct {
+	c       *cluster
+	t0      time.Time
+	workers []cpuMeter
+	redis0  float64
+	nats    cpuMeter
+	bench   cpuMeter
+	idle0   float64
+	total0  float64
+	cmds0   map[string]cmdStat
+}
+
+// cmdStat is one command's share of Redis's time (INFO commandstats; the
+// commands a script runs are counted both on their own and in its EVALSHA).
+type cmdStat struct {
+	Command     string  `json:"command"`
+	Calls       int64   `json:"calls"`
+	Usec        int64   `json:"usec"`
+	UsecPerCall float64 `json:"usec_per_call"`
+}
+
+func (c *cluster) commandStats(ctx context.Context) map[string]cmdStat {
+	m, err := c.info(ctx, "commandstats")
+	if err != nil {
+		return nil
+	}
+	out := map[string]cmdStat{}
+	for k, v := range m {
+		name, ok := strings.CutPrefix(k, "cmdstat_")
+		if !ok {
+			continue
+		}
+		st := cmdStat{Command: name}
+		for _, kv := range strings.Split(v, ",") {
+			f, val, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseInt(val, 10, 64)
+			switch f {
+			case "calls":
+				st.Calls = n
+			case "usec":
+				st.Usec = n
+			}
+		}
+		out[name] = st
+	}
+	return out
+}
+
+// commandDelta returns the commands that ran between two snapshots, the
+// most time first (at most 8).
+func commandDelta(before, after map[string]cmdStat) []cmdStat {
+	var out []cmdStat
+	for name, a := range after {
+		b := before[name]
+		d := cmdStat{Command: name, Calls: a.Calls - b.Calls, Usec: a.Usec - b.Usec}
+		if d.Calls <= 0 || name == "info" {
+			continue
+		}
+		d.UsecPerCall = float64(d.Usec) / float64(d.Calls)
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(x, y cmdStat) int { return cmp.Compare(y.Usec, x.Usec) })
+	return out[:min(len(out), 8)]
+}
+
+func (c *cluster) meter(ctx context.Context) *meter {
+	m := &meter{c: c, t0: time.Now(), redis0: c.redisCPU(ctx), bench: startCPU(os.Getpid())}
+	for _, pid := range c.workerPIDs() {
+		m.workers = append(m.workers, startCPU(pid))
+	}
+	if c.natsProc != nil {
+		m.nats = startCPU(c.natsProc.pid())
+	}
+	m.idle0, m.total0 = machineCPU()
+	m.cmds0 = c.commandStats(ctx)
+	return m
+}
+
+func (m *meter) done(ctx context.Context) usage {
+	wall := time.Since(m.t0).Seconds()
+	u := usage{Seconds: wall, RedisCPU: -1, NATSCPU: m.nats.percent(), BenchCPU: m.bench.percent()}
+	if r := m.c.redisCPU(ctx); r >= 0 && m.redis0 >= 0 && wall > 0 {
+		u.RedisCPU = 100 * (r - m.redis0) / wall
+	}
+	if m.cmds0 != nil {
+		u.RedisCommands = commandDelta(m.cmds0, m.c.commandStats(ctx))
+	}
+	for _, w := range m.workers {
+		p := w.percent()
+		u.WorkerCPU = append(u.WorkerCPU, p)
+		if p > 0 {
+			u.WorkerCPUSum += p
+		}
+		rss, hwm, err := memoryKB(w.pid)
+		if err == nil {
+			u.WorkerRSSMB = append(u.WorkerRSSMB, float64(rss)/1024)
+			u.WorkerPeakMB = append(u.WorkerPeakMB, float64(hwm)/1024)
+		}
+	}
+	if len(m.workers) == 0 {
+		u.WorkerCPUSum = -1
+	}
+	idle1, total1 := machineCPU()
+	if total1 > m.total0 {
+		u.MachineIdlePc = 100 * (idle1 - m.idle0) / (total1 - m.total0)
+	}
+	return u
+}
+
+// machineCPU returns the idle and total jiffies of all CPUs (/proc/stat).
+func machineCPU() (idle, total float64) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseFloat(s, 64)
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return idle, total
+}

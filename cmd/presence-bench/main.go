@@ -1,0 +1,278 @@
+// Command presence-bench measures presenced end to end, and the seed's
+// algorithm (internal/seedbaseline) beside it in the same run: heartbeat
+// throughput, offline latency, query latency, Redis memory per online user,
+// and worker CPU and memory, against the Redis SET ceiling measured by
+// redis-benchmark on the same server.
+//
+//	presence-bench [flags]              run the scenarios, print tables (and --json)
+//	presence-bench seed-worker [flags]  (internal) one seed baseline worker process
+//
+// By default it starts everything itself on loopback, each in its own
+// process: nats-server (built from the module with go build), redis-server
+// (internal/localredis), --replicas presenced processes and as many seed
+// workers (this binary in seed-worker mode). The implementations never run
+// at the same time: before each scenario the workers are stopped, Redis is
+// flushed and the next implementation's workers start. With --nats-url and
+// --redis-url it drives a deployment whose presenced workers already run
+// (see BENCHMARKS.md for what is then measured).
+//
+// Every scenario is bounded by a count and by --timeout. See BENCHMARKS.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "seed-worker" {
+		os.Exit(runSeedWorker(os.Args[2:], os.Stderr))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// config is the bench's settings; scale fills the zero ones.
+type config struct {
+	scale    string
+	users    []int
+	replicas int
+	baseline string
+	jsonOut  string
+
+	external      bool
+	natsURL       string
+	redisURL      string
+	natsMode      string
+	natsBin       string
+	presencedBin  string
+	keyPrefix     string
+	subjectPrefix string
+	workerPIDs    []int
+
+	hbUsers, batchUsers, rounds int
+	window, batchWindow         int
+	batchSize                   int
+	hbTTL                       time.Duration
+
+	offTTL, hbInterval, offDuration, offGrace time.Duration
+	leavePct                                  float64
+	bgKeys                                    int
+
+	idleTTL, idleDuration time.Duration
+	queryReps, query10k   int
+	queryIDs              int
+
+	ceilingN        int
+	seedConcurrency int
+	scanCount       int
+
+	pprofDir       string
+	pprofSeconds   int
+	scenarios      map[string]bool
+	timeout        time.Duration
+	keep           bool
+	workerLogLevel string
+}
+
+var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query"}
+
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `presence-bench: end-to-end benchmark of presenced, with the seed's algorithm beside it.
+
+Usage:
+  presence-bench [flags]
+
+Scenarios (--scenarios, comma-separated; default all):
+  ceiling     redis-benchmark -P 32 SET key:__rand_int__ 1 EX 60 GET (and plain SET) on the same redis-server
+  throughput  heartbeats end to end: single-id and 100-id messages, new users and refreshes
+  offline     offline latency (event minus deadline) with users leaving at --leave-per-min, at each --users
+  idle        CPU of idle replicas with the largest --users online (long TTL), Redis memory per user
+  query       one id, --query-ids ids, full paged listing (with the idle scenario's users online)
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+func parseConfig(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("presence-bench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.scale, "scale", "small", "small (10k users, seconds per scenario) or full (10k, 100k and 1M users; tens of minutes)")
+	users := fs.String("users", "", "online users for offline/idle/query, comma-separated (default: small 10000; full 10000,100000,1000000)")
+	fs.IntVar(&c.replicas, "replicas", 3, "worker processes per implementation")
+	fs.StringVar(&c.baseline, "baseline", "seed", "seed: run every scenario through the seed's algorithm too; none: presenced only")
+	fs.StringVar(&c.jsonOut, "json", "", "also write the results as JSON to this file")
+	fs.StringVar(&c.natsURL, "nats-url", os.Getenv("NATS_URL"), "NATS of an existing deployment (with --redis-url); default: start nats-server (env NATS_URL)")
+	fs.StringVar(&c.redisURL, "redis-url", os.Getenv("REDIS_URL"), "Redis of an existing deployment (with --nats-url); default: start redis-server (env REDIS_URL)")
+	fs.StringVar(&c.natsMode, "nats", "process", "process: nats-server as a child process; embedded: in the bench process")
+	fs.StringVar(&c.natsBin, "nats-server-bin", "", "nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
+	fs.StringVar(&c.presencedBin, "presenced-bin", "", "presenced binary (default: go build ./cmd/presenced)")
+	fs.StringVar(&c.keyPrefix, "key-prefix", "presence:", "external deployment: its PRESENCE_KEY_PREFIX")
+	fs.StringVar(&c.subjectPrefix, "subject-prefix", "presence", "external deployment: its PRESENCE_SUBJECT_PREFIX")
+	pids := fs.String("worker-pids", "", "external deployment: pids of its presenced processes on this host, to measure their CPU and RSS")
+	fs.IntVar(&c.hbUsers, "hb-users", 0, "throughput: users of the single-id scenarios (default: small 20000, full 100000)")
+	fs.IntVar(&c.batchUsers, "batch-users", 0, "throughput: users of the batched scenarios (default: small 50000, full 1000000)")
+	fs.IntVar(&c.rounds, "rounds", 5, "throughput: refresh rounds over the users")
+	fs.IntVar(&c.window, "window", 4096, "single-id messages awaiting a reply at once")
+	fs.IntVar(&c.batchWindow, "batch-window", 256, "batched messages awaiting a reply at once")
+	fs.IntVar(&c.batchSize, "batch-size", 100, "ids per batched message")
+	fs.DurationVar(&c.hbTTL, "hb-ttl", 10*time.Minute, "throughput: presence TTL (long, so nothing expires)")
+	fs.DurationVar(&c.offTTL, "ttl", 0, "offline: presence TTL (default: small 5s, full 60s)")
+	fs.DurationVar(&c.hbInterval, "hb-interval", 0, "offline: heartbeat period of a connected user (default ttl/2)")
+	fs.DurationVar(&c.offDuration, "offline-duration", 0, "offline: how long users keep leaving (default: small 15s, full 2m)")
+	fs.DurationVar(&c.offGrace, "offline-grace", 0, "offline: an offline event later than this after the deadline counts as missing (default: small 10s, full 60s)")
+	fs.Float64Var(&c.leavePct, "leave-per-min", 2, "offline: % of the online users who stop heartbeating per minute")
+	fs.IntVar(&c.bgKeys, "background-keys", 0, "extra volatile keys in Redis (SET bg:<i> x EX 3600) for offline, idle and query")
+	fs.DurationVar(&c.idleTTL, "idle-ttl", time.Hour, "idle/query: presence TTL (long: no expiry during the measurement)")
+	fs.DurationVar(&c.idleDuration, "idle-duration", 0, "idle: measurement window (default: small 5s, full 30s)")
+	fs.IntVar(&c.queryReps, "query-reps", 0, "query: one-id queries (default: small 200, full 1000)")
+	fs.IntVar(&c.query10k, "query-batch-reps", 0, "query: --query-ids queries (default: small 20, full 50)")
+	fs.IntVar(&c.queryIDs, "query-ids", 10000, "query: ids per multi-id query (half online)")
+	fs.IntVar(&c.ceilingN, "ceiling-n", 0, "ceiling: redis-benchmark -n (default: small 200000, full 1000000)")
+	fs.IntVar(&c.seedConcurrency, "seed-concurrency", 32, "seed: messages each seed worker handles at once (the seed's async handlers)")
+	fs.IntVar(&c.scanCount, "seed-scan-count", 100, "seed: SCAN COUNT of its listing (the seed's: 100)")
+	fs.StringVar(&c.pprofDir, "pprof-dir", "", "profile replica 0 of each implementation during the refresh scenarios; profiles and `go tool pprof -top` go here")
+	fs.IntVar(&c.pprofSeconds, "pprof-seconds", 10, "length of each CPU profile (the refresh scenario runs at least this long)")
+	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run")
+	fs.DurationVar(&c.timeout, "timeout", 0, "bound on each wait within a scenario (default: small 2m, full 15m)")
+	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (binaries, profiles)")
+	fs.StringVar(&c.workerLogLevel, "worker-log-level", "warn", "presenced workers' LOG_LEVEL")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stderr, fs)
+		}
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	small := c.scale == "small"
+	if !small && c.scale != "full" {
+		return nil, fmt.Errorf("--scale %q: want small or full", c.scale)
+	}
+	pick := func(dst *int, s, f int) {
+		if *dst == 0 {
+			*dst = map[bool]int{true: s, false: f}[small]
+		}
+	}
+	pickD := func(dst *time.Duration, s, f time.Duration) {
+		if *dst == 0 {
+			*dst = map[bool]time.Duration{true: s, false: f}[small]
+		}
+	}
+	pick(&c.hbUsers, 20000, 100000)
+	pick(&c.batchUsers, 50000, 1000000)
+	pick(&c.queryReps, 200, 1000)
+	pick(&c.query10k, 20, 50)
+	pick(&c.ceilingN, 200000, 1000000)
+	pickD(&c.offTTL, 5*time.Second, 60*time.Second)
+	pickD(&c.offDuration, 15*time.Second, 2*time.Minute)
+	pickD(&c.offGrace, 10*time.Second, 60*time.Second)
+	pickD(&c.idleDuration, 5*time.Second, 30*time.Second)
+	pickD(&c.timeout, 2*time.Minute, 15*time.Minute)
+	if c.hbInterval == 0 {
+		c.hbInterval = c.offTTL / 2
+	}
+	if *users == "" {
+		if small {
+			*users = "10000"
+		} else {
+			*users = "10000,100000,1000000"
+		}
+	}
+	for _, s := range strings.Split(*users, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 100 {
+			return nil, fmt.Errorf("--users %q: want numbers >= 100", *users)
+		}
+		c.users = append(c.users, n)
+	}
+	if *pids != "" {
+		for _, s := range strings.Split(*pids, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil {
+				return nil, fmt.Errorf("--worker-pids %q: %v", *pids, err)
+			}
+			c.workerPIDs = append(c.workerPIDs, n)
+		}
+	}
+	c.scenarios = map[string]bool{}
+	for _, s := range strings.Split(*scen, ",") {
+		s = strings.TrimSpace(s)
+		ok := false
+		for _, a := range allScenarios {
+			ok = ok || a == s
+		}
+		if !ok {
+			return nil, fmt.Errorf("--scenarios: unknown %q (want %s)", s, strings.Join(allScenarios, ","))
+		}
+		c.scenarios[s] = true
+	}
+	switch {
+	case (c.natsURL == "") != (c.redisURL == ""):
+		return nil, errors.New("give both --nats-url and --redis-url (an existing deployment) or neither")
+	case c.natsURL != "":
+		c.external = true
+	}
+	if c.baseline != "seed" && c.baseline != "none" {
+		return nil, fmt.Errorf("--baseline %q: want seed or none", c.baseline)
+	}
+	if c.natsMode != "process" && c.natsMode != "embedded" {
+		return nil, fmt.Errorf("--nats %q: want process or embedded", c.natsMode)
+	}
+	if c.replicas < 1 || c.batchSize < 1 || c.window < 1 || c.batchWindow < 1 || c.rounds < 1 {
+		return nil, errors.New("--replicas, --batch-size, --window, --batch-window and --rounds must be at least 1")
+	}
+	if c.hbInterval >= c.offTTL {
+		return nil, fmt.Errorf("--hb-interval %s must be shorter than --ttl %s", c.hbInterval, c.offTTL)
+	}
+	return c, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "presence-bench: %v (try --help)\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b := &bench{cfg: cfg, c: &cluster{cfg: cfg}, rep: &Report{}}
+	defer b.c.stop()
+	if err := b.run(ctx); err != nil {
+		fmt.Fprintf(stderr, "presence-bench: %v\n", err)
+		// Print what was measured before the failure.
+		b.finish()
+		b.rep.Error = err.Error()
+		printReport(stdout, b.rep)
+		writeJSON(cfg.jsonOut, b.rep, stderr)
+		return 1
+	}
+	b.finish()
+	printReport(stdout, b.rep)
+	if err := writeJSON(cfg.jsonOut, b.rep, stderr); err != nil {
+		return 1
+	}
+	return 0
+}
+
+var startTime = time.Now()
+
+// progress logs what the bench is doing to stderr.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(startTime).Seconds(), fmt.Sprintf(format, args...))
+}

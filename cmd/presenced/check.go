@@ -1,0 +1,443 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/status"
+)
+
+// Outcomes of one check, as printed.
+const (
+	checkOK   = "ok"
+	checkWarn = "WARN"
+	checkFail = "FAIL"
+	checkSkip = "skip"
+)
+
+// minRedisMajor and minRedisMinor are the oldest Redis the worker runs on
+// (SET ... NX GET and the XAUTOCLAIM reply it reads need 7.0).
+const minRedisMajor, minRedisMinor = 7, 0
+
+// checkScript runs, on scratch keys under the key prefix, the commands the
+// worker's Lua scripts run, so that an ACL that denies one of them (or the
+// scripts' keys) fails here rather than on the first heartbeat.
+//
+//	KEYS[1] string, KEYS[2] sorted set, KEYS[3] hash, KEYS[4] stream
+//
+// It deletes them and returns 1.
+var checkScript = redis.NewScript(checkScriptSrc)
+
+const checkScriptSrc = `
+redis.call('TIME')
+redis.call('SET', KEYS[1], '1', 'PX', 60000)
+redis.call('GET', KEYS[1])
+redis.call('EXISTS', KEYS[1])
+redis.call('ZADD', KEYS[2], 1, 'u')
+redis.call('ZADD', KEYS[2], 'XX', 2, 'u')
+redis.call('ZSCORE', KEYS[2], 'u')
+redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+redis.call('ZREM', KEYS[2], 'u')
+redis.call('HSET', KEYS[3], 'u', '1')
+redis.call('HDEL', KEYS[3], 'u')
+local id = redis.call('XADD', KEYS[4], '*', 's', 'check')
+redis.call('XTRIM', KEYS[4], 'MINID', id)
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+`
+
+// checkLine is one result.
+type checkLine struct {
+	outcome, name, detail string
+}
+
+// checker prints results as they come and remembers whether one failed.
+type checker struct {
+	w              io.Writer
+	failed, warned int
+}
+
+func (c *checker) report(l checkLine) {
+	switch l.outcome {
+	case checkFail:
+		c.failed++
+	case checkWarn:
+		c.warned++
+	}
+	fmt.Fprintf(c.w, "%-4s  %s: %s\n", l.outcome, l.name, l.detail)
+}
+
+// runCheck is `presenced check`: with the worker's settings, it checks that
+// Redis and NATS are reachable and allow what the worker does, one line per
+// check, and returns 1 if any check failed (warnings do not fail).
+func runCheck(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, code := loadConfig(args, getenv, stdout, stderr)
+	if code >= 0 {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*cfg.ConnectTimeout+10*time.Second)
+	defer cancel()
+	c := &checker{w: stdout}
+	checkRedis(ctx, cfg, c.report)
+	checkNATS(ctx, cfg, c.report)
+	fmt.Fprintf(stdout, "presenced check: %d failed, %d warnings\n", c.failed, c.warned)
+	if c.failed > 0 {
+		return 1
+	}
+	return 0
+}
+
+// checkRedis checks that Redis answers, is 7.0 or later, has (or lets the
+// worker set) expired keyspace events, and lets the worker's user run its
+// scripts and stream commands on the key prefix and subscribe to the expiry
+// channel.
+func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) {
+	names := []string{"redis version", "redis keyspace events", "redis scripts", "redis streams and reads", "redis expiry subscription"}
+	skipAll := func(why string) {
+		for _, n := range names {
+			report(checkLine{checkSkip, n, why})
+		}
+	}
+	opts, err := presence.RedisOptions(cfg)
+	if err != nil {
+		report(checkLine{checkFail, "redis", err.Error()})
+		skipAll("no redis connection")
+		return
+	}
+	opts.DialTimeout = cfg.ConnectTimeout
+	opts.MaxRetries = -1 // a check reports the first failure, it does not retry
+	opts.ClientName = "presenced-check"
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	where := config.RedactURL(cfg.RedisURL)
+
+	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	err = rdb.Ping(pctx).Err()
+	cancel()
+	if err != nil {
+		report(checkLine{checkFail, "redis", fmt.Sprintf("not reachable at %s: %v", where, err)})
+		skipAll("redis not reachable")
+		return
+	}
+	report(checkLine{checkOK, "redis", fmt.Sprintf("reachable at %s", where)})
+
+	cctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	report(redisVersion(cctx, rdb))
+	report(redisNotifications(cctx, rdb))
+	report(redisScripts(cctx, rdb, cfg.KeyPrefix))
+	report(redisStreams(cctx, rdb, cfg.KeyPrefix))
+	report(redisExpirySubscription(cctx, rdb, cfg.RedisDB()))
+}
+
+func redisVersion(ctx context.Context, rdb *redis.Client) checkLine {
+	const name = "redis version"
+	v, err := serverVersion(ctx, rdb)
+	if err != nil {
+		return checkLine{checkFail, name, fmt.Sprintf("cannot read the server version: %v", err)}
+	}
+	major, minor, ok := parseVersion(v)
+	switch {
+	case !ok:
+		return checkLine{checkFail, name, fmt.Sprintf("unrecognised version %q, need %d.%d or later", v, minRedisMajor, minRedisMinor)}
+	case major < minRedisMajor || (major == minRedisMajor && minor < minRedisMinor):
+		return checkLine{checkFail, name, fmt.Sprintf("%s is too old: the worker needs %d.%d or later (SET ... NX GET)", v, minRedisMajor, minRedisMinor)}
+	}
+	return checkLine{checkOK, name, fmt.Sprintf("%s (need %d.%d or later)", v, minRedisMajor, minRedisMinor)}
+}
+
+// serverVersion reads redis_version from INFO server, or from HELLO (which
+// every user may run) when INFO is denied.
+func serverVersion(ctx context.Context, rdb *redis.Client) (string, error) {
+	info, err := rdb.Info(ctx, "server").Result()
+	if err == nil {
+		for _, line := range strings.Split(info, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+				return v, nil
+			}
+		}
+		return "", errors.New("INFO server has no redis_version")
+	}
+	res, herr := rdb.Do(ctx, "HELLO").Result()
+	if herr != nil {
+		return "", fmt.Errorf("INFO server: %w; HELLO: %w", err, herr)
+	}
+	switch m := res.(type) {
+	case map[any]any: // RESP3
+		if v, ok := m["version"].(string); ok {
+			return v, nil
+		}
+	case []any: // RESP2: a flat list of fields and values
+		for i := 0; i+1 < len(m); i += 2 {
+			if k, _ := m[i].(string); k == "version" {
+				if v, ok := m[i+1].(string); ok {
+					return v, nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("INFO server: %w; HELLO has no version", err)
+}
+
+// parseVersion returns the major and minor numbers of "7.2.4".
+func parseVersion(v string) (major, minor int, ok bool) {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	return major, minor, err1 == nil && err2 == nil
+}
+
+func redisNotifications(ctx context.Context, rdb *redis.Client) checkLine {
+	const name = "redis keyspace events"
+	cur, err := rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if err != nil {
+		if !isDenied(err) {
+			return checkLine{checkFail, name, fmt.Sprintf("CONFIG GET notify-keyspace-events: %v", err)}
+		}
+		return checkLine{checkWarn, name, fmt.Sprintf("CONFIG GET denied (%v): the worker cannot check or set notify-keyspace-events; "+
+			"unless it includes E and x, offline events wait for the sweep (PRESENCE_RECONCILE_INTERVAL)", err)}
+	}
+	flags := cur["notify-keyspace-events"]
+	if presence.MergeNotifyFlags(flags) != flags {
+		return checkLine{checkWarn, name, fmt.Sprintf("notify-keyspace-events is %q, without E and x: the worker adds them at start if CONFIG SET is allowed; "+
+			"otherwise offline events wait for the sweep (PRESENCE_RECONCILE_INTERVAL)", flags)}
+	}
+	return checkLine{checkOK, name, fmt.Sprintf("notify-keyspace-events is %q (has E and x)", flags)}
+}
+
+func redisScripts(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
+	const name = "redis scripts"
+	k := prefix + "check"
+	keys := []string{k, k + ":z", k + ":h", k + ":stream"}
+	// Run loads the script (SCRIPT LOAD) and calls EVALSHA, as the worker does.
+	if err := checkScript.Load(ctx, rdb).Err(); err != nil {
+		return checkLine{checkFail, name, deniedHint("SCRIPT LOAD", err, prefix)}
+	}
+	err := checkScript.EvalSha(ctx, rdb, keys).Err()
+	if err != nil {
+		_ = rdb.Del(context.WithoutCancel(ctx), keys...).Err() // best effort: the script stopped half-way
+		return checkLine{checkFail, name, deniedHint("EVALSHA", err, prefix)}
+	}
+	return checkLine{checkOK, name, fmt.Sprintf("SCRIPT LOAD, EVALSHA and the scripts' commands on %s* keys", prefix)}
+}
+
+func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
+	const name = "redis streams and reads"
+	k := prefix + "check:stream"
+	defer rdb.Del(context.WithoutCancel(ctx), k) // best effort; a denied DEL was reported by the scripts check
+	steps := []struct {
+		cmd string
+		run func() error
+	}{
+		{"XGROUP CREATE", func() error { return rdb.XGroupCreateMkStream(ctx, k, "check", "0").Err() }},
+		{"XADD", func() error { return rdb.XAdd(ctx, &redis.XAddArgs{Stream: k, Values: []string{"s", "check"}}).Err() }},
+		{"XREADGROUP", func() error {
+			return rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: "check", Consumer: "check", Streams: []string{k, ">"}, Count: 1, Block: -1}).Err()
+		}},
+		{"XPENDING", func() error {
+			return rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: k, Group: "check", Start: "-", End: "+", Count: 1}).Err()
+		}},
+		{"XAUTOCLAIM", func() error {
+			return rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: k, Group: "check", Consumer: "check", Start: "0", Count: 1}).Err()
+		}},
+		{"XINFO GROUPS", func() error { return rdb.XInfoGroups(ctx, k).Err() }},
+		{"XACK", func() error { return rdb.XAck(ctx, k, "check", "0-1").Err() }},
+		{"XLEN", func() error { return rdb.XLen(ctx, k).Err() }},
+		{"XGROUP DELCONSUMER", func() error { return rdb.XGroupDelConsumer(ctx, k, "check", "check").Err() }},
+		{"ZCARD", func() error { return rdb.ZCard(ctx, prefix+"check:z").Err() }},
+		{"ZSCAN", func() error { return rdb.ZScan(ctx, prefix+"check:z", 0, "", 1).Err() }},
+		{"MGET", func() error { return rdb.MGet(ctx, prefix+"check").Err() }},
+		{"DEL", func() error { return rdb.Del(ctx, k).Err() }},
+	}
+	for _, s := range steps {
+		if err := s.run(); err != nil && !errors.Is(err, redis.Nil) {
+			return checkLine{checkFail, name, deniedHint(s.cmd, err, prefix)}
+		}
+	}
+	return checkLine{checkOK, name, fmt.Sprintf("outbox stream commands, ZCARD, ZSCAN and MGET on %s* keys", prefix)}
+}
+
+func redisExpirySubscription(ctx context.Context, rdb *redis.Client, db int) checkLine {
+	const name = "redis expiry subscription"
+	channel := fmt.Sprintf("__keyevent@%d__:expired", db)
+	ps := rdb.PSubscribe(ctx, channel)
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		if isDenied(err) {
+			return checkLine{checkFail, name, fmt.Sprintf("PSUBSCRIBE %s: %v: allow the channel (&%s) for the worker's user", channel, err, channel)}
+		}
+		return checkLine{checkFail, name, fmt.Sprintf("PSUBSCRIBE %s: %v", channel, err)}
+	}
+	return checkLine{checkOK, name, "PSUBSCRIBE " + channel}
+}
+
+// isDenied reports an ACL denial or a disabled (renamed) command.
+func isDenied(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "NOPERM") || strings.Contains(s, "unknown command") || strings.HasPrefix(s, "ERR unknown")
+}
+
+func deniedHint(cmd string, err error, prefix string) string {
+	msg := err.Error()
+	// A denial inside a script names only the script's line: show it.
+	if _, after, ok := strings.Cut(msg, "@user_script:"); ok {
+		digits := strings.TrimRightFunc(after, func(r rune) bool { return r < '0' || r > '9' })
+		if n, err := strconv.Atoi(digits); err == nil {
+			if lines := strings.Split(checkScriptSrc, "\n"); n >= 1 && n <= len(lines) { // the source starts with a newline: line 1 is empty
+				msg += " (" + strings.TrimSpace(lines[n-1]) + ")"
+			}
+		}
+	}
+	if strings.Contains(msg, "NOPERM") || strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
+		return fmt.Sprintf("%s: %s: denied by ACL: the worker's Redis user needs the commands presenced runs, on keys ~%s*", cmd, msg, prefix)
+	}
+	return fmt.Sprintf("%s: %s", cmd, msg)
+}
+
+// checkNATS checks that NATS answers and that the worker's user may
+// subscribe to the heartbeat, disconnect and query subjects and publish
+// events.
+//
+// NATS has no dry run: the publish check sends one message with an empty
+// body and the status.ProbeHeader header to each event subject, which
+// consumers should ignore. The subscriptions are plain ones, not in the
+// worker's queue group, so they take no message away from the workers.
+// Replies (to heartbeat and query requests) cannot be checked: a server with
+// allow_responses only allows them to a request actually received.
+func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
+	subjects := bus.SubjectsFromConfig(cfg)
+	type op struct {
+		name     string
+		pub      bool
+		subjects []string
+	}
+	query := []string{}
+	for _, ep := range []string{bus.QueryStatus, bus.QueryOnline, bus.QueryList, bus.QueryCount} {
+		query = append(query, subjects.Query(ep))
+	}
+	for _, verb := range []string{"PING", "INFO", "STATS"} { // micro service discovery
+		query = append(query, "$SRV."+verb, "$SRV."+verb+"."+bus.QueryServiceName)
+	}
+	ops := []op{
+		{"nats subscribe " + subjects.Heartbeat(), false, []string{subjects.Heartbeat()}},
+		{"nats subscribe " + subjects.Disconnect(), false, []string{subjects.Disconnect()}},
+		{"nats subscribe query service", false, query},
+		{"nats publish " + subjects.Online(), true, []string{subjects.Online()}},
+		{"nats publish " + subjects.Offline(), true, []string{subjects.Offline()}},
+	}
+	skipAll := func(why string) {
+		for _, o := range ops {
+			report(checkLine{checkSkip, o.name, why})
+		}
+	}
+	extra, err := bus.NATSOptions(cfg)
+	if err != nil {
+		report(checkLine{checkFail, "nats", err.Error()})
+		skipAll("no nats connection")
+		return
+	}
+	var (
+		mu     sync.Mutex
+		errs   []error
+		closed = make(chan struct{})
+	)
+	opts := append([]nats.Option{
+		nats.Name("presenced-check"),
+		nats.Timeout(cfg.ConnectTimeout),
+		nats.NoReconnect(),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }),
+	}, extra...)
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		report(checkLine{checkFail, "nats", fmt.Sprintf("cannot connect to %s: %v", config.RedactURL(cfg.NATSURL), err)})
+		skipAll("nats not reachable")
+		return
+	}
+	report(checkLine{checkOK, "nats", fmt.Sprintf("reachable at %s (server %s)", nc.ConnectedUrlRedacted(), nc.ConnectedServerVersion())})
+
+	opErr := make([]error, len(ops))
+	for i, o := range ops {
+		for _, subj := range o.subjects {
+			var err error
+			if o.pub {
+				m := nats.NewMsg(subj)
+				m.Header.Set(status.ProbeHeader, "check")
+				err = nc.PublishMsg(m)
+			} else {
+				_, err = nc.Subscribe(subj, func(*nats.Msg) {})
+			}
+			if err != nil && opErr[i] == nil {
+				opErr[i] = fmt.Errorf("%s: %w", subj, err)
+			}
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	flushErr := nc.FlushWithContext(fctx)
+	// The server answers a denied operation with an -ERR before the flush's
+	// PONG; the client hands those to the error handler in order, followed
+	// by the closed handler: once that ran, every violation is in errs.
+	nc.Close()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, o := range ops {
+		var denied []string
+		for _, subj := range o.subjects {
+			if v := violation(errs, o.pub, subj); v != nil {
+				denied = append(denied, subj)
+			}
+		}
+		switch {
+		case opErr[i] != nil:
+			report(checkLine{checkFail, o.name, opErr[i].Error()})
+		case len(denied) > 0:
+			verb := "subscribe to"
+			if o.pub {
+				verb = "publish to"
+			}
+			report(checkLine{checkFail, o.name, fmt.Sprintf("permissions violation: the worker's NATS user may not %s %s", verb, strings.Join(denied, ", "))})
+		case flushErr != nil:
+			report(checkLine{checkFail, o.name, fmt.Sprintf("no answer from the server: %v", flushErr)})
+		default:
+			report(checkLine{checkOK, o.name, "allowed"})
+		}
+	}
+}
+
+// violation returns the permissions violation about subject, if any.
+func violation(errs []error, pub bool, subject string) error {
+	want := `subscription to "` + subject + `"`
+	if pub {
+		want = `publish to "` + subject + `"`
+	}
+	for _, err := range errs {
+		if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(strings.ToLower(err.Error()), strings.ToLower(want)) {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/status"
+)
+
+// checkRun runs `presenced check` with env and returns the exit code and
+// what it printed.
+func checkRun(t *testing.T, env map[string]string) (int, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := run([]string{"check", "--connect-timeout", "2s"}, func(k string) string { return env[k] }, &out, &errOut)
+	if errOut.Len() > 0 {
+		t.Fatalf("stderr: %s", errOut.String())
+	}
+	t.Logf("presenced check (exit %d):\n%s", code, out.String())
+	return code, out.String()
+}
+
+// outcome returns the outcome printed for the check named name: the lines
+// are "<outcome>  <name>: <detail>".
+func outcome(out, name string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if len(l) < 6 {
+			continue
+		}
+		if n, _, ok := strings.Cut(l[6:], ": "); ok && n == name {
+			return strings.TrimSpace(l[:4])
+		}
+	}
+	return "(missing)"
+}
+
+func TestCheckAllPass(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.WithConfig("notify-keyspace-events", "Ex"))
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	probes := testenv.Collect(t, n.Conn(t), p+".*")
+
+	code, out := checkRun(t, map[string]string{"REDIS_URL": r.URL(), "NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":"})
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out)
+	}
+	for _, name := range []string{"redis", "redis version", "redis keyspace events", "redis scripts", "redis streams and reads", "redis expiry subscription",
+		"nats", "nats subscribe " + p + ".heartbeat", "nats subscribe " + p + ".disconnect", "nats subscribe query service", "nats publish " + p + ".online", "nats publish " + p + ".offline"} {
+		if got := outcome(out, name); got != "ok" {
+			t.Errorf("%s: %s, want ok", name, got)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
+	}
+	// The probes are marked, and the scratch keys are gone.
+	for _, m := range probes.WaitFor(t, 2, 5*time.Second) {
+		if m.Header.Get(status.ProbeHeader) == "" || len(m.Data) != 0 {
+			t.Errorf("probe on %s: header %v, data %q; want %s and no data", m.Subject, m.Header, m.Data, status.ProbeHeader)
+		}
+	}
+	keys, err := r.Client(t).Keys(context.Background(), p+":*").Result()
+	if err != nil || len(keys) != 0 {
+		t.Fatalf("keys left under %s: %v (%v)", p, keys, err)
+	}
+}
+
+func TestCheckFailures(t *testing.T) {
+	p := testenv.Prefix(t)
+	// The worker's NATS user may not publish online events nor subscribe to
+	// disconnects.
+	n := testenv.StartNATS(t, testenv.WithServerOptions(func(o *server.Options) {
+		o.Users = []*server.User{{Username: "worker", Password: "s3cret", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{p + ".offline", "_INBOX.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{p + ".disconnect"}},
+		}}}
+	}))
+	natsURL, _ := url.Parse(n.URL())
+	natsURL.User = url.UserPassword("worker", "s3cret")
+	deadRedis := fmt.Sprintf("redis://127.0.0.1:%d/0", testenv.FreePort(t)) // nothing listens there
+
+	code, out := checkRun(t, map[string]string{"REDIS_URL": deadRedis, "NATS_URL": natsURL.String(), "PRESENCE_SUBJECT_PREFIX": p})
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	want := map[string]string{
+		"redis":                               "FAIL",
+		"redis version":                       "skip",
+		"redis scripts":                       "skip",
+		"nats":                                "ok",
+		"nats subscribe " + p + ".heartbeat":  "ok",
+		"nats subscribe " + p + ".disconnect": "FAIL",
+		"nats subscribe query service":        "ok",
+		"nats publish " + p + ".online":       "FAIL",
+		"nats publish " + p + ".offline":      "ok",
+	}
+	for name, w := range want {
+		if got := outcome(out, name); got != w {
+			t.Errorf("%s: %s, want %s", name, got, w)
+		}
+	}
+	for _, s := range []string{"may not publish to " + p + ".online", "may not subscribe to " + p + ".disconnect", "s3cret"} {
+		if strings.Contains(out, s) != (s != "s3cret") {
+			t.Errorf("output should %s %q", map[bool]string{true: "contain", false: "not contain"}[s != "s3cret"], s)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
+	}
+}
+
+func TestCheckRedisACL(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	// A user that may do everything on the prefix but XADD and CONFIG.
+	if err := r.Client(t).Do(context.Background(), "ACL", "SETUSER", "worker", "on", ">pw", "~"+p+":*", "&*", "+@all", "-xadd", "-config").Err(); err != nil {
+		t.Fatal(err)
+	}
+	u := url.URL{Scheme: "redis", Host: r.Addr, Path: "/0", User: url.UserPassword("worker", "pw")}
+
+	code, out := checkRun(t, map[string]string{"REDIS_URL": u.String(), "NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":"})
+	if code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", code, out)
+	}
+	for name, w := range map[string]string{
+		"redis":                     "ok",
+		"redis version":             "ok",
+		"redis keyspace events":     "WARN",
+		"redis scripts":             "FAIL",
+		"redis streams and reads":   "FAIL",
+		"redis expiry subscription": "ok",
+		"nats":                      "ok",
+	} {
+		if got := outcome(out, name); got != w {
+			t.Errorf("%s: %s, want %s", name, got, w)
+		}
+	}
+	if !strings.Contains(out, "NOPERM") || !strings.Contains(out, "~"+p+":*") {
+		t.Errorf("output does not explain the ACL denial")
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
+	}
+}

@@ -1,0 +1,181 @@
+package presence_test
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+// Benchmarks of the store's scripts against a real redis-server (one per
+// top-level benchmark, started by internal/testenv and killed when it ends;
+// no mocks). Run them with
+//
+//	go test -run '^$' -bench . -benchmem ./presence/
+//
+// ns/op is one store call; ids/s is the ids it handled per second. The
+// client, Redis and the Lua scripts all run on this machine, so the figures
+// include the round trip over loopback and the client's encoding.
+// Allocations per op include building the ids of new users (one string
+// each), which a real caller has already done.
+
+func benchStore(b *testing.B, rdb *redis.Client, ttl time.Duration) *presence.Store {
+	b.Helper()
+	s := presence.NewStore(rdb, presence.Options{Prefix: testenv.Prefix(b) + ":", TTL: ttl, OutageThreshold: time.Hour})
+	if err := s.Ping(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+func reportIDs(b *testing.B, perOp int) {
+	b.ReportMetric(float64(b.N*perOp)/b.Elapsed().Seconds(), "ids/s")
+}
+
+// ids returns n ids "<prefix><start>".."<prefix><start+n-1>".
+func ids(prefix string, start, n int) []string {
+	out := make([]string, n)
+	buf := make([]byte, 0, len(prefix)+20)
+	for i := range out {
+		out[i] = string(strconv.AppendInt(append(buf[:0], prefix...), int64(start+i), 10))
+	}
+	return out
+}
+
+// BenchmarkHeartbeat is Store.Heartbeat with 1, 100 and 1000 ids per call:
+// "new" starts a session for each id (SET, ZADD, HSET and an outbox XADD
+// per id), "refresh" extends sessions that exist (SET and ZADD per id).
+func BenchmarkHeartbeat(b *testing.B) {
+	rdb := testenv.StartRedis(b).Client(b)
+	ctx := context.Background()
+	for _, n := range []int{1, 100, 1000} {
+		b.Run(fmt.Sprintf("new/ids=%d", n), func(b *testing.B) {
+			s := benchStore(b, rdb, time.Hour)
+			next := 0
+			buf := make([]string, n)
+			for b.Loop() {
+				for j := range buf {
+					buf[j] = "u" + strconv.Itoa(next)
+					next++
+				}
+				vs, err := s.Heartbeat(ctx, buf)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if vs[0] == 0 {
+					b.Fatal("a new user's heartbeat started no session")
+				}
+			}
+			reportIDs(b, n)
+		})
+		b.Run(fmt.Sprintf("refresh/ids=%d", n), func(b *testing.B) {
+			s := benchStore(b, rdb, time.Hour)
+			users := ids("u", 0, n)
+			if _, err := s.Heartbeat(ctx, users); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				vs, err := s.Heartbeat(ctx, users)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if vs[0] != 0 {
+					b.Fatal("a refresh started a new session")
+				}
+			}
+			reportIDs(b, n)
+		})
+	}
+}
+
+// due makes n users due: sessions with a 1ms TTL, then a wait past their
+// deadline. The caller stops the timer around it.
+func due(b *testing.B, short *presence.Store, prefix string, start, n int) []string {
+	users := ids(prefix, start, n)
+	if _, err := short.Heartbeat(context.Background(), users); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(3 * time.Millisecond)
+	return users
+}
+
+// BenchmarkSweep is one reconciler step: "due=1000" claims 1000 users whose
+// deadline passed and appends their offline events; "due=0" is the step of
+// an idle replica (every replica runs one per PRESENCE_RECONCILE_INTERVAL)
+// with 100000 sessions in the index, none due.
+func BenchmarkSweep(b *testing.B) {
+	rdb := testenv.StartRedis(b).Client(b)
+	ctx := context.Background()
+	b.Run("due=1000", func(b *testing.B) {
+		s := benchStore(b, rdb, time.Millisecond)
+		next := 0
+		for b.Loop() {
+			b.StopTimer()
+			due(b, s, "u", next, 1000)
+			next += 1000
+			b.StartTimer()
+			res, err := s.Sweep(ctx, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Claimed != 1000 {
+				b.Fatalf("claimed %d, want 1000 (%+v)", res.Claimed, res)
+			}
+		}
+		reportIDs(b, 1000)
+	})
+	b.Run("due=0/online=100000", func(b *testing.B) {
+		s := benchStore(b, rdb, time.Hour)
+		for start := 0; start < 100000; start += presence.ChunkSize * 4 {
+			if _, err := s.Heartbeat(ctx, ids("u", start, presence.ChunkSize*4)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for b.Loop() {
+			res, err := s.Sweep(ctx, 1000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if res.Claimed != 0 || res.Graced != 0 {
+				b.Fatalf("idle sweep did %+v", res)
+			}
+		}
+	})
+}
+
+// BenchmarkClaim is the keyspace-event fast path: Claim of 1 and of 1000
+// users whose deadline passed.
+func BenchmarkClaim(b *testing.B) {
+	rdb := testenv.StartRedis(b).Client(b)
+	ctx := context.Background()
+	for _, n := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("ids=%d", n), func(b *testing.B) {
+			s := benchStore(b, rdb, time.Millisecond)
+			// Claim defers to the sweep unless a sweep ran recently.
+			if _, err := s.Sweep(ctx, 1); err != nil {
+				b.Fatal(err)
+			}
+			next := 0
+			for b.Loop() {
+				b.StopTimer()
+				users := due(b, s, "u", next, n)
+				next += n
+				b.StartTimer()
+				got, err := s.Claim(ctx, users)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got != n {
+					b.Fatalf("claimed %d, want %d", got, n)
+				}
+			}
+			reportIDs(b, n)
+		})
+	}
+}

@@ -1,0 +1,263 @@
+package security_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+const (
+	aclFile       = "../deploy/redis/users.acl"
+	aclPassword   = "aclPw4f00d"
+	adminPassword = "adminPw9d1"
+)
+
+var passwordRule = regexp.MustCompile(`\s#[0-9a-f]{64}\s`)
+
+// workerACL returns the presenced line of deploy/redis/users.acl with its
+// password placeholder replaced by >aclPassword.
+func workerACL(t *testing.T) string {
+	t.Helper()
+	f, err := os.Open(aclFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); strings.HasPrefix(line, "user ") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "user presenced ") {
+		t.Fatalf("%s: want exactly one user line, for presenced; got %q", aclFile, lines)
+	}
+	if !passwordRule.MatchString(lines[0]) {
+		t.Fatalf("%s: the presenced line has no #<sha256> password placeholder", aclFile)
+	}
+	return passwordRule.ReplaceAllString(lines[0], " >"+aclPassword+" ")
+}
+
+// startACLRedis starts redis-server with an ACL file made of an admin
+// default user and the presenced line of deploy/redis/users.acl.
+func startACLRedis(t *testing.T, opts ...testenv.RedisOption) *testenv.Redis {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "users.acl")
+	acl := "user default on >" + adminPassword + " ~* &* +@all\n" + workerACL(t) + "\n"
+	if err := os.WriteFile(path, []byte(acl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// With an aclfile, requirepass is ignored; WithPassword only tells
+	// testenv how to AUTH as default.
+	opts = append(opts, testenv.WithPassword(adminPassword), testenv.WithConfig("aclfile", path))
+	return testenv.StartRedis(t, opts...)
+}
+
+// aclDenials returns ACL LOG as "reason:object" strings, oldest first.
+func aclDenials(t *testing.T, admin *redis.Client) []string {
+	t.Helper()
+	res, err := admin.Do(context.Background(), "ACL", "LOG").Slice()
+	if err != nil {
+		t.Fatalf("ACL LOG: %v", err)
+	}
+	var out []string
+	for i := len(res) - 1; i >= 0; i-- {
+		e := map[string]any{}
+		switch v := res[i].(type) {
+		case map[any]any: // RESP3
+			for k, val := range v {
+				e[fmt.Sprint(k)] = val
+			}
+		case []any: // RESP2: key, value, ...
+			for j := 0; j+1 < len(v); j += 2 {
+				e[fmt.Sprint(v[j])] = v[j+1]
+			}
+		}
+		out = append(out, fmt.Sprintf("%v:%v (user %v)", e["reason"], e["object"], e["username"]))
+	}
+	return out
+}
+
+// TestRedisACL runs a real worker as the presenced user of
+// deploy/redis/users.acl and checks that the whole flow works with it and
+// that Redis denied nothing but the optional CONFIG: heartbeat -> online,
+// script cache loss (EVAL fallback), expiry -> offline, disconnect ->
+// offline, the outbox, and every query of the query service.
+func TestRedisACL(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// notify is what the operator set in redis.conf; "" leaves
+		// keyspace events off, so offline comes from the sweep alone.
+		notify string
+	}{
+		{name: "operator enabled expired events", notify: "Ex"},
+		{name: "no keyspace events, sweep only", notify: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var ropts []testenv.RedisOption
+			if tc.notify != "" {
+				ropts = append(ropts, testenv.WithConfig("notify-keyspace-events", tc.notify))
+			}
+			r := startACLRedis(t, ropts...)
+			admin := r.Client(t)
+			ctx := context.Background()
+
+			// The ACL user cannot touch keys outside its prefix nor run
+			// what is not listed.
+			user := redis.NewClient(&redis.Options{Addr: r.Addr, Username: "presenced", Password: aclPassword, DisableIdentity: true})
+			t.Cleanup(func() { _ = user.Close() })
+			if err := user.Ping(ctx).Err(); err != nil {
+				t.Fatalf("PING as presenced: %v", err)
+			}
+			for name, cmd := range map[string]*redis.StatusCmd{
+				"SET outside the prefix": user.Set(ctx, "other:key", "1", 0),
+				"FLUSHALL":               user.FlushAll(ctx),
+				"CONFIG SET":             user.ConfigSet(ctx, "dir", "/tmp"),
+			} {
+				if err := cmd.Err(); err == nil || !strings.HasPrefix(err.Error(), "NOPERM") {
+					t.Errorf("%s as presenced: err = %v, want NOPERM", name, err)
+				}
+			}
+			if err := admin.Do(ctx, "ACL", "LOG", "RESET").Err(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("ACL LOG: %v", aclDenials(t, admin))
+				}
+			})
+
+			n := testenv.StartNATS(t)
+			nc := n.Conn(t)
+			subjects := bus.Subjects{Prefix: "presence"}
+			online := testenv.Collect(t, nc, subjects.Online())
+			offline := testenv.Collect(t, nc, subjects.Offline())
+
+			w := start(t, map[string]string{
+				"NATS_URL":       n.URL(),
+				"REDIS_URL":      "redis://" + r.Addr + "/0", // no password in the URL
+				"REDIS_USERNAME": "presenced",
+				"REDIS_PASSWORD": aclPassword,
+				"PRESENCE_TTL":   "1s", "PRESENCE_RECONCILE_INTERVAL": "100ms",
+				"PRESENCE_OUTBOX_CLAIM_AFTER": "1s",
+			})
+			w.waitStarted(t)
+			w.waitLog(t, "CONFIG denied")
+			w.waitLog(t, `"msg":"expiry subscription established"`)
+
+			heartbeat(t, nc, subjects, "u-1")
+			waitEvent(t, online, "u-1", "online")
+			// A lost script cache makes go-redis fall back to EVAL and
+			// SCRIPT LOAD.
+			if err := admin.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			heartbeat(t, nc, subjects, "u-2", "u-3")
+			waitEvent(t, online, "u-2", "online")
+			disconnect(t, nc, subjects, "u-3")
+			waitEvent(t, offline, "u-3", "offline")
+			waitEvent(t, offline, "u-1", "offline") // expired
+			waitEvent(t, offline, "u-2", "offline")
+
+			// The query service's reads, as the ACL user.
+			cfg := config.Default()
+			cfg.RedisURL, cfg.RedisUsername, cfg.RedisPassword = "redis://"+r.Addr+"/0", "presenced", aclPassword
+			ropt, err := presence.RedisOptions(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			qrdb := redis.NewClient(ropt)
+			t.Cleanup(func() { _ = qrdb.Close() })
+			qnc := n.Conn(t)
+			svc, err := bus.StartQueryService(qnc, presence.NewStore(qrdb, presence.Options{Prefix: "presence:", TTL: time.Minute}), bus.QueryOptions{Subjects: subjects})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = svc.Stop() })
+			heartbeat(t, nc, subjects, "u-4")
+			for ep, body := range map[string]any{
+				bus.QueryStatus: map[string]any{"userId": "u-4"},
+				bus.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},
+				bus.QueryList:   map[string]any{},
+				bus.QueryCount:  map[string]any{},
+			} {
+				data, _ := json.Marshal(body)
+				msg, err := nc.Request(subjects.Query(ep), data, 10*time.Second)
+				if err != nil {
+					t.Fatalf("query %s: %v", ep, err)
+				}
+				if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+					t.Fatalf("query %s: error %s %s", ep, code, msg.Header.Get(micro.ErrorHeader))
+				}
+			}
+
+			if code := w.stop(t); code != 0 {
+				t.Fatalf("presenced exit %d:\n%s", code, w.out)
+			}
+			// Stopping removes the consumer from the outbox group. Every
+			// command the line grants was used: the list is minimal for this
+			// flow.
+			if unused := unusedGrants(t, admin, workerACL(t)); len(unused) > 0 {
+				t.Errorf("%s grants commands the worker did not use: %v (remove them, or cover the path that uses them)", aclFile, unused)
+			}
+			var other []string
+			for _, d := range aclDenials(t, admin) {
+				if !strings.HasPrefix(d, "command:config|") {
+					other = append(other, d)
+				}
+			}
+			if len(other) > 0 {
+				t.Fatalf("ACL denials besides CONFIG: %v\npresenced output:\n%s", other, w.out)
+			}
+			out := w.out.String()
+			for _, line := range strings.Split(out, "\n") {
+				if strings.Contains(line, "NOPERM") && !strings.Contains(line, "CONFIG denied") {
+					t.Errorf("NOPERM outside the CONFIG warning: %s", line)
+				}
+			}
+			assertNoSecrets(t, "presenced output", out, aclPassword)
+		})
+	}
+}
+
+// unusedGrants returns the commands granted (+cmd) by line that INFO
+// commandstats shows no successful call of.
+func unusedGrants(t *testing.T, admin *redis.Client, line string) []string {
+	t.Helper()
+	stats, err := admin.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	called := map[string]bool{}
+	for _, l := range strings.Split(stats, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(l), "cmdstat_"), ":calls=")
+		if ok && !strings.HasPrefix(rest, "0,") {
+			called[name] = true
+		}
+	}
+	var unused []string
+	for _, tok := range strings.Fields(line) {
+		if cmd, ok := strings.CutPrefix(tok, "+"); ok && !called[cmd] {
+			unused = append(unused, cmd)
+		}
+	}
+	return unused
+}
