@@ -54,6 +54,9 @@ type Options struct {
 	// drop is counted (slow consumer). Zero means 65536 and 64 MiB.
 	PendingMsgs  int
 	PendingBytes int
+	// PingInterval is how often the client pings the server; 3 unanswered
+	// pings mark a half-open connection dead. Zero means 5s.
+	PingInterval time.Duration
 	Logger       *slog.Logger
 }
 
@@ -84,6 +87,9 @@ func New(opts Options) *Bus {
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 5 * time.Second
 	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 5 * time.Second
+	}
 	return &Bus{opts: opts, log: opts.Logger}
 }
 
@@ -99,7 +105,7 @@ func (b *Bus) Start(ctx context.Context) error {
 		// No reconnect buffer: a publish while disconnected fails at once, so
 		// the outbox keeps the event instead of a buffer that may be lost.
 		nats.ReconnectBufSize(-1),
-		nats.PingInterval(5 * time.Second),
+		nats.PingInterval(b.opts.PingInterval),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err == nil {

@@ -172,3 +172,26 @@ func TestDataLossPublishesOneReset(t *testing.T) {
 		}
 	}
 }
+
+func TestPubsubKilledRepeatedlyDuringExpiry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Second)
+	rep := e.startReplica()
+	ctx := context.Background()
+	var users []string
+	// Waves of users expire while the subscriber connection is killed every
+	// 150ms; the sweep and the reconnected listener race for the claims.
+	for wave := range 10 {
+		batch := ids(fmt.Sprintf("w%d", wave), 20)
+		users = append(users, batch...)
+		e.heartbeat(batch...)
+		killed := e.rdb.ClientKillByFilter(ctx, "TYPE", "pubsub").Val()
+		_ = killed // 0 when the listener is between connections
+		testenv.Eventually(t, 5*time.Second, func() bool { return rep.listener.Connected() }, "listener not back")
+		time.Sleep(150 * time.Millisecond) // kill pacing, not a wait for a condition
+	}
+	if rep.listenerReconnects() < 5 {
+		t.Fatalf("listener reconnected %d times, want the kills to have hit it", rep.listenerReconnects())
+	}
+	e.expectSessions(users, 30*time.Second)
+}

@@ -79,7 +79,7 @@ func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Opti
 	if err := store.Ping(ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	b := bus.New(bus.Options{URL: natsURL, PendingMsgs: e.pendingMsgs})
+	b := bus.New(bus.Options{URL: natsURL, PendingMsgs: e.pendingMsgs, PingInterval: 300 * time.Millisecond})
 	if err := b.Start(ctx); err != nil {
 		e.t.Fatal(err)
 	}

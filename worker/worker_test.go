@@ -234,3 +234,54 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 }
 
 var _ = bus.Reply{}
+
+func TestAbusiveMessages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	e.startReplica()
+	ctx := context.Background()
+	// A victim whose key must never be touched by patterns that match it.
+	e.heartbeat("victim")
+	e.waitEvents(1, 5*time.Second)
+	ttlBefore := e.rdb.PTTL(ctx, e.prefix+"user:victim").Val()
+
+	// Nearly 1 MB: far over the maximum number of ids.
+	var b strings.Builder
+	b.WriteString(`{"userIds":[`)
+	for i := 0; b.Len() < 1000*1000-32; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"u%07d"`, i)
+	}
+	b.WriteString(`]}`)
+	if r := e.request(e.subjects.Heartbeat(), []byte(b.String())); !strings.Contains(r.Error, "too many ids") || r.Accepted != 0 {
+		t.Fatalf("1 MB batch: reply %+v", r)
+	}
+	nested := strings.Repeat(`{"userIds":`, 50000) + `1` + strings.Repeat(`}`, 50000)
+	if r := e.request(e.subjects.Heartbeat(), []byte(nested)); r.Error == "" {
+		t.Fatalf("deeply nested JSON: reply %+v", r)
+	}
+	// Patterns, NUL bytes and broken UTF-8 are rejected one by one.
+	bad := []byte("{\"userIds\":[\"*\",\"vic*\",\"?ictim\",\"[v]ictim\",\"victim\\u0000\",\"vic\xfftim\",\"ok\"]}")
+	r := e.request(e.subjects.Heartbeat(), bad)
+	if r.Accepted != 1 || len(r.Rejected) != 6 {
+		t.Fatalf("reply %+v, want 1 accepted and 6 rejected", r)
+	}
+	// Disconnect with patterns cannot end the victim's session either.
+	if r := e.request(e.subjects.Disconnect(), []byte(`{"userIds":["*","vic*","v?ctim"]}`)); r.Accepted != 0 || len(r.Rejected) != 3 {
+		t.Fatalf("disconnect reply %+v", r)
+	}
+	e.waitEvents(2, 5*time.Second) // victim and ok online
+	if n := e.rdb.Exists(ctx, e.prefix+"user:victim").Val(); n != 1 {
+		t.Fatal("victim's key is gone")
+	}
+	if ttl := e.rdb.PTTL(ctx, e.prefix+"user:victim").Val(); ttl > ttlBefore {
+		t.Fatalf("victim's TTL was refreshed by someone else's message: %v > %v", ttl, ttlBefore)
+	}
+	for _, ev := range e.received() {
+		if ev.Status != "online" {
+			t.Fatalf("unexpected event %+v", ev)
+		}
+	}
+}
