@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,23 +72,8 @@ func TestHelpListsEverySetting(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to read while the demo writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer = testenv.Buffer
 
 func TestDemoPrintsOnlineAndOffline(t *testing.T) {
 	var out, errOut syncBuffer
@@ -107,28 +89,7 @@ func TestDemoPrintsOnlineAndOffline(t *testing.T) {
 	}
 }
 
-// buildBinary builds presenced once per test binary run.
-var buildOnce = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "presenced-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "presenced")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("%w: %s", err, out)
-	}
-	return bin, nil
-})
-
-func binary(t *testing.T) string {
-	t.Helper()
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatalf("build presenced: %v", err)
-	}
-	return bin
-}
+func binary(t *testing.T) string { return testenv.Presenced(t) }
 
 func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	r := testenv.StartRedis(t)
