@@ -313,6 +313,7 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 			if c.cfg.pprofDir != "" {
 				args = append(args, "--pprof")
 			}
+			args = append(args, c.cfg.presencedFlags...)
 			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)
 		} else {
 			args := []string{"seed-worker",

@@ -81,6 +81,7 @@ type config struct {
 	timeout        time.Duration
 	keep           bool
 	workerLogLevel string
+	presencedFlags []string
 }
 
 var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query"}
@@ -148,6 +149,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 0, "bound on each wait within a scenario (default: small 2m, full 15m)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (binaries, profiles)")
 	fs.StringVar(&c.workerLogLevel, "worker-log-level", "warn", "presenced workers' LOG_LEVEL")
+	pflags := fs.String("presenced-flags", "", `more flags for every presenced worker, space-separated, e.g. "--inflight 1" (experiments; reported in the settings)`)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(stderr, fs)
@@ -198,6 +200,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.users = append(c.users, n)
 	}
+	c.presencedFlags = strings.Fields(*pflags)
 	if *pids != "" {
 		for _, s := range strings.Split(*pids, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(s))

@@ -118,7 +118,10 @@ type IdleRow struct {
 	MemPerUser     float64 `json:"redis_data_bytes_per_user"`
 	UsedPerUser    float64 `json:"redis_used_memory_bytes_per_user"`
 	UsedMemoryMB   float64 `json:"redis_used_memory_mb"`
-	Usage          usage   `json:"usage"`
+	// Breakdown is presenced's data bytes per user by key (MEMORY USAGE
+	// ... SAMPLES 0 of the shared keys; the rest is the user keys).
+	Breakdown map[string]float64 `json:"redis_bytes_per_user_by_key,omitempty"`
+	Usage     usage              `json:"usage"`
 }
 
 // QueryRow is one query's latency.
@@ -574,6 +577,11 @@ func printReport(w io.Writer, r *Report) {
 		f("redis cpu %", func(o *IdleRow) float64 { return o.Usage.RedisCPU }, "%.2f", false)
 		f("redis data bytes per user", func(o *IdleRow) float64 { return o.MemPerUser }, "%.0f", true)
 		f("redis used_memory bytes per user", func(o *IdleRow) float64 { return o.UsedPerUser }, "%.0f", true)
+		if p != nil && len(p.Breakdown) > 0 {
+			for _, k := range []string{"user keys and the rest", "deadlines", "sessions", "outbox"} {
+				rows = append(rows, []string{"  of which " + k, fmt.Sprintf("%.0f", p.Breakdown[k]), "", ""})
+			}
+		}
 		f("redis used_memory MiB", func(o *IdleRow) float64 { return o.UsedMemoryMB }, "%.1f", true)
 		f("load: ids/s (batched, new)", func(o *IdleRow) float64 { return float64(o.Users) / o.LoadSeconds }, "%.0f", true)
 		table(w, "lrrr", fmt.Sprintf("Idle: %d users online (+%d background keys), no traffic, long TTL", ref.Users, ref.BackgroundKeys), rows)

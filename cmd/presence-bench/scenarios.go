@@ -104,7 +104,7 @@ func (b *bench) settings() map[string]any {
 		"idle_ttl": c.idleTTL.String(), "idle_duration": c.idleDuration.String(),
 		"query_reps": c.queryReps, "query_batch_reps": c.query10k, "query_ids": c.queryIDs,
 		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount,
-		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(),
+		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "),
 	}
 }
 
@@ -183,11 +183,11 @@ func (b *bench) hbGroups() [][]hbPhase {
 		tag = fmt.Sprintf("t%02d-", rand.IntN(100)) // apart from earlier runs' users
 	}
 	single := []hbPhase{
-		{name: "single-id, new users", tag: "s" + tag, users: cfg.hbUsers, batch: 1, rounds: 1, window: cfg.window, newUsers: true},
+		{name: "single-id, new users", tag: "s" + tag, users: cfg.hbUsers, batch: 1, rounds: 1, window: cfg.window, newUsers: true, profile: "single-new"},
 		{name: "single-id, refresh", tag: "s" + tag, users: cfg.hbUsers, batch: 1, rounds: cfg.rounds, window: cfg.window, profile: "single-refresh"},
 	}
 	batched := []hbPhase{
-		{name: fmt.Sprintf("batched %d, new users", cfg.batchSize), tag: "b" + tag, users: cfg.batchUsers, batch: cfg.batchSize, rounds: 1, window: cfg.batchWindow, newUsers: true},
+		{name: fmt.Sprintf("batched %d, new users", cfg.batchSize), tag: "b" + tag, users: cfg.batchUsers, batch: cfg.batchSize, rounds: 1, window: cfg.batchWindow, newUsers: true, profile: "batched-new"},
 		{name: fmt.Sprintf("batched %d, refresh", cfg.batchSize), tag: "b" + tag, users: cfg.batchUsers, batch: cfg.batchSize, rounds: cfg.rounds, window: cfg.batchWindow, profile: "batched-refresh"},
 	}
 	return [][]hbPhase{single, batched}
@@ -255,7 +255,7 @@ func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputR
 	m := b.c.meter(ctx)
 	t0 := time.Now()
 	var ids, msgs int64
-	for round := 0; round < p.rounds || profiling(); round++ {
+	for round := 0; round < p.rounds || (!p.newUsers && profiling()); round++ {
 		for start := 0; start < p.users; start += p.batch {
 			end := min(start+p.batch, p.users)
 			var payload []byte
@@ -707,6 +707,19 @@ func (b *bench) idleQuery(ctx context.Context, im impl, n int) error {
 	b.settle(ctx, im)
 	row := IdleRow{Impl: im.name, Users: n, BackgroundKeys: cfg.bgKeys, LoadSeconds: secs}
 	row.MemPerUser, row.UsedPerUser, row.UsedMemoryMB = b.memPerUser(ctx, base, n)
+	if im.name == "presenced" {
+		// Where the bytes go: the shared structures, measured whole; the
+		// rest is the users' own keys.
+		row.Breakdown = map[string]float64{}
+		rest := row.MemPerUser
+		for _, k := range []string{"deadlines", "sessions", "outbox"} {
+			if v, err := b.c.rdb.MemoryUsage(ctx, im.keys+k, 0).Result(); err == nil {
+				row.Breakdown[k] = float64(v) / float64(n)
+				rest -= row.Breakdown[k]
+			}
+		}
+		row.Breakdown["user keys and the rest"] = rest
+	}
 	if cfg.scenarios["idle"] {
 		time.Sleep(2 * time.Second)
 		m := b.c.meter(ctx)

@@ -62,4 +62,3 @@ func Presenced(t testing.TB) string {
 	t.Helper()
 	return Binary(t, "github.com/presenced/presenced/cmd/presenced")
 }
-
