@@ -378,18 +378,18 @@ func TestLevel(t *testing.T) {
 	}
 }
 
-func TestSupply(t *testing.T) {
+func TestModule(t *testing.T) {
 	want := Default()
 	want.TTL = 5 * time.Second
 	var got Config
-	fxtest.New(t, Supply(want), fx.Populate(&got)).RequireStart().RequireStop()
+	fxtest.New(t, Module(want), fx.Populate(&got)).RequireStart().RequireStop()
 	if got != want {
 		t.Fatalf("supplied %+v, want %+v", got, want)
 	}
 
 	bad := Default()
 	bad.InFlight = 0
-	app := fx.New(fx.NopLogger, Supply(bad), fx.Populate(&got))
+	app := fx.New(fx.NopLogger, Module(bad), fx.Populate(&got))
 	if err := app.Err(); err == nil || !strings.Contains(err.Error(), "PRESENCE_INFLIGHT must be between 1 and 64, got 0") {
 		t.Fatalf("fx.New with an invalid Config: err = %v", err)
 	}

@@ -50,7 +50,7 @@ func startPageApp(t *testing.T) *pageApp {
 	log := slog.New(slog.DiscardHandler)
 	var srv *Server
 	app := fx.New(
-		config.Supply(cfg),
+		config.Module(cfg),
 		fx.Supply(log),
 		fx.NopLogger,
 		presence.Module,

@@ -144,7 +144,7 @@ func runApp(app *fx.App, log *slog.Logger, connectTimeout time.Duration) int {
 // App is the whole worker: every module, wired in one place.
 func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
 	return fx.Options(
-		config.Supply(cfg),
+		config.Module(cfg),
 		fx.Supply(log),
 		fx.WithLogger(func() fxevent.Logger {
 			l := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
