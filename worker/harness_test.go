@@ -34,8 +34,14 @@ type env struct {
 
 func newEnv(t *testing.T, ttl time.Duration, ropts ...testenv.RedisOption) *env {
 	t.Helper()
+	return newEnvWith(t, ttl, nil, ropts...)
+}
+
+// newEnvWith is newEnv with options for the NATS server.
+func newEnvWith(t *testing.T, ttl time.Duration, nopts []testenv.NATSOption, ropts ...testenv.RedisOption) *env {
+	t.Helper()
 	r := testenv.StartRedis(t, ropts...)
-	n := testenv.StartNATS(t)
+	n := testenv.StartNATS(t, nopts...)
 	p := testenv.Prefix(t)
 	e := &env{t: t, redis: r, nats: n, rdb: r.Client(t), nc: n.Conn(t), prefix: p + ":", subjects: bus.Subjects{Prefix: p}, ttl: ttl}
 	e.online = testenv.Collect(t, e.nc, e.subjects.Online())

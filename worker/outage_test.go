@@ -2,12 +2,16 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/presenced/presenced/bus"
 
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
@@ -103,21 +107,65 @@ func TestRedisUnreachableForTenSeconds(t *testing.T) {
 
 func TestNATSRestartWhileOfflinesDue(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, time.Second)
+	e := newEnvWith(t, time.Second, []testenv.NATSOption{testenv.WithJetStream("")})
+	// The independent consumer is a JetStream stream: it records what the
+	// server received even while the test's own connection is reconnecting.
+	ctx := context.Background()
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "EV_" + e.subjects.Prefix, Subjects: []string{e.subjects.Online(), e.subjects.Offline()}, Duplicates: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.startReplica()
 	users := ids("n", 30)
 	e.heartbeat(users...)
 	e.waitEvents(len(users), 10*time.Second)
-	ctx := context.Background()
-	// Stop NATS; the sessions run out meanwhile and their offlines wait in the
-	// outbox (claimed by the sweep or not: the worker does not claim while it
-	// cannot receive heartbeats).
+	// Stop NATS; the sessions run out meanwhile and their offlines wait (in
+	// the index or the outbox: the worker does not claim while it cannot
+	// receive heartbeats).
 	e.nats.Stop(t)
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		return e.rdb.Exists(ctx, e.prefix+"user:"+users[len(users)-1]).Val() == 0
 	}, "keys did not lapse")
 	e.nats.Start(t)
-	e.expectSessions(users, 20*time.Second)
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		info, err := stream.Info(ctx)
+		return err == nil && info.State.Msgs >= uint64(2*len(users))
+	}, "stream did not receive every online and offline")
+	// Settled (nothing left to publish), then exactly one of each per user.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		pe := e.rdb.XPending(ctx, e.prefix+"outbox", "presenced").Val()
+		return e.rdb.ZCard(ctx, e.prefix+"deadlines").Val() == 0 && pe != nil && pe.Count == 0
+	}, "not settled")
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != uint64(2*len(users)) {
+		t.Fatalf("stream holds %d events, want %d", info.State.Msgs, 2*len(users))
+	}
+	counts := map[string]int{}
+	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev bus.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		counts[ev.UserID+":"+ev.Status]++
+	}
+	for _, id := range users {
+		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
+			t.Fatalf("user %s: %d online, %d offline in the stream", id, counts[id+":online"], counts[id+":offline"])
+		}
+	}
 }
 
 func TestSlowRedisKeepsMemoryBounded(t *testing.T) {
