@@ -13,14 +13,16 @@ import (
 // module can add one with fx.Annotate(f, fx.ResultTags(`group:"checks"`)).
 var Module = fx.Module("status",
 	fx.Provide(metrics.New),
-	fx.Provide(fx.Annotate(NewFromConfig, fx.ParamTags(``, ``, ``, ``, `group:"checks"`))),
+	fx.Provide(fx.Annotate(NewFromConfig, fx.ParamTags(``, ``, ``, ``, ``, `group:"checks"`))),
 	fx.Invoke(func(*Server) {}),
 )
 
 // NewFromConfig returns the HTTP endpoint for cfg tied to lc; with HTTP_ADDR
 // "off" it returns a Server that never listens.
-func NewFromConfig(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog.Logger, checks []Check) *Server {
-	s := New(Options{Addr: cfg.HTTPAddr, Pprof: cfg.Pprof, Checks: checks, Metrics: m, Logger: log.With("component", "status")})
+// A serving failure after start shuts the application down with exit code 1.
+func NewFromConfig(lc fx.Lifecycle, sd fx.Shutdowner, cfg config.Config, m *metrics.Metrics, log *slog.Logger, checks []Check) *Server {
+	s := New(Options{Addr: cfg.HTTPAddr, Pprof: cfg.Pprof, Checks: checks, Metrics: m, Logger: log.With("component", "status"),
+		OnFatal: func(error) { _ = sd.Shutdown(fx.ExitCode(1)) }})
 	if cfg.HTTPAddr != "" && cfg.HTTPAddr != "off" {
 		lc.Append(fx.StartStopHook(s.Start, s.Stop))
 	}

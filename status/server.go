@@ -32,6 +32,9 @@ type Options struct {
 	Checks  []Check // all must pass for /readyz
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
+	// OnFatal, if set, is called when serving fails after Start (the process
+	// should shut down rather than run without health and metrics).
+	OnFatal func(error)
 	// Extra mounts more handlers (e.g. the status page) on the same mux.
 	Extra map[string]http.Handler
 }
@@ -121,7 +124,10 @@ func (s *Server) Start(context.Context) error {
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.opts.Logger.Error("http server", "err", err)
+			s.opts.Logger.Error("http server failed", "err", err)
+			if s.opts.OnFatal != nil {
+				s.opts.OnFatal(err)
+			}
 		}
 	}()
 	s.opts.Logger.Info("http listening", "addr", ln.Addr().String())
