@@ -167,6 +167,15 @@ func (r *requester) send(ctx context.Context, subject string, data []byte, cb fu
 	return nil
 }
 
+// publish sends a message without a reply subject (as a gateway that does
+// not wait would).
+func (r *requester) publish(subject string, data []byte) error {
+	if err := r.nc.Publish(subject, data); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
 // wait returns once every request sent has its reply, or ctx is done.
 func (r *requester) wait(ctx context.Context) error {
 	if err := r.nc.FlushWithContext(ctx); err != nil {

@@ -61,6 +61,7 @@ type config struct {
 	hbUsers, batchUsers, rounds int
 	window, batchWindow         int
 	batchSize                   int
+	replyEvery                  int
 	hbTTL                       time.Duration
 
 	offTTL, hbInterval, offDuration, offGrace time.Duration
@@ -124,10 +125,11 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	pids := fs.String("worker-pids", "", "external deployment: pids of its presenced processes on this host, to measure their CPU and RSS")
 	fs.IntVar(&c.hbUsers, "hb-users", 0, "throughput: users of the single-id scenarios (default: small 20000, full 100000)")
 	fs.IntVar(&c.batchUsers, "batch-users", 0, "throughput: users of the batched scenarios (default: small 50000, full 1000000)")
-	fs.IntVar(&c.rounds, "rounds", 5, "throughput: refresh rounds over the users")
+	fs.IntVar(&c.rounds, "rounds", 0, "throughput: refresh rounds over the users (default: small 5, full 2)")
 	fs.IntVar(&c.window, "window", 4096, "single-id messages awaiting a reply at once")
 	fs.IntVar(&c.batchWindow, "batch-window", 256, "batched messages awaiting a reply at once")
 	fs.IntVar(&c.batchSize, "batch-size", 100, "ids per batched message")
+	fs.IntVar(&c.replyEvery, "reply-every", 1, "throughput: only every n-th message (and a round's last) asks for a reply; 1 means all, so every figure is exact")
 	fs.DurationVar(&c.hbTTL, "hb-ttl", 10*time.Minute, "throughput: presence TTL (long, so nothing expires)")
 	fs.DurationVar(&c.offTTL, "ttl", 0, "offline: presence TTL (default: small 5s, full 60s)")
 	fs.DurationVar(&c.hbInterval, "hb-interval", 0, "offline: heartbeat period of a connected user (default ttl/2)")
@@ -175,6 +177,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	pick(&c.hbUsers, 20000, 100000)
 	pick(&c.batchUsers, 50000, 1000000)
+	pick(&c.rounds, 5, 2)
 	pick(&c.queryReps, 200, 1000)
 	pick(&c.query10k, 20, 50)
 	pick(&c.ceilingN, 200000, 1000000)
@@ -234,8 +237,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	if c.natsMode != "process" && c.natsMode != "embedded" {
 		return nil, fmt.Errorf("--nats %q: want process or embedded", c.natsMode)
 	}
-	if c.replicas < 1 || c.batchSize < 1 || c.window < 1 || c.batchWindow < 1 || c.rounds < 1 {
-		return nil, errors.New("--replicas, --batch-size, --window, --batch-window and --rounds must be at least 1")
+	if c.replicas < 1 || c.batchSize < 1 || c.window < 1 || c.batchWindow < 1 || c.rounds < 1 || c.replyEvery < 1 {
+		return nil, errors.New("--replicas, --batch-size, --window, --batch-window, --rounds and --reply-every must be at least 1")
 	}
 	if c.hbInterval >= c.offTTL {
 		return nil, fmt.Errorf("--hb-interval %s must be shorter than --ttl %s", c.hbInterval, c.offTTL)

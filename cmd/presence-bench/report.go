@@ -404,7 +404,7 @@ func cpuCell(u usage) string {
 		}
 		return fmt.Sprintf("%.0f", v)
 	}
-	return fmt.Sprintf("%s/%s/%s/%s", f(u.WorkerCPUSum), f(u.RedisCPU), f(u.NATSCPU), f(u.BenchCPU))
+	return fmt.Sprintf("%s/%s/%s/%s idle %s%%", f(u.WorkerCPUSum), f(u.RedisCPU), f(u.NATSCPU), f(u.BenchCPU), f(u.MachineIdlePc))
 }
 
 // table writes rows under a title; align has one letter per column, l or
@@ -447,7 +447,7 @@ func printReport(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "settings: scale %v, replicas %v, users %v, background keys %v, user id length %v, seed concurrency %v\n",
 			s["scale"], s["replicas"], s["users"], s["background_keys"], s["user_id_length"], s["seed_concurrency"])
 	}
-	fmt.Fprintln(w, "CPU figures are % of one core (this machine has", m.NProc, "cores), as workers(sum of replicas)/redis/nats/bench.")
+	fmt.Fprintln(w, "CPU figures are % of one core (this machine has", m.NProc, "cores), as workers(sum of replicas)/redis/nats/bench, then the machine's idle % (all cores) in the phase.")
 
 	if c := r.Ceiling; c != nil {
 		table(w, "lrr", fmt.Sprintf("Redis ceiling: redis-benchmark -P %d -n %d -r 1000000, same redis-server, nothing else running", c.Pipeline, c.N), [][]string{
@@ -506,11 +506,11 @@ func printReport(w io.Writer, r *Report) {
 			var pv, sv float64 = -1, -1
 			if p != nil {
 				pv = get(p)
-				row[1] = fmt.Sprintf(format, pv)
+				row[1] = cell(format, pv)
 			}
 			if s != nil {
 				sv = get(s)
-				row[2] = fmt.Sprintf(format, sv)
+				row[2] = cell(format, sv)
 			}
 			if withRatio {
 				row[3] = ratio(pv, sv)
@@ -522,7 +522,7 @@ func printReport(w io.Writer, r *Report) {
 		f("p90 ms", func(o *OfflineRow) float64 { return o.P90Ms }, "%.1f", true)
 		f("p99 ms", func(o *OfflineRow) float64 { return o.P99Ms }, "%.1f", true)
 		f("max ms", func(o *OfflineRow) float64 { return o.MaxMs }, "%.1f", true)
-		f("min ms", func(o *OfflineRow) float64 { return o.MinMs }, "%.1f", false)
+		f("min ms", func(o *OfflineRow) float64 { return o.MinMs }, "%+.1f", false)
 		f("missing (no event by grace)", func(o *OfflineRow) float64 { return float64(o.Missing) }, "%.0f", false)
 		f("duplicated users", func(o *OfflineRow) float64 { return float64(o.DuplicatedUsers) }, "%.0f", false)
 		f("duplicate events", func(o *OfflineRow) float64 { return float64(o.DuplicateEvents) }, "%.0f", false)
@@ -560,11 +560,11 @@ func printReport(w io.Writer, r *Report) {
 			var pv, sv float64 = -1, -1
 			if p != nil {
 				pv = get(p)
-				row[1] = fmt.Sprintf(format, pv)
+				row[1] = cell(format, pv)
 			}
 			if s != nil {
 				sv = get(s)
-				row[2] = fmt.Sprintf(format, sv)
+				row[2] = cell(format, sv)
 			}
 			if withRatio {
 				row[3] = ratio(pv, sv)
@@ -680,6 +680,15 @@ func printReport(w io.Writer, r *Report) {
 	if r.Error != "" {
 		fmt.Fprintf(w, "\nRUN FAILED: %s\n", r.Error)
 	}
+}
+
+// cell formats v, or "-" when it was not measured (negative), unless the
+// format is signed ("%+...").
+func cell(format string, v float64) string {
+	if v < 0 && !strings.HasPrefix(format, "%+") {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
 }
 
 func checks(t *ThroughputRow) string {

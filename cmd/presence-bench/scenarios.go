@@ -104,7 +104,7 @@ func (b *bench) settings() map[string]any {
 		"idle_ttl": c.idleTTL.String(), "idle_duration": c.idleDuration.String(),
 		"query_reps": c.queryReps, "query_batch_reps": c.query10k, "query_ids": c.queryIDs,
 		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount,
-		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "),
+		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
 	}
 }
 
@@ -136,7 +136,9 @@ func (b *bench) ceiling(ctx context.Context) error {
 		progress("%s", line)
 		c0 := b.c.redisCPU(ctx)
 		t0 := time.Now()
-		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		rctx, cancel := context.WithTimeout(ctx, b.cfg.timeout)
+		defer cancel()
+		out, err := exec.CommandContext(rctx, bin, args...).CombinedOutput()
 		wall := time.Since(t0).Seconds()
 		if err != nil {
 			return 0, 0, line, fmt.Errorf("%s: %v\n%s", line, err, out)
@@ -255,6 +257,7 @@ func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputR
 	m := b.c.meter(ctx)
 	t0 := time.Now()
 	var ids, msgs int64
+	every := int64(b.cfg.replyEvery)
 	for round := 0; round < p.rounds || (!p.newUsers && profiling()); round++ {
 		for start := 0; start < p.users; start += p.batch {
 			end := min(start+p.batch, p.users)
@@ -264,11 +267,19 @@ func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputR
 			} else {
 				payload = rangePayload(p.tag, start, end)
 			}
-			if err := req.send(ctx, subject, payload, nil); err != nil {
+			msgs++
+			// Every reply-every'th message, and the last of a round, asks
+			// for a reply; the window bounds those, so at most window *
+			// reply-every messages are on their way.
+			if msgs%every == 0 || end == p.users {
+				err = req.send(ctx, subject, payload, nil)
+			} else {
+				err = req.publish(subject, payload)
+			}
+			if err != nil {
 				return row, err
 			}
 			ids += int64(end - start)
-			msgs++
 		}
 	}
 	if err := req.wait(ctx); err != nil {
@@ -390,7 +401,7 @@ func (b *bench) offline(ctx context.Context, im impl, n int) error {
 	if err := b.c.reset(ctx, im, cfg.replicas, cfg.offTTL); err != nil {
 		return err
 	}
-	row := OfflineRow{Impl: im.name, Users: n, BackgroundKeys: cfg.bgKeys, Replicas: cfg.replicas,
+	row := OfflineRow{Impl: im.name, Users: n, BackgroundKeys: cfg.bgKeys, Replicas: len(b.c.workerPIDs()),
 		TTL: cfg.offTTL.String(), HBInterval: cfg.hbInterval.String(), Duration: cfg.offDuration.String(), LeavePctPerMin: cfg.leavePct}
 	base, err := b.memBase(ctx)
 	if err != nil {
@@ -707,7 +718,7 @@ func (b *bench) idleQuery(ctx context.Context, im impl, n int) error {
 	b.settle(ctx, im)
 	row := IdleRow{Impl: im.name, Users: n, BackgroundKeys: cfg.bgKeys, LoadSeconds: secs}
 	row.MemPerUser, row.UsedPerUser, row.UsedMemoryMB = b.memPerUser(ctx, base, n)
-	if im.name == "presenced" {
+	if im.name == "presenced" && !cfg.external {
 		// Where the bytes go: the shared structures, measured whole; the
 		// rest is the users' own keys.
 		row.Breakdown = map[string]float64{}
@@ -906,10 +917,15 @@ func (b *bench) queries(ctx context.Context, im impl, tag string, n int) error {
 	}
 	add(QueryRow{Query: "status (1 id)", Wrong: wrong}, lat)
 
-	// Many ids, half of them online.
+	// Many ids, half of them online. The requests are built before timing.
 	k := cfg.queryIDs
-	wrong = 0
-	lat, err = timed(cfg.query10k, func() error {
+	type onlineReq struct {
+		ids     []string
+		payload []byte
+		want    int
+	}
+	reqs := make([]onlineReq, cfg.query10k)
+	for r := range reqs {
 		ids := make([]string, k)
 		for j := range ids {
 			if j%2 == 0 {
@@ -926,14 +942,36 @@ func (b *bench) queries(ctx context.Context, im impl, tag string, n int) error {
 				want++
 			}
 		}
-		got, err := api.online(ctx, ids, payload)
-		if err == nil && got != want {
+		reqs[r] = onlineReq{ids, payload, want}
+	}
+	wrong = 0
+	next := 0
+	lat, err = timed(len(reqs), func() error {
+		r := reqs[next]
+		next++
+		got, err := api.online(ctx, r.ids, r.payload)
+		if err == nil && got != r.want {
 			wrong++
 		}
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("online: %w", err)
+	}
+	if cfg.pprofDir != "" && api.path == "NATS query service" {
+		// Profile a replica while the same queries repeat (untimed).
+		done := b.profile(im, "query-online")
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+			default:
+				if _, err := api.online(ctx, reqs[i%len(reqs)].ids, reqs[i%len(reqs)].payload); err != nil {
+					return fmt.Errorf("online: %w", err)
+				}
+				continue
+			}
+			break
+		}
 	}
 	add(QueryRow{Query: fmt.Sprintf("online (%d ids)", k), Wrong: wrong}, lat)
 
