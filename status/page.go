@@ -72,7 +72,7 @@ type Page struct {
 	mu       sync.Mutex
 	started  bool
 	stopped  bool
-	pending  []bus.Event // arrived since the last tick, at most PageRecent
+	pending  [][]byte    // raw events arrived since the last tick, at most PageRecent
 	skipped  int         // arrivals since the last tick not in pending
 	arrived  [2]int64    // online, offline arrivals since the last tick
 	malforms int64       // messages that did not decode
@@ -229,24 +229,16 @@ func (p *Page) unsubscribe() {
 }
 
 // receive runs on the NATS subscription's goroutine: it only records.
+// receive counts an event by its subject and keeps its raw bytes; decoding
+// waits for the tick, and only the last PageRecent of a tick are decoded,
+// so a busy replica does not pay for events nobody looks at.
 func (p *Page) receive(m *nats.Msg) {
 	if m.Header.Get(ProbeHeader) != "" {
 		return
 	}
-	var ev bus.Event
-	if err := json.Unmarshal(m.Data, &ev); err != nil || (ev.Status != "online" && ev.Status != "offline") {
-		p.mu.Lock()
-		p.malforms++
-		n := p.malforms
-		p.mu.Unlock()
-		if n%1000 == 1 {
-			p.log.Warn("status page: undecodable event", "subject", m.Subject, "err", err, "total", n)
-		}
-		return
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if ev.Status == "online" {
+	if m.Subject == p.subjects.Online() {
 		p.arrived[0]++
 	} else {
 		p.arrived[1]++
@@ -256,7 +248,28 @@ func (p *Page) receive(m *nats.Msg) {
 		p.pending = p.pending[:PageRecent-1]
 		p.skipped++
 	}
-	p.pending = append(p.pending, ev)
+	p.pending = append(p.pending, m.Data)
+}
+
+// decode turns the raw events of a tick into events, counting (and logging
+// now and then) those that do not decode.
+func (p *Page) decode(raw [][]byte) []bus.Event {
+	events := make([]bus.Event, 0, len(raw))
+	for _, data := range raw {
+		var ev bus.Event
+		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != "online" && ev.Status != "offline") {
+			p.mu.Lock()
+			p.malforms++
+			n := p.malforms
+			p.mu.Unlock()
+			if n%1000 == 1 {
+				p.log.Warn("status page: undecodable event", "err", err, "total", n)
+			}
+			continue
+		}
+		events = append(events, ev)
+	}
+	return events
 }
 
 // run sends one update per tick until ctx is done.
@@ -273,10 +286,11 @@ func (p *Page) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		p.mu.Lock()
-		events, skipped, arrived := p.pending, p.skipped, p.arrived
+		raw, skipped, arrived := p.pending, p.skipped, p.arrived
 		p.pending, p.skipped, p.arrived = nil, 0, [2]int64{}
 		state := p.state
 		p.mu.Unlock()
+		events := p.decode(raw)
 
 		if len(rates) == window {
 			rates = append(rates[:0], rates[1:]...)
