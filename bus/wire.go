@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/presenced/presenced/presence"
 )
@@ -41,7 +43,54 @@ type eventJSON struct {
 
 // MarshalJSON encodes At in TimeFormat, in UTC.
 func (e Event) MarshalJSON() ([]byte, error) {
-	return json.Marshal(eventJSON{e.UserID, e.Status, e.Reason, e.At.UTC().Format(TimeFormat), e.Version})
+	return e.AppendJSON(make([]byte, 0, 128+len(e.UserID))), nil
+}
+
+// AppendJSON appends the event's JSON to dst, without reflection: the relay
+// encodes every event it publishes.
+func (e Event) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"userId":`...)
+	dst = appendJSONString(dst, e.UserID)
+	dst = append(dst, `,"status":`...)
+	dst = appendJSONString(dst, e.Status)
+	dst = append(dst, `,"reason":`...)
+	dst = appendJSONString(dst, e.Reason)
+	dst = append(dst, `,"at":"`...)
+	dst = e.At.UTC().AppendFormat(dst, TimeFormat)
+	dst = append(dst, `","version":`...)
+	dst = strconv.AppendInt(dst, e.Version, 10)
+	return append(dst, '}')
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and
+// control characters escaped, invalid UTF-8 replaced by U+FFFD (as
+// encoding/json does), everything else as is.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c < 0x20:
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
 }
 
 // UnmarshalJSON decodes an event published by presenced.

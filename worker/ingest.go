@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strconv"
 
 	"github.com/nats-io/nats.go"
 
@@ -100,10 +101,17 @@ func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
 	if msg.Reply == "" {
 		return
 	}
-	data, err := json.Marshal(r)
-	if err != nil {
-		w.log.Error("encode reply", "err", err)
-		return
+	var data []byte
+	if len(r.Rejected) == 0 && r.Error == "" {
+		// The common reply, without reflection.
+		data = strconv.AppendInt(append(make([]byte, 0, 40), `{"accepted":`...), int64(r.Accepted), 10)
+		data = append(data, `,"rejected":[]}`...)
+	} else {
+		var err error
+		if data, err = json.Marshal(r); err != nil {
+			w.log.Error("encode reply", "err", err)
+			return
+		}
 	}
 	if err := msg.Respond(data); err != nil {
 		w.debugf("reply failed", "err", err)

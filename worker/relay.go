@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/presence"
 )
@@ -127,7 +129,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			return err
 		}
 		ids = append(ids, e.ID)
-		w.m.Events.WithLabelValues(e.Status, e.Reason).Inc()
+		w.eventCounter(e.Status, e.Reason).Inc()
 		if !e.Deadline.IsZero() {
 			w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
 		}
@@ -165,6 +167,19 @@ func (e *ackError) Error() string {
 }
 
 func (e *ackError) Unwrap() error { return e.err }
+
+// eventCounter returns the published-events counter for status and reason,
+// looked up once per pair (the relay publishes every event; only the relay
+// goroutine calls it).
+func (w *Worker) eventCounter(status, reason string) prometheus.Counter {
+	k := [2]string{status, reason}
+	c, ok := w.counters[k]
+	if !ok {
+		c = w.m.Events.WithLabelValues(status, reason)
+		w.counters[k] = c
+	}
+	return c
+}
 
 func (w *Worker) trim(ctx context.Context) {
 	if _, err := w.outbox.Trim(ctx); err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/metrics"
@@ -148,6 +149,7 @@ type Worker struct {
 	execs    sync.WaitGroup // batch executors
 	stopped  atomic.Bool
 	debug    sampler
+	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
 }
 
 // New returns a Worker. expiry may be nil: then the sweep alone finds
@@ -161,6 +163,7 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 		stopping: make(chan struct{}),
 		execStop: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		counters: map[[2]string]prometheus.Counter{},
 	}
 }
 
@@ -190,6 +193,14 @@ func (w *Worker) Start(ctx context.Context) error {
 			return err
 		}
 		w.subs = append(w.subs, sub)
+	}
+	// The server has the subscriptions before Start returns (and before
+	// "worker started" is logged), so a heartbeat sent right after is taken.
+	fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer fcancel()
+	if err := w.bus.Flush(fctx); err != nil {
+		_ = w.Stop(ctx)
+		return err
 	}
 	w.goLoop(func() { w.reconcile(runCtx) })
 	w.goLoop(func() { w.relay(runCtx) })

@@ -16,13 +16,23 @@
 check_epoch()
 local ttl = tonumber(ARGV[1])
 local deadline = string.format('%d', NOW_MS + ttl)
+local n = #ARGV - 1
+local ids, zargs = {}, {}
+for i = 1, n do
+  ids[i] = ARGV[i + 1]
+  zargs[2 * i - 1] = deadline
+  zargs[2 * i] = ids[i]
+end
+-- One ZMSCORE and one variadic ZADD per call instead of a ZADD per id: on
+-- the refresh path Redis is the bottleneck.
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+redis.call('ZADD', KEYS[1], unpack(zargs))
 local res = {NOW_MS}
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  redis.call('SET', KEYS[i + 4], '1', 'PX', ttl)
-  if redis.call('ZADD', KEYS[1], deadline, id) == 1 then
-    local v = emit('online', id, 'heartbeat')
-    redis.call('HSET', KEYS[2], id, string.format('%d', v))
+for i = 1, n do
+  redis.call('SET', KEYS[i + 5], '1', 'PX', ttl)
+  if scores[i] == false then
+    local v = emit('online', ids[i], 'heartbeat')
+    redis.call('HSET', KEYS[2], ids[i], string.format('%d', v))
     res[#res + 1] = v
   else
     res[#res + 1] = 0
