@@ -352,16 +352,21 @@ func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 }
 
 func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
-	var req struct {
-		UserIDs *[]string `json:"userIds"`
+	key, ids, ok := parseFast(data, q.opts.MaxIDs)
+	if !ok || key != "userIds" {
+		// Anything unusual (escapes, more ids than allowed, other fields)
+		// goes through encoding/json, which words the errors.
+		var req struct {
+			UserIDs *[]string `json:"userIds"`
+		}
+		if err := decode(data, &req); err != nil {
+			return nil, err
+		}
+		if req.UserIDs == nil {
+			return nil, badRequest(`%v: no "userIds"`, ErrMalformed)
+		}
+		ids = *req.UserIDs
 	}
-	if err := decode(data, &req); err != nil {
-		return nil, err
-	}
-	if req.UserIDs == nil {
-		return nil, badRequest(`%v: no "userIds"`, ErrMalformed)
-	}
-	ids := *req.UserIDs
 	if len(ids) > q.opts.MaxIDs {
 		return nil, badRequest("%v: %d ids, the maximum is %d", ErrTooMany, len(ids), q.opts.MaxIDs)
 	}

@@ -251,64 +251,8 @@ func shown(id string, r json.RawMessage) string {
 // fields, unusual layout, any error) returns ok=false and is decoded by
 // decodeSlow, so both give the same result wherever the fast path answers.
 func decodeFast(data []byte, max int) (req Request, ok bool) {
-	p := fastParser{b: data}
-	p.space()
-	if !p.lit('{') {
-		return req, false
-	}
-	p.space()
-	key, ok := p.str()
+	_, ids, ok := parseFast(data, max)
 	if !ok {
-		return req, false
-	}
-	p.space()
-	if !p.lit(':') {
-		return req, false
-	}
-	p.space()
-	var ids []string
-	switch string(key) {
-	case "userId":
-		v, ok := p.str()
-		if !ok || len(v) == 0 {
-			return req, false
-		}
-		ids = []string{string(v)}
-	case "userIds":
-		if !p.lit('[') {
-			return req, false
-		}
-		p.space()
-		if p.lit(']') {
-			return req, false // empty batch: let the slow path word the error
-		}
-		for {
-			v, ok := p.str()
-			if !ok || len(v) == 0 {
-				return req, false
-			}
-			if len(ids) == max {
-				return req, false // over the maximum: the slow path counts and words it
-			}
-			ids = append(ids, string(v))
-			p.space()
-			if p.lit(']') {
-				break
-			}
-			if !p.lit(',') {
-				return req, false
-			}
-			p.space()
-		}
-	default:
-		return req, false
-	}
-	p.space()
-	if !p.lit('}') {
-		return req, false
-	}
-	p.space()
-	if p.i != len(p.b) {
 		return req, false
 	}
 	req.IDs = ids[:0]
@@ -332,6 +276,71 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 		req.IDs = append(req.IDs, id)
 	}
 	return req, true
+}
+
+// parseFast parses the fast shapes only; key is "userId" or "userIds".
+func parseFast(data []byte, max int) (key string, ids []string, ok bool) {
+	p := fastParser{b: data}
+	p.space()
+	if !p.lit('{') {
+		return "", nil, false
+	}
+	p.space()
+	k, ok := p.str()
+	if !ok {
+		return "", nil, false
+	}
+	p.space()
+	if !p.lit(':') {
+		return "", nil, false
+	}
+	p.space()
+	key = string(k)
+	switch key {
+	case "userId":
+		v, ok := p.str()
+		if !ok || len(v) == 0 {
+			return "", nil, false
+		}
+		ids = []string{string(v)}
+	case "userIds":
+		if !p.lit('[') {
+			return "", nil, false
+		}
+		p.space()
+		if p.lit(']') {
+			return "", nil, false // empty batch: let the slow path word the error
+		}
+		for {
+			v, ok := p.str()
+			if !ok || len(v) == 0 {
+				return "", nil, false
+			}
+			if len(ids) == max {
+				return "", nil, false // over the maximum: the slow path counts and words it
+			}
+			ids = append(ids, string(v))
+			p.space()
+			if p.lit(']') {
+				break
+			}
+			if !p.lit(',') {
+				return "", nil, false
+			}
+			p.space()
+		}
+	default:
+		return "", nil, false
+	}
+	p.space()
+	if !p.lit('}') {
+		return "", nil, false
+	}
+	p.space()
+	if p.i != len(p.b) {
+		return "", nil, false
+	}
+	return key, ids, true
 }
 
 type fastParser struct {
