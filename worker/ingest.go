@@ -177,8 +177,12 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	ids := run[0].ids
 	if len(run) > 1 {
 		// Merge, dropping ids repeated across messages: a script sees each once.
-		seen := make(map[string]struct{}, len(run)*len(run[0].ids))
-		ids = make([]string, 0, len(seen))
+		total := 0
+		for _, j := range run {
+			total += len(j.ids)
+		}
+		seen := make(map[string]struct{}, total)
+		ids = make([]string, 0, total)
 		for _, j := range run {
 			for _, id := range j.ids {
 				if _, dup := seen[id]; !dup {
