@@ -1,0 +1,137 @@
+package presence_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+func newStore(t *testing.T, ttl time.Duration) (*presence.Store, *testenv.Redis) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	s := presence.NewStore(r.Client(t), presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl})
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s, r
+}
+
+// The seed's PresenceRepository operations, against a real Redis.
+func TestSeedOperations(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, time.Minute)
+	ctx := context.Background()
+	rdb := r.Client(t)
+
+	started, err := s.SetOnline(ctx, "u-1")
+	if err != nil || !started {
+		t.Fatalf("SetOnline = %v, %v; want a new session", started, err)
+	}
+	if started, err := s.SetOnline(ctx, "u-1"); err != nil || started {
+		t.Fatalf("second SetOnline = %v, %v; want a refresh", started, err)
+	}
+	if err := s.RefreshOnline(ctx, "u-2"); err != nil {
+		t.Fatal(err)
+	}
+	// The seed's key format, exactly, and what its EXISTS check sees.
+	if v := rdb.Get(ctx, s.Keys().User("u-1")).Val(); v != "1" {
+		t.Fatalf("key value %q", v)
+	}
+	for id, want := range map[string]bool{"u-1": true, "u-2": true, "u-3": false} {
+		if got, err := s.IsOnline(ctx, id); err != nil || got != want {
+			t.Fatalf("IsOnline(%s) = %v, %v", id, got, err)
+		}
+	}
+	online, err := s.GetOnlineUsers(ctx, []string{"u-3", "u-2", "u-1"})
+	if err != nil || !slices.Equal(online, []string{"u-2", "u-1"}) {
+		t.Fatalf("GetOnlineUsers = %v, %v", online, err)
+	}
+	all, err := s.GetAllOnlineUsers(ctx)
+	slices.Sort(all)
+	if err != nil || !slices.Equal(all, []string{"u-1", "u-2"}) {
+		t.Fatalf("GetAllOnlineUsers = %v, %v", all, err)
+	}
+	if n, err := s.Count(ctx); err != nil || n != 2 {
+		t.Fatalf("Count = %d, %v", n, err)
+	}
+	st, err := s.Status(ctx, "u-1")
+	if err != nil || !st.Online || st.Version <= 0 || st.Since.IsZero() || !st.ExpiresAt.After(st.Since) {
+		t.Fatalf("Status = %+v, %v", st, err)
+	}
+	if was, err := s.DeleteOnline(ctx, "u-1"); err != nil || !was {
+		t.Fatalf("DeleteOnline = %v, %v", was, err)
+	}
+	if was, err := s.DeleteOnline(ctx, "u-1"); err != nil || was {
+		t.Fatalf("second DeleteOnline = %v, %v; want false", was, err)
+	}
+	if st, err := s.Status(ctx, "u-1"); err != nil || st.Online || st.Version != 0 {
+		t.Fatalf("Status after delete = %+v, %v", st, err)
+	}
+	// Every transition is in the outbox, in order, with increasing versions.
+	ob := s.Outbox("t")
+	if err := ob.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := ob.ReadNew(ctx, 100, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	var last int64
+	for _, e := range evs {
+		got = append(got, e.Status+":"+e.UserID)
+		if e.Version <= last {
+			t.Fatalf("versions not increasing: %+v", evs)
+		}
+		last = e.Version
+	}
+	if want := []string{"reset:", "online:u-1", "online:u-2", "offline:u-1"}; !slices.Equal(got, want) {
+		t.Fatalf("outbox %v, want %v", got, want)
+	}
+}
+
+// The sweep's cost follows the users due, and grace follows an outage.
+func TestSweepClaimsOnlyDueUsersOnce(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, 200*time.Millisecond)
+	ctx := context.Background()
+	long := presence.NewStore(r.Client(t), presence.Options{Prefix: s.Keys().Prefix(), TTL: time.Hour})
+	var short, stay []string
+	for i := range 50 {
+		short = append(short, fmt.Sprintf("s%d", i))
+		stay = append(stay, fmt.Sprintf("l%d", i))
+	}
+	if _, err := s.Heartbeat(ctx, short); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := long.Heartbeat(ctx, stay); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sweep(ctx, 1000); err != nil { // sets the sweep marker
+		t.Fatal(err)
+	}
+	claimed := 0
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		res, err := s.Sweep(ctx, 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed += res.Claimed
+		return claimed >= len(short)
+	}, "sweeps claimed %d of %d", claimed, len(short))
+	if claimed != len(short) {
+		t.Fatalf("claimed %d, want %d", claimed, len(short))
+	}
+	// Nobody is claimed twice, through the sweep or the keyspace path.
+	if n, err := s.Claim(ctx, short); err != nil || n != 0 {
+		t.Fatalf("Claim after sweep = %d, %v", n, err)
+	}
+	if n, _ := s.Count(ctx); n != int64(len(stay)) {
+		t.Fatalf("Count = %d, want %d", n, len(stay))
+	}
+}
