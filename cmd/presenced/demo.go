@@ -110,8 +110,8 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 		defer cancel()
 		_ = app.Stop(stopCtx)
 	}()
-	fmt.Fprintf(stdout, "presenced demo: NATS %s, Redis %s, TTL %v, %d simulated users; metrics at http://%s/metrics. Ctrl-C to stop.\n",
-		cfg.NATSURL, config.RedactURL(redisURL), ttl, users, srv.Addr())
+	fmt.Fprintf(stdout, "presenced demo: NATS %s, Redis %s, TTL %v, %d simulated users; status page http://%s/ , metrics http://%s/metrics. Ctrl-C to stop.\n",
+		cfg.NATSURL, config.RedactURL(redisURL), ttl, users, srv.Addr(), srv.Addr())
 
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("presenced-demo"))
 	if err != nil {
