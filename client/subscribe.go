@@ -80,6 +80,9 @@ func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func(
 			case now := <-tick.C:
 				f.prune(now)
 			case m := <-msgs:
+				if m.Header.Get(ProbeHeader) != "" {
+					continue // `presenced check` testing its publish permission
+				}
 				var ev Event
 				if err := json.Unmarshal(m.Data, &ev); err != nil || !valid(ev) {
 					c.log.Warn("dropped an undecodable presence event", "subject", m.Subject, "err", err, "data", truncate(m.Data))
@@ -179,3 +182,8 @@ func (f *versionFilter) prune(now time.Time) {
 		f.tombs = append([]tombstone(nil), f.tombs...) // let the old array go
 	}
 }
+
+// ProbeHeader marks the empty messages `presenced check` publishes to the
+// event subjects to prove its permissions; Subscribe skips them. (The same
+// name as status.ProbeHeader, which this package cannot import.)
+const ProbeHeader = "Presenced-Probe"
