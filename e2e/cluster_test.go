@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,30 +24,12 @@ import (
 	"github.com/presenced/presenced/internal/testenv"
 )
 
-// lockedBuffer collects a process's output for failure messages.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // cluster is a running scripts/local-cluster.
 type cluster struct {
 	cmd      *exec.Cmd
 	exited   chan struct{} // closed when cmd has exited; then err is set
 	err      error
-	out      *lockedBuffer // stdout and stderr
+	out      *testenv.Buffer // stdout and stderr
 	natsURL  string
 	replicas []string // http://127.0.0.1:port of presenced-1..3
 }
@@ -76,7 +57,7 @@ func startCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{cmd: cmd, exited: make(chan struct{}), out: &lockedBuffer{}}
+	c := &cluster{cmd: cmd, exited: make(chan struct{}), out: &testenv.Buffer{}}
 	cmd.Stderr = c.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", script, err)
