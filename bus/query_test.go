@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ var _ bus.QueryStore = (*presence.Store)(nil)
 
 // queryEnv is one test's Redis, NATS, store and query service.
 type queryEnv struct {
-	t        *testing.T
+	t        testing.TB
 	redis    *testenv.Redis
 	rdb      *redis.Client
 	store    *presence.Store
@@ -32,7 +33,7 @@ type queryEnv struct {
 	svc      micro.Service
 }
 
-func newQueryEnv(t *testing.T, opts bus.QueryOptions, nopts ...testenv.NATSOption) *queryEnv {
+func newQueryEnv(t testing.TB, opts bus.QueryOptions, nopts ...testenv.NATSOption) *queryEnv {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t, nopts...)
@@ -383,4 +384,141 @@ func TestQueryListOversizedIDs(t *testing.T) {
 		t.Fatalf("saw %d distinct ids in %d pages, want %d", len(seen), pages, n)
 	}
 	t.Logf("%d ids of 1500 JSON bytes in %d pages", n, pages)
+}
+
+// populate brings n users online, named fmt.Sprintf(format, i), in
+// batches of 10000, and returns their ids.
+func (e *queryEnv) populate(format string, n int) []string {
+	e.t.Helper()
+	all := make([]string, n)
+	for i := range all {
+		all[i] = fmt.Sprintf(format, i)
+	}
+	for lo := 0; lo < n; lo += 10_000 {
+		e.heartbeat(all[lo:min(n, lo+10_000)]...)
+	}
+	return all
+}
+
+// redisUsec is the time redis-server spent in cmd so far, in µs (INFO
+// commandstats).
+func (e *queryEnv) redisUsec(cmd string) int64 {
+	e.t.Helper()
+	info, err := e.rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(info, "cmdstat_"+cmd+":")
+	if !ok {
+		return 0
+	}
+	_, rest, _ = strings.Cut(rest, "usec=")
+	n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+	return n
+}
+
+// onlineRequest10k is the request presence-bench times: 10000 ids of ten
+// bytes, every other one online (picked from online, repeats removed), the
+// rest never online; it returns the body and how many are online.
+func onlineRequest10k(online []string) ([]byte, int) {
+	ids := make([]string, 0, 10_000)
+	seen := map[string]bool{}
+	want := 0
+	for j := range 10_000 {
+		id := fmt.Sprintf("zz-%07d", j)
+		if j%2 == 0 {
+			id = online[(j*7919)%len(online)]
+			if !seen[id] {
+				want++
+			}
+		}
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	body, _ := json.Marshal(bus.OnlineRequest{UserIDs: ids})
+	return body, want
+}
+
+// BenchmarkQueryOnline10k is the 10k-id online query end to end, as
+// presence-bench times it: a NATS request from a client connection to the
+// query service (an embedded nats-server over loopback TCP), the MGET on a
+// real redis-server holding 20k online users, and the reply; "decode" also
+// decodes the reply with encoding/json as presence-bench does. Client,
+// service and nats-server share this process, so -cpuprofile shows all
+// three; redis-server is a process of its own.
+func BenchmarkQueryOnline10k(b *testing.B) {
+	e := newQueryEnv(b, bus.QueryOptions{})
+	online := e.populate("us%08d", 20_000)
+	body, want := onlineRequest10k(online)
+	subject := e.subjects.Query(bus.QueryOnline)
+	for _, decode := range []bool{false, true} {
+		name := "raw"
+		if decode {
+			name = "decode"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			usec := e.redisUsec("mget")
+			for b.Loop() {
+				msg, err := e.nc.Request(subject, body, 5*time.Second)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+					b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
+				}
+				if decode {
+					var r bus.OnlineReply
+					if err := json.Unmarshal(msg.Data, &r); err != nil {
+						b.Fatal(err)
+					}
+					if len(r.Online) != want {
+						b.Fatalf("%d online, want %d", len(r.Online), want)
+					}
+				} else if len(msg.Data) < want*13 {
+					b.Fatalf("reply of %d bytes for %d online ids", len(msg.Data), want)
+				}
+			}
+			b.ReportMetric(float64(e.redisUsec("mget")-usec)/float64(b.N), "redis-µs/op")
+		})
+	}
+}
+
+// BenchmarkQueryList100k pages through 100k online users (ids of ten bytes)
+// with limit 10000, as presence-bench lists 1M: one op is the whole listing.
+func BenchmarkQueryList100k(b *testing.B) {
+	e := newQueryEnv(b, bus.QueryOptions{})
+	const n = 100_000
+	e.populate("us%08d", n)
+	b.ReportAllocs()
+	pages := 0
+	for b.Loop() {
+		seen := make(map[string]struct{}, n)
+		cursor := ""
+		for {
+			data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: 10_000})
+			msg := request(b, e.nc, e.subjects.Query(bus.QueryList), data)
+			if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+				b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
+			}
+			var page bus.ListReply
+			if err := json.Unmarshal(msg.Data, &page); err != nil {
+				b.Fatal(err)
+			}
+			pages++
+			for _, id := range page.UserIDs {
+				seen[id] = struct{}{}
+			}
+			if page.Cursor == "" {
+				break
+			}
+			cursor = page.Cursor
+		}
+		if len(seen) != n {
+			b.Fatalf("listed %d distinct, want %d", len(seen), n)
+		}
+	}
+	b.ReportMetric(float64(pages)/float64(b.N), "pages/op")
 }
