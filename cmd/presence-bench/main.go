@@ -146,7 +146,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.seedConcurrency, "seed-concurrency", 32, "seed: messages each seed worker handles at once (the seed's async handlers)")
 	fs.IntVar(&c.scanCount, "seed-scan-count", 100, "seed: SCAN COUNT of its listing (the seed's: 100)")
 	fs.StringVar(&c.pprofDir, "pprof-dir", "", "profile replica 0 of each implementation during the refresh scenarios; profiles and `go tool pprof -top` go here")
-	fs.IntVar(&c.pprofSeconds, "pprof-seconds", 10, "length of each CPU profile (the refresh scenario runs at least this long)")
+	fs.IntVar(&c.pprofSeconds, "pprof-seconds", 10, "most seconds of each CPU profile; a shorter phase is profiled for its own length, rounded up to a second (one-second pieces, merged)")
 	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run")
 	fs.DurationVar(&c.timeout, "timeout", 0, "bound on each wait within a scenario (default: small 2m, full 15m)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (binaries, profiles)")
