@@ -149,6 +149,7 @@ func (b *bench) ceiling(ctx context.Context) error {
 		}
 		progress("%s", line)
 		c0 := b.c.redisCPU(ctx)
+		idle0, total0 := machineCPU()
 		t0 := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, b.cfg.timeout)
 		defer cancel()
@@ -168,7 +169,10 @@ func (b *bench) ceiling(ctx context.Context) error {
 		if ps := ex.ProcessState; ps != nil {
 			at.BenchmarkCPU = 100 * (ps.UserTime() + ps.SystemTime()).Seconds() / wall
 		}
-		progress("  %.0f ops/s; redis %.0f%% cpu, redis-benchmark %.0f%% cpu, %.1fs", at.OpsPerSec, at.RedisCPU, at.BenchmarkCPU, wall)
+		if idle1, total1 := machineCPU(); total1 > total0 {
+			at.MachineIdle = 100 * (idle1 - idle0) / (total1 - total0)
+		}
+		progress("  %.0f ops/s; redis %.0f%% cpu, redis-benchmark %.0f%% cpu, machine idle %.0f%%, %.1fs", at.OpsPerSec, at.RedisCPU, at.BenchmarkCPU, at.MachineIdle, wall)
 		return at, line, nil
 	}
 	ce := &Ceiling{Pipeline: 32}
@@ -183,10 +187,12 @@ func (b *bench) ceiling(ctx context.Context) error {
 		if at.RedisCPU >= saturatedCPU {
 			break
 		}
-		// Longer next time: at least twice the requests, and about 5 s at
+		// Longer next time: at least twice the requests, and about 3 s at
 		// the rate just seen, so start-up and a moment of other load on
-		// the machine weigh less.
-		n = min(max(2*n, int(at.OpsPerSec*5)), 20_000_000)
+		// the machine weigh less. (With the machine busy, Redis cannot
+		// get a whole core however long the run: the machine idle % of
+		// each run tells that apart from a load generator too slow.)
+		n = min(max(2*n, int(at.OpsPerSec*3)), 20_000_000)
 	}
 	ce.summarize()
 	if !ce.Saturated {

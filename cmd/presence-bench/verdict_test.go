@@ -89,6 +89,8 @@ func TestOfflineVerdicts(t *testing.T) {
 		{"duplicated", OfflineRow{Leavers: 10, Received: 10, DuplicatedUsers: 1, DuplicateEvents: 1}, true, true, false},
 		{"false offline", OfflineRow{Leavers: 10, Received: 10, FalseOffline: 1}, true, true, false},
 		{"online event in steady state", OfflineRow{Leavers: 10, Received: 10, Flaps: 1}, true, true, false},
+		{"duplicate online at load", OfflineRow{Leavers: 10, Received: 10, DuplicateOnline: 1}, true, true, false},
+		{"no event received: no latency to pass", OfflineRow{Leavers: 10, UnknownDeadline: 10}, false, false, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
