@@ -6,9 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"math/bits"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -135,12 +140,12 @@ type OnlineReply struct {
 
 // ListRequest asks for one page of the users online. Cursor is "" for the
 // first page, then the Cursor of the previous reply. Limit is a hint: zero
-// means 1000, above MaxList it is MaxList, and it is further capped so that
-// even a page of ids of the maximum length, each needing the most escaping
-// a valid id can need, fits the connection's max payload (with the default
-// 1 MiB that is about 2000 ids). Should a page still not fit, the service
-// repeats the scan step with a smaller count, so a reply never exceeds the
-// max payload.
+// means 1000, above MaxList it is MaxList. Pages are sized by the bytes the
+// ids actually take: with ids of ten bytes a page of 10000 is about 130 KB,
+// well under the default 1 MiB max payload. Should a page not fit (long
+// ids), the service repeats the scan step from the same cursor with a
+// smaller count until it does, so a reply never exceeds the max payload,
+// and sizes the next pages it serves by the bytes per id it last saw.
 //
 // Paging through with ListRequest has the semantics of Redis ZSCAN over the
 // deadline index: a user online for the whole listing appears at least
@@ -163,24 +168,64 @@ type CountReply struct {
 	Online int64 `json:"online"`
 }
 
+// AppendJSON appends the reply's JSON to dst, as encoding/json writes it
+// without HTML escaping for valid ids (any id, valid or not, decodes back
+// to itself), without reflection.
+func (r OnlineReply) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"online":`...)
+	return append(appendIDs(dst, r.Online), '}')
+}
+
+// AppendJSON appends the page's JSON to dst, as OnlineReply.AppendJSON.
+func (r ListReply) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"userIds":`...)
+	dst = appendIDs(dst, r.UserIDs)
+	dst = append(dst, `,"cursor":`...)
+	return append(appendJSONString(dst, r.Cursor), '}')
+}
+
+// appendIDs appends ids as a JSON array of strings; nil is [], not null.
+func appendIDs(dst []byte, ids []string) []byte {
+	n := 2
+	for _, id := range ids {
+		n += len(id) + 3
+	}
+	dst = slices.Grow(dst, n) // escapes aside
+	dst = append(dst, '[')
+	for i, id := range ids {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		if plainJSON(id) {
+			dst = append(dst, '"')
+			dst = append(dst, id...)
+			dst = append(dst, '"')
+		} else {
+			dst = appendJSONString(dst, id)
+		}
+	}
+	return append(dst, ']')
+}
+
+// plainJSON reports whether s is ASCII that JSON writes as is, so that
+// quoting it is its encoding.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
 const (
 	defaultListLimit = 1000
-	// listEntryMax is the most bytes one valid id takes in a list reply:
-	// each byte escapes to at most two, since ValidateUserID refuses all
-	// that JSON writes as \uXXXX (control characters, invalid UTF-8, U+2028
-	// and U+2029) and '\\', and replies are encoded without HTML escaping,
-	// leaving only '"' -> \"; plus two quotes and a comma.
-	listEntryMax = 2*presence.MaxUserIDLen + 3
-	// listOverhead bounds the rest: {"userIds":[],"cursor":"<uint64>"}.
+	// listOverhead bounds a page's bytes other than its ids:
+	// {"userIds":[],"cursor":"<uint64>"}.
 	listOverhead = 64
 	// maxDescription bounds an error description (a header value).
 	maxDescription = 512
 )
-
-// listCap is the largest limit whose worst-case page fits maxPayload.
-func listCap(maxPayload int64) int {
-	return max(1, int((maxPayload-listOverhead)/listEntryMax))
-}
 
 // queryError is a failed request: the micro error code and why.
 type queryError struct {
@@ -204,6 +249,10 @@ type queryService struct {
 	store QueryStore
 	opts  QueryOptions
 	log   *slog.Logger
+	// listIDBytes is the JSON bytes per id of the last list page served
+	// (0 before the first): the first scan step of a page is sized so that
+	// a page like it fits the max payload.
+	listIDBytes atomic.Int64
 }
 
 // StartQueryService adds the query service on nc and returns it once the
@@ -265,7 +314,7 @@ func (q *queryService) handler(name string, fn func(context.Context, []byte) (an
 		defer cancel()
 		reply, err := fn(ctx, req.Data())
 		if err == nil {
-			data, ok := reply.([]byte) // list encodes its reply to measure it
+			data, ok := reply.([]byte) // online and list encode their own
 			if !ok {
 				data, err = encode(reply)
 			}
@@ -303,7 +352,7 @@ func description(err error) string {
 }
 
 // encode marshals v without HTML escaping (so '<', '>' and '&' in ids stay
-// one byte, which listEntryMax relies on) and without a trailing newline.
+// one byte, as in OnlineReply.AppendJSON) and without a trailing newline.
 func encode(v any) ([]byte, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
@@ -352,8 +401,11 @@ func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 }
 
 func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
-	key, ids, ok := parseFast(data, q.opts.MaxIDs)
-	if !ok || key != "userIds" {
+	// The ids only live as long as the request: they may share one copy
+	// of the body.
+	f, ok := parseFast(data, q.opts.MaxIDs, true)
+	ids, valid := f.ids, f.valid
+	if !ok || f.key != "userIds" {
 		// Anything unusual (escapes, more ids than allowed, other fields)
 		// goes through encoding/json, which words the errors.
 		var req struct {
@@ -365,34 +417,65 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 		if req.UserIDs == nil {
 			return nil, badRequest(`%v: no "userIds"`, ErrMalformed)
 		}
-		ids = *req.UserIDs
+		ids, valid = *req.UserIDs, false
 	}
 	if len(ids) > q.opts.MaxIDs {
 		return nil, badRequest("%v: %d ids, the maximum is %d", ErrTooMany, len(ids), q.opts.MaxIDs)
 	}
-	seen := make(map[string]struct{}, len(ids))
-	uniq := ids[:0]
-	for i, id := range ids {
-		if err := presence.ValidateUserID(id); err != nil {
-			return nil, badRequest("userIds[%d]: %v", i, err)
+	if !valid {
+		for i, id := range ids {
+			if err := presence.ValidateUserID(id); err != nil {
+				return nil, badRequest("userIds[%d]: %v", i, err)
+			}
 		}
-		if _, dup := seen[id]; dup {
-			continue
-		}
-		seen[id] = struct{}{}
-		uniq = append(uniq, id)
 	}
-	online, err := q.store.GetOnlineUsers(ctx, uniq)
+	online, err := q.store.GetOnlineUsers(ctx, dedupe(ids))
 	if err != nil {
 		return nil, storeFailure(err)
-	}
-	if online == nil {
-		online = []string{}
 	}
 	// The reply fits the max payload whenever the request did: it holds a
 	// subset of the request's ids, each encoded no longer than any valid
 	// JSON encoding of it, under a shorter key.
-	return OnlineReply{Online: online}, nil
+	return OnlineReply{Online: online}.AppendJSON(nil), nil
+}
+
+// dedupeSeed seeds the hash of dedupe.
+var dedupeSeed = maphash.MakeSeed()
+
+// dedupe removes repeated ids in place, keeping the first of each, in order.
+func dedupe(ids []string) []string {
+	out := ids[:0]
+	if len(ids) <= 16 {
+		for _, id := range ids {
+			if !slices.Contains(out, id) {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	// An open-addressing set of positions in out, at most half full: one
+	// allocation without pointers, where a map of strings costs a larger
+	// one the garbage collector scans. A slot holds the hash's high half
+	// and 1 + the position (0 is free), so ids are compared only when their
+	// hashes agree.
+	slots := make([]uint64, 1<<bits.Len(uint(2*len(ids)-1)))
+	mask := uint64(len(slots) - 1)
+	for _, id := range ids {
+		hash := maphash.String(dedupeSeed, id)
+		tag := hash &^ (1<<32 - 1)
+		for h := hash & mask; ; h = (h + 1) & mask {
+			slot := slots[h]
+			if slot == 0 {
+				out = append(out, id)
+				slots[h] = tag | uint64(len(out))
+				break
+			}
+			if slot&^(1<<32-1) == tag && out[uint32(slot)-1] == id {
+				break
+			}
+		}
+	}
+	return out
 }
 
 func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
@@ -407,7 +490,13 @@ func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 		req.Limit = defaultListLimit
 	}
 	maxPayload := q.nc.MaxPayload()
-	limit := min(req.Limit, q.opts.MaxList, listCap(maxPayload))
+	limit := min(req.Limit, q.opts.MaxList)
+	if per := q.listIDBytes.Load(); per > 0 {
+		// Leave a third for ZSCAN returning more than its count and for
+		// ids longer than the last page's.
+		limit = min(limit, max(1, int((maxPayload-listOverhead)*2/3/per)))
+	}
+	var out []byte
 	for {
 		page, err := q.store.List(ctx, req.Cursor, limit)
 		if errors.Is(err, presence.ErrInvalidCursor) {
@@ -416,20 +505,17 @@ func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 		if err != nil {
 			return nil, storeFailure(err)
 		}
-		if page.UserIDs == nil {
-			page.UserIDs = []string{}
-		}
-		out, err := encode(ListReply{UserIDs: page.UserIDs, Cursor: page.Cursor})
-		if err != nil {
-			return nil, err
+		out = ListReply{UserIDs: page.UserIDs, Cursor: page.Cursor}.AppendJSON(out[:0])
+		if len(page.UserIDs) > 0 {
+			q.listIDBytes.Store(max(1, int64(len(out)/len(page.UserIDs))))
 		}
 		if int64(len(out)) <= maxPayload {
 			return out, nil
 		}
-		// Only ids that ValidateUserID would refuse, or ZSCAN returning far
-		// more than its count (long hash chains), get here. Repeating the
-		// step from the same cursor with a smaller count is an ordinary ZSCAN
-		// step, so the listing keeps its guarantees.
+		// Long ids, or ZSCAN returning far more than its count (long hash
+		// chains), get here. Repeating the step from the same cursor with a
+		// smaller count is an ordinary ZSCAN step, so the listing keeps its
+		// guarantees.
 		if limit == 1 {
 			return nil, storeFailure(fmt.Errorf("list page of %d ids is %d bytes, over the max payload of %d even with limit 1", len(page.UserIDs), len(out), maxPayload))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,6 +187,10 @@ func TestQueryBadRequests(t *testing.T) {
 		{bus.QueryOnline, `{}`, `malformed message: no "userIds"`},
 		{bus.QueryOnline, `[]`, "malformed message: expected a JSON object"},
 		{bus.QueryOnline, `{"userIds":["ok","a\nb"]}`, "userIds[1]: invalid userId: control character 0x0a at byte 1"},
+		{bus.QueryOnline, `{"userIds":["ok","a b"]}`, "userIds[1]: invalid userId: space at byte 1"},
+		{bus.QueryOnline, `{"userIds":["ok","ok","u?"]}`, "userIds[2]: invalid userId: glob character '?' at byte 1"},
+		{bus.QueryOnline, `{"userIds":["ok","` + strings.Repeat("x", 257) + `"]}`, "userIds[1]: invalid userId: 257 bytes, over the maximum of 256"},
+		{bus.QueryOnline, `{"userIds":["ok",""]}`, "userIds[1]: invalid userId: empty"},
 		{bus.QueryOnline, `{"userIds":["a","b","c","d"]}`, "too many ids: 4 ids, the maximum is 3"},
 		{bus.QueryList, `{"cursor":"abc"}`, `invalid cursor: "abc"`},
 		{bus.QueryList, `{"limit":-1}`, "malformed message: negative limit -1"},
@@ -318,7 +323,8 @@ func (e *queryEnv) listAll(limit int) (seen map[string]int, pages int) {
 }
 
 // TestQueryListMillion pages through a million users with the default
-// 1 MiB max payload: pages are capped near 2000 ids, all are seen.
+// 1 MiB max payload and limit 10000: pages of ten-byte ids are not capped
+// (about 130 KB each), no reply is over the max payload, all are seen.
 func TestQueryListMillion(t *testing.T) {
 	if testing.Short() {
 		t.Skip("populates a million users")
@@ -353,8 +359,9 @@ func TestQueryListMillion(t *testing.T) {
 			t.Fatalf("%s never listed", id)
 		}
 	}
-	if capped := total / 2100; pages < capped {
-		t.Fatalf("%d pages: limit 10000 was not capped to fit 1 MiB of worst-case ids", pages)
+	// ZSCAN returns at least its count per step, short of the end.
+	if pages > total/10_000+1 {
+		t.Fatalf("%d pages for %d ids with limit 10000: pages were capped", pages, total)
 	}
 }
 
@@ -494,6 +501,7 @@ func BenchmarkQueryList100k(b *testing.B) {
 	e.populate("us%08d", n)
 	b.ReportAllocs()
 	pages := 0
+	usec := e.redisUsec("zscan")
 	for b.Loop() {
 		seen := make(map[string]struct{}, n)
 		cursor := ""
@@ -521,4 +529,59 @@ func BenchmarkQueryList100k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(pages)/float64(b.N), "pages/op")
+	b.ReportMetric(float64(e.redisUsec("zscan")-usec)/float64(b.N), "redis-µs/op")
+}
+
+// TestQueryListLongIDs lists valid ids of the maximum length, each escaping
+// to about 500 bytes of JSON, with limit 10000 on a server with a 64 KiB max
+// payload: the first page's scan step is retried smaller until it fits, the
+// pages after it are sized by what the first one took, no reply exceeds the
+// max payload, and every id is listed. Ids of ten bytes beside it fill
+// pages up to the limit.
+func TestQueryListLongIDs(t *testing.T) {
+	t.Parallel()
+	var log testenv.Buffer
+	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e := newQueryEnv(t, bus.QueryOptions{Logger: logger}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
+	if got := e.nc.MaxPayload(); got != 64<<10 {
+		t.Fatalf("max payload %d", got)
+	}
+	const n = 2000
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%06d", i) + strings.Repeat(`"`, presence.MaxUserIDLen-6)
+	}
+	e.heartbeat(ids...)
+	seen, pages := e.listAll(10_000)
+	if len(seen) != n {
+		t.Fatalf("saw %d distinct ids in %d pages, want %d", len(seen), pages, n)
+	}
+	// About 129 such ids fit 64 KiB; pages are sized to fill two thirds.
+	if pages < n/129 {
+		t.Fatalf("%d pages of 2000 ids of 500 bytes each under 64 KiB", pages)
+	}
+	retries := strings.Count(log.String(), "retrying smaller")
+	if retries == 0 || retries > 3 {
+		t.Fatalf("%d scan steps retried smaller in %d pages; want the first page's (1 to 3):\n%s", retries, pages, log.String())
+	}
+	t.Logf("%d ids of about 500 JSON bytes in %d pages, %d retried steps", n, pages, retries)
+}
+
+// TestQueryListFullPages: ten-byte ids come in pages of the limit asked for,
+// up to MaxList.
+func TestQueryListFullPages(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{MaxList: 8000})
+	const n = 25_000
+	e.populate("us%08d", n)
+	for _, tt := range []struct{ limit, maxPages int }{
+		{10_000, 4}, // capped at MaxList 8000: 25000 in 4 pages
+		{5_000, 5},
+		{0, 26}, // the default 1000
+	} {
+		seen, pages := e.listAll(tt.limit)
+		if len(seen) != n || pages > tt.maxPages {
+			t.Fatalf("limit %d: %d distinct ids in %d pages, want %d in at most %d", tt.limit, len(seen), pages, n, tt.maxPages)
+		}
+	}
 }

@@ -251,10 +251,11 @@ func shown(id string, r json.RawMessage) string {
 // fields, unusual layout, any error) returns ok=false and is decoded by
 // decodeSlow, so both give the same result wherever the fast path answers.
 func decodeFast(data []byte, max int) (req Request, ok bool) {
-	_, ids, ok := parseFast(data, max)
+	f, ok := parseFast(data, max, false)
 	if !ok {
 		return req, false
 	}
+	ids := f.ids
 	req.IDs = ids[:0]
 	var seen map[string]struct{}
 	if len(ids) > 16 {
@@ -278,69 +279,96 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 	return req, true
 }
 
-// parseFast parses the fast shapes only; key is "userId" or "userIds".
-func parseFast(data []byte, max int) (key string, ids []string, ok bool) {
+// fastIDs is what parseFast found.
+type fastIDs struct {
+	key string // "userId" or "userIds"
+	ids []string
+	// valid: every id is printable ASCII of at most presence.MaxUserIDLen
+	// bytes with no space and no glob character, so presence.ValidateUserID
+	// accepts each one (the parser itself refuses empty strings, escapes,
+	// control characters and anything beyond ASCII).
+	valid bool
+}
+
+// parseFast parses the fast shapes only. With shared, the ids are
+// substrings of one copy of data (one allocation in all, but each id keeps
+// the whole body alive: for ids that do not outlive the request); without,
+// each id is a string of its own.
+func parseFast(data []byte, max int, shared bool) (f fastIDs, ok bool) {
 	p := fastParser{b: data}
 	p.space()
 	if !p.lit('{') {
-		return "", nil, false
+		return f, false
 	}
 	p.space()
-	k, ok := p.str()
+	k0, k1, _, ok := p.str()
 	if !ok {
-		return "", nil, false
+		return f, false
 	}
 	p.space()
 	if !p.lit(':') {
-		return "", nil, false
+		return f, false
 	}
 	p.space()
-	key = string(k)
-	switch key {
-	case "userId":
-		v, ok := p.str()
-		if !ok || len(v) == 0 {
-			return "", nil, false
+	var body string
+	if shared {
+		body = string(data)
+	}
+	id := func(i, j int) string {
+		if shared {
+			return body[i:j]
 		}
-		ids = []string{string(v)}
+		return string(data[i:j])
+	}
+	f.valid = true
+	switch string(data[k0:k1]) {
+	case "userId":
+		i, j, valid, ok := p.str()
+		if !ok || i == j {
+			return f, false
+		}
+		f.key, f.ids, f.valid = "userId", []string{id(i, j)}, valid
 	case "userIds":
 		if !p.lit('[') {
-			return "", nil, false
+			return f, false
 		}
 		p.space()
 		if p.lit(']') {
-			return "", nil, false // empty batch: let the slow path word the error
+			return f, false // empty batch: let the slow path word the error
 		}
+		// Every id but the last is followed by a comma.
+		f.key, f.ids = "userIds", make([]string, 0, min(max, 1+bytes.Count(data[p.i:], []byte{','})))
 		for {
-			v, ok := p.str()
-			if !ok || len(v) == 0 {
-				return "", nil, false
+			i, j, valid, ok := p.str()
+			if !ok || i == j {
+				return fastIDs{}, false
 			}
-			if len(ids) == max {
-				return "", nil, false // over the maximum: the slow path counts and words it
+			if len(f.ids) == max {
+				return fastIDs{}, false // over the maximum: the slow path counts and words it
 			}
-			ids = append(ids, string(v))
+			f.ids = append(f.ids, id(i, j))
+			f.valid = f.valid && valid
 			p.space()
 			if p.lit(']') {
 				break
 			}
 			if !p.lit(',') {
-				return "", nil, false
+				return fastIDs{}, false
 			}
 			p.space()
 		}
 	default:
-		return "", nil, false
+		return f, false
 	}
 	p.space()
 	if !p.lit('}') {
-		return "", nil, false
+		return fastIDs{}, false
 	}
 	p.space()
 	if p.i != len(p.b) {
-		return "", nil, false
+		return fastIDs{}, false
 	}
-	return key, ids, true
+	return f, true
 }
 
 type fastParser struct {
@@ -362,24 +390,49 @@ func (p *fastParser) lit(c byte) bool {
 	return false
 }
 
-// str reads a string of printable ASCII without escapes; it returns the
-// bytes between the quotes.
-func (p *fastParser) str() ([]byte, bool) {
-	if !p.lit('"') {
-		return nil, false
-	}
-	start := p.i
-	for p.i < len(p.b) {
-		c := p.b[p.i]
+// Classes of bytes in a fast string (fastClass).
+const (
+	fastPlain   = iota // printable ASCII a user id may hold
+	fastInvalid        // printable ASCII ValidateUserID refuses: space, * ? [ ]
+	fastQuote          // the closing quote
+	fastBail           // an escape, a control character, beyond ASCII
+)
+
+var fastClass = func() (t [256]uint8) {
+	for c := range t {
 		switch {
 		case c == '"':
-			v := p.b[start:p.i]
-			p.i++
-			return v, true
+			t[c] = fastQuote
 		case c == '\\' || c < 0x20 || c > 0x7e:
-			return nil, false
+			t[c] = fastBail
+		case c == ' ' || c == '*' || c == '?' || c == '[' || c == ']':
+			t[c] = fastInvalid
+		}
+	}
+	return t
+}()
+
+// str reads a string of printable ASCII without escapes; it returns where
+// the bytes between the quotes start and end, and whether they make a valid
+// user id if not empty (see fastIDs.valid).
+func (p *fastParser) str() (start, end int, valid, ok bool) {
+	if !p.lit('"') {
+		return 0, 0, false, false
+	}
+	start = p.i
+	valid = true
+	for p.i < len(p.b) {
+		switch fastClass[p.b[p.i]] {
+		case fastQuote:
+			end = p.i
+			p.i++
+			return start, end, valid && end-start <= presence.MaxUserIDLen, true
+		case fastInvalid:
+			valid = false
+		case fastBail:
+			return 0, 0, false, false
 		}
 		p.i++
 	}
-	return nil, false
+	return 0, 0, false, false
 }
