@@ -94,10 +94,12 @@ Usage:
   presence-bench [flags]
 
 Scenarios (--scenarios, comma-separated; default all):
-  ceiling     redis-benchmark -P 32 SET key:__rand_int__ 1 EX 60 GET (and plain SET) on the same redis-server
+  ceiling     redis-benchmark -P 32 SET key:__rand_int__ 1 EX 60 GET (and plain SET) on the same redis-server,
+              repeated longer until Redis is saturated (>= 95% of a core), at most 4 runs
   throughput  heartbeats end to end: single-id and 100-id messages, new users and refreshes
   offline     offline latency (event minus deadline) with users leaving at --leave-per-min, at each --users
   idle        CPU of idle replicas with the largest --users online (long TTL), Redis memory per user
+              (the memory target is judged only from this scenario)
   query       one id, --query-ids ids, full paged listing (with the idle scenario's users online)
 
 Flags:
@@ -134,7 +136,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.offTTL, "ttl", 0, "offline: presence TTL (default: small 5s, full 60s)")
 	fs.DurationVar(&c.hbInterval, "hb-interval", 0, "offline: heartbeat period of a connected user (default ttl/2)")
 	fs.DurationVar(&c.offDuration, "offline-duration", 0, "offline: how long users keep leaving (default: small 15s, full 2m)")
-	fs.DurationVar(&c.offGrace, "offline-grace", 0, "offline: an offline event later than this after the deadline counts as missing (default: small 10s, full 60s)")
+	fs.DurationVar(&c.offGrace, "offline-grace", 0, "offline: an offline event later than this after the deadline is late (in the percentiles, and a failure of none-missing); the scenario waits this long after the last deadline, and a leaver with no event by then is missing (default: small 10s, full 60s)")
 	fs.Float64Var(&c.leavePct, "leave-per-min", 2, "offline: % of the online users who stop heartbeating per minute")
 	fs.IntVar(&c.bgKeys, "background-keys", 0, "extra volatile keys in Redis (SET bg:<i> x EX 3600) for offline, idle and query")
 	fs.DurationVar(&c.idleTTL, "idle-ttl", time.Hour, "idle/query: presence TTL (long: no expiry during the measurement)")

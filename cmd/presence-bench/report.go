@@ -87,6 +87,15 @@ func (c *Ceiling) summarize() {
 	}
 }
 
+// maxMachineIdle is the highest machine idle % of the attempts.
+func (c *Ceiling) maxMachineIdle() float64 {
+	m := 0.0
+	for _, a := range c.Attempts {
+		m = max(m, a.MachineIdle)
+	}
+	return m
+}
+
 // maxRedisCPU is the highest Redis CPU of the attempts.
 func (c *Ceiling) maxRedisCPU() float64 {
 	m := 0.0

@@ -182,7 +182,7 @@ func (b *bench) ceiling(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ce.Command = line
+		ce.Command = strings.Replace(line, "-n "+strconv.Itoa(n), "-n N", 1) // N: each attempt's
 		ce.Attempts = append(ce.Attempts, at)
 		if at.RedisCPU >= saturatedCPU {
 			break
@@ -196,7 +196,11 @@ func (b *bench) ceiling(ctx context.Context) error {
 	}
 	ce.summarize()
 	if !ce.Saturated {
-		b.note("the Redis ceiling never saturated Redis (at most %.0f%% of a core in %d runs, want >= %d%%): it understates what Redis can do, so a share of it overstates presenced", ce.maxRedisCPU(), len(ce.Attempts), saturatedCPU)
+		why := ""
+		if ce.maxMachineIdle() < 5 {
+			why = "; the machine had no idle CPU during the runs (other load), so Redis could not get a whole core: rerun on a quiet machine"
+		}
+		b.note("the Redis ceiling never saturated Redis (at most %.0f%% of a core in %d runs, want >= %d%%): it understates what Redis can do, so a share of it overstates presenced%s", ce.maxRedisCPU(), len(ce.Attempts), saturatedCPU, why)
 	}
 	set, _, err := runOne(b.cfg.ceilingN, "-t", "set")
 	if err != nil {
