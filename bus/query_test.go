@@ -494,42 +494,48 @@ func BenchmarkQueryOnline10k(b *testing.B) {
 }
 
 // BenchmarkQueryList100k pages through 100k online users (ids of ten bytes)
-// with limit 10000, as presence-bench lists 1M: one op is the whole listing.
+// as presence-bench lists 1M: one op is the whole listing, decoded with
+// encoding/json. The limits are the old worst-case cap (2035 ids for 1 MiB),
+// the default MaxList and a larger one.
 func BenchmarkQueryList100k(b *testing.B) {
-	e := newQueryEnv(b, bus.QueryOptions{})
+	e := newQueryEnv(b, bus.QueryOptions{MaxList: 50_000})
 	const n = 100_000
 	e.populate("us%08d", n)
-	b.ReportAllocs()
-	pages := 0
-	usec := e.redisUsec("zscan")
-	for b.Loop() {
-		seen := make(map[string]struct{}, n)
-		cursor := ""
-		for {
-			data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: 10_000})
-			msg := request(b, e.nc, e.subjects.Query(bus.QueryList), data)
-			if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-				b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
+	for _, limit := range []int{2035, 10_000, 50_000} {
+		b.Run(fmt.Sprintf("limit=%d", limit), func(b *testing.B) {
+			b.ReportAllocs()
+			pages, maxBytes := 0, 0
+			usec := e.redisUsec("zscan")
+			for b.Loop() {
+				distinct := 0
+				cursor := ""
+				for {
+					data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: limit})
+					msg := request(b, e.nc, e.subjects.Query(bus.QueryList), data)
+					if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+						b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
+					}
+					var page bus.ListReply
+					if err := json.Unmarshal(msg.Data, &page); err != nil {
+						b.Fatal(err)
+					}
+					pages++
+					maxBytes = max(maxBytes, len(msg.Data))
+					distinct += len(page.UserIDs) // no user comes or goes here
+					if page.Cursor == "" {
+						break
+					}
+					cursor = page.Cursor
+				}
+				if distinct != n {
+					b.Fatalf("listed %d, want %d", distinct, n)
+				}
 			}
-			var page bus.ListReply
-			if err := json.Unmarshal(msg.Data, &page); err != nil {
-				b.Fatal(err)
-			}
-			pages++
-			for _, id := range page.UserIDs {
-				seen[id] = struct{}{}
-			}
-			if page.Cursor == "" {
-				break
-			}
-			cursor = page.Cursor
-		}
-		if len(seen) != n {
-			b.Fatalf("listed %d distinct, want %d", len(seen), n)
-		}
+			b.ReportMetric(float64(pages)/float64(b.N), "pages/op")
+			b.ReportMetric(float64(maxBytes), "max-reply-bytes")
+			b.ReportMetric(float64(e.redisUsec("zscan")-usec)/float64(b.N), "redis-µs/op")
+		})
 	}
-	b.ReportMetric(float64(pages)/float64(b.N), "pages/op")
-	b.ReportMetric(float64(e.redisUsec("zscan")-usec)/float64(b.N), "redis-µs/op")
 }
 
 // TestQueryListLongIDs lists valid ids of the maximum length, each escaping

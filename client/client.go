@@ -239,9 +239,14 @@ func (c *Client) query(ctx context.Context, endpoint string, req, out any) error
 // call sends req to subject, waits at most the timeout for the reply and
 // decodes it into out; micro error headers become a *ServiceError.
 func (c *Client) call(ctx context.Context, subject string, req, out any) error {
-	data, err := encode(req)
-	if err != nil {
-		return fmt.Errorf("encode request: %w", err)
+	var data []byte
+	if r, ok := req.(interface{ appendJSON([]byte) []byte }); ok {
+		data = r.appendJSON(nil)
+	} else {
+		var err error
+		if data, err = encode(req); err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -251,6 +256,9 @@ func (c *Client) call(ctx context.Context, subject string, req, out any) error {
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return &ServiceError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if r, ok := out.(interface{ decodeFast([]byte) bool }); ok && r.decodeFast(msg.Data) {
+		return nil
 	}
 	if err := json.Unmarshal(msg.Data, out); err != nil {
 		return fmt.Errorf("decode reply from %s: %w", subject, err)
@@ -299,8 +307,9 @@ func (c *Client) chunks(ids []string) [][]string {
 	return out
 }
 
-// encodedLen is the length of id as a JSON string written by encode, or a
-// little more for control characters (some take 2 bytes, not 6).
+// encodedLen is the length of id as a JSON string written by appendString
+// (and by encode, but for control characters, some of which encode writes
+// in 2 bytes, not 6).
 func encodedLen(id string) int {
 	n := 2
 	for i := 0; i < len(id); {

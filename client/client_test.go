@@ -449,3 +449,37 @@ func TestErrors(t *testing.T) {
 		t.Fatalf("count with redis down: %v", err)
 	}
 }
+
+// BenchmarkClientOnline10k is Client.Online with 10000 ids of ten bytes,
+// every other one online, against a real presenced (query service, embedded
+// NATS, redis-server): the client's encoding and decoding around the round
+// trip that bus.BenchmarkQueryOnline10k measures.
+func BenchmarkClientOnline10k(b *testing.B) {
+	p := startPresenced(b, testenv.Prefix(b), time.Hour)
+	c := client.New(p.nats.Conn(b), client.WithPrefix(p.prefix))
+	ctx := context.Background()
+	online := make([]string, 20_000)
+	for i := range online {
+		online[i] = fmt.Sprintf("us%08d", i)
+	}
+	if _, err := c.Heartbeat(ctx, online...); err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]string, 10_000)
+	for j := range ids {
+		ids[j] = fmt.Sprintf("zz-%07d", j)
+		if j%2 == 0 {
+			ids[j] = online[j]
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		got, err := c.Online(ctx, ids)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(got) != 5_000 {
+			b.Fatalf("%d online, want 5000", len(got))
+		}
+	}
+}

@@ -1,9 +1,13 @@
 package client
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The wire types, with the same JSON as presenced's bus package. They are
@@ -109,8 +113,69 @@ type idsRequest struct {
 	UserIDs []string `json:"userIds"`
 }
 
+// appendJSON appends the request as encode writes it, but without
+// reflection and with every control character as \u00XX: the body is
+// {"userIds":[]} plus encodedLen(id) per id and the commas between them.
+func (r idsRequest) appendJSON(dst []byte) []byte {
+	n := len(`{"userIds":[]}`)
+	for _, id := range r.UserIDs {
+		n += len(id) + 3 // escapes aside
+	}
+	dst = slices.Grow(dst, n)
+	dst = append(dst, `{"userIds":[`...)
+	for i, id := range r.UserIDs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, id)
+	}
+	return append(dst, ']', '}')
+}
+
+// appendString appends s as a JSON string of exactly encodedLen(s) bytes:
+// '"' and '\\' escaped, control characters, U+2028 and U+2029 as \uXXXX,
+// invalid UTF-8 as \ufffd (which encoding/json would decode it to), the
+// rest as is.
+func appendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
 type onlineReply struct {
 	Online []string `json:"online"`
+}
+
+// decodeFast decodes the reply as presenced writes it (see fastIDs).
+func (r *onlineReply) decodeFast(data []byte) bool {
+	ids, rest, ok := fastIDs(data, `{"online":`)
+	if !ok || rest != "}" {
+		return false
+	}
+	r.Online = ids
+	return true
 }
 
 type listRequest struct {
@@ -121,6 +186,69 @@ type listRequest struct {
 type listReply struct {
 	UserIDs []string `json:"userIds"`
 	Cursor  string   `json:"cursor"`
+}
+
+// decodeFast decodes the page as presenced writes it (see fastIDs), with a
+// numeric cursor.
+func (r *listReply) decodeFast(data []byte) bool {
+	ids, rest, ok := fastIDs(data, `{"userIds":`)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, `,"cursor":"`)
+	if !ok {
+		return false
+	}
+	cursor, ok := strings.CutSuffix(rest, `"}`)
+	if !ok || strings.Trim(cursor, "0123456789") != "" {
+		return false
+	}
+	r.UserIDs, r.Cursor = ids, cursor
+	return true
+}
+
+// fastIDs decodes the array of strings that follows prefix at the start of
+// data, written as presenced writes it: no white space, no escapes, valid
+// UTF-8. The ids are substrings of one copy of data; rest is what follows
+// the array. Anything else is not ok, and encoding/json decodes it.
+func fastIDs(data []byte, prefix string) (ids []string, rest string, ok bool) {
+	if !bytes.HasPrefix(data, []byte(prefix)) || !utf8.Valid(data) {
+		return nil, "", false
+	}
+	s := string(data[len(prefix):])
+	if !strings.HasPrefix(s, "[") {
+		return nil, "", false
+	}
+	ids = make([]string, 0, strings.Count(s, `","`)+1)
+	i := 1
+	if strings.HasPrefix(s[i:], "]") {
+		return ids, s[i+1:], true
+	}
+	for {
+		if !strings.HasPrefix(s[i:], `"`) {
+			return nil, "", false
+		}
+		n := strings.IndexByte(s[i+1:], '"')
+		if n < 0 {
+			return nil, "", false
+		}
+		id := s[i+1 : i+1+n]
+		for j := 0; j < len(id); j++ {
+			if id[j] < 0x20 || id[j] == '\\' {
+				return nil, "", false
+			}
+		}
+		ids = append(ids, id)
+		i += n + 2
+		switch {
+		case strings.HasPrefix(s[i:], "]"):
+			return ids, s[i+1:], true
+		case strings.HasPrefix(s[i:], ","):
+			i++
+		default:
+			return nil, "", false
+		}
+	}
 }
 
 type countReply struct {

@@ -1,0 +1,103 @@
+package client
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/presenced/presenced/bus"
+)
+
+var seedIDs = []string{"u-1", `a"b`, `a\b`, "a\x00b", "a\nb", "a<b&c>", "пользователь", "\xff", "\u2028", "\ufffd", ""}
+
+// FuzzIDsRequestAppendJSON: the hand-written request decodes as encode's
+// does, is encode's bytes but for control characters, and takes exactly the
+// bytes chunks budgets with encodedLen.
+func FuzzIDsRequestAppendJSON(f *testing.F) {
+	for _, s := range seedIDs {
+		f.Add(s, "u-2")
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		req := idsRequest{UserIDs: []string{a, b}}
+		got := req.appendJSON([]byte("x"))[1:]
+		want, err := encode(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back, std idsRequest
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Fatalf("%q: %v", got, err)
+		}
+		if err := json.Unmarshal(want, &std); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, std) {
+			t.Fatalf("%q decodes to %q, encoding/json's %q to %q", got, back.UserIDs, want, std.UserIDs)
+		}
+		if n := len(`{"userIds":[,]}`) + encodedLen(a) + encodedLen(b); len(got) != n {
+			t.Fatalf("%q is %d bytes, encodedLen says %d", got, len(got), n)
+		}
+		if !strings.ContainsFunc(a+b, func(r rune) bool { return r < 0x20 }) && string(got) != string(want) {
+			t.Fatalf("%q, encoding/json writes %q", got, want)
+		}
+	})
+}
+
+// FuzzReplyDecodeFast: wherever the fast decoder answers, it answers as
+// encoding/json, for replies as presenced writes them and as encoding/json
+// writes them.
+func FuzzReplyDecodeFast(f *testing.F) {
+	for _, s := range seedIDs {
+		f.Add(s, "u-2", "123")
+	}
+	f.Fuzz(func(t *testing.T, a, b, cursor string) {
+		ids := []string{a, b}
+		online, _ := json.Marshal(bus.OnlineReply{Online: ids})
+		list, _ := json.Marshal(bus.ListReply{UserIDs: ids, Cursor: cursor})
+		for _, data := range [][]byte{bus.OnlineReply{Online: ids}.AppendJSON(nil), online} {
+			var fast, std onlineReply
+			if fast.decodeFast(data) {
+				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {
+					t.Fatalf("%q: fast %q, encoding/json %q (%v)", data, fast.Online, std.Online, err)
+				}
+			}
+		}
+		for _, data := range [][]byte{bus.ListReply{UserIDs: ids, Cursor: cursor}.AppendJSON(nil), list} {
+			var fast, std listReply
+			if fast.decodeFast(data) {
+				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {
+					t.Fatalf("%q: fast %+v, encoding/json %+v (%v)", data, fast, std, err)
+				}
+			}
+		}
+	})
+}
+
+func TestReplyDecodeFast(t *testing.T) {
+	for _, tt := range []struct {
+		data string
+		ok   bool
+		want onlineReply
+	}{
+		{`{"online":[]}`, true, onlineReply{Online: []string{}}},
+		{`{"online":["a","b<&>","пользователь"]}`, true, onlineReply{Online: []string{"a", "b<&>", "пользователь"}}},
+		{`{"online":["a\"b"]}`, false, onlineReply{}},     // an escape: encoding/json
+		{`{"online": ["a"]}`, false, onlineReply{}},       // white space
+		{`{"online":["a"],"x":1}`, false, onlineReply{}},  // another field
+		{"{\"online\":[\"\xff\"]}", false, onlineReply{}}, // invalid UTF-8
+		{`{"online":["a"`, false, onlineReply{}},
+	} {
+		var r onlineReply
+		if ok := r.decodeFast([]byte(tt.data)); ok != tt.ok || !reflect.DeepEqual(r, tt.want) {
+			t.Errorf("%s: %v %+v, want %v %+v", tt.data, ok, r, tt.ok, tt.want)
+		}
+	}
+	var page listReply
+	if !page.decodeFast([]byte(`{"userIds":["a","b"],"cursor":"1234"}`)) || !reflect.DeepEqual(page, listReply{UserIDs: []string{"a", "b"}, Cursor: "1234"}) {
+		t.Errorf("page: %+v", page)
+	}
+	if page.decodeFast([]byte(`{"userIds":["a","b"],"cursor":"x\"y"}`)) {
+		t.Error("a cursor with an escape decoded fast")
+	}
+}
