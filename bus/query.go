@@ -74,8 +74,13 @@ type QueryOptions struct {
 	// MaxIDs is the most ids one online query may carry; zero means 10000.
 	MaxIDs int
 	// MaxList is the largest page a list request may ask for; zero means
-	// 10000. Pages are further capped to fit the connection's max payload
-	// (see ListRequest).
+	// 10000 (1M users in 100 pages; ten-byte ids make a page of about
+	// 130 KB). Pages are further capped to fit the connection's max payload
+	// (see ListRequest). A larger page saves little: the time goes to
+	// Redis, per id (ZSCAN formats every member's score, about 2-3 µs an id
+	// on a 2-core machine), not per page; and each page is one Redis
+	// command that blocks every other client of that Redis while it runs
+	// (15-25 ms for 10000 ids there).
 	MaxList int
 	// Version is the service version shown by $SRV.INFO; it must be SemVer.
 	// Zero means "0.0.0".
