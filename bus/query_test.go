@@ -377,18 +377,25 @@ func TestQueryListOversizedIDs(t *testing.T) {
 	}
 	ctx := context.Background()
 	const n = 2000
-	members := make([]redis.Z, n)
-	for i := range members {
-		// 250 control bytes: 1500 bytes each in JSON, so a page of the
-		// payload cap's ~127 ids is about 190 KB.
-		members[i] = redis.Z{Score: float64(time.Now().Add(time.Hour).UnixMilli()), Member: fmt.Sprintf("%06d", i) + strings.Repeat("\x01", 250)}
-	}
-	if err := e.rdb.ZAdd(ctx, e.store.Keys().Deadlines(), members...).Err(); err != nil {
+	// The first write creates the data set; the ids then go straight into
+	// one sessions shard, which Redis keeps as a hash table (values over 64
+	// bytes), so the service must split it across pages.
+	if _, err := e.store.Heartbeat(ctx, []string{"first"}); err != nil {
 		t.Fatal(err)
 	}
+	fields := make([]any, 0, 2*n)
+	for i := 0; i < n; i++ {
+		// 250 control bytes: 1500 bytes each in JSON, so a page of the
+		// payload cap's ~127 ids is about 190 KB.
+		fields = append(fields, fmt.Sprintf("%06d", i)+strings.Repeat("\x01", 250), "1")
+	}
+	if err := e.rdb.HSet(ctx, e.store.Keys().Sessions(0), fields...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := n + 1
 	seen, pages := e.listAll(0)
-	if len(seen) != n {
-		t.Fatalf("saw %d distinct ids in %d pages, want %d", len(seen), pages, n)
+	if len(seen) != want {
+		t.Fatalf("saw %d distinct ids in %d pages, want %d", len(seen), pages, want)
 	}
 	t.Logf("%d ids of 1500 JSON bytes in %d pages", n, pages)
 }

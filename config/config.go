@@ -34,6 +34,8 @@ const (
 	MaxMaxBatch = 1_000_000
 	// MaxInFlight is the largest PRESENCE_INFLIGHT accepted.
 	MaxInFlight = 64
+	// MaxShards is the largest PRESENCE_SHARDS accepted.
+	MaxShards = 1 << 22
 )
 
 // Config is the effective configuration of one presenced process. The zero
@@ -134,6 +136,12 @@ type Config struct {
 	// InFlight is the number of Redis batches in flight per replica
 	// (PRESENCE_INFLIGHT, --inflight). Default 4; 1 to 64.
 	InFlight int
+	// Shards is the number of sessions shards in Redis, fixed when the data
+	// set is created (the first write to an empty Redis; later the value
+	// recorded in Redis wins) (PRESENCE_SHARDS, --shards). About the peak
+	// of users online divided by 64 keeps memory per user lowest. Default
+	// 16384 (up to about 1M online); 1 to 4194304.
+	Shards int
 	// LogLevel is debug, info, warn or error (LOG_LEVEL, --log-level).
 	// Default "info".
 	LogLevel string
@@ -433,6 +441,14 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "shards", Env: "PRESENCE_SHARDS", Default: "16384",
+		Usage: "sessions shards in Redis when creating the data set: about peak users online / 64 (1 to 4194304)",
+		set:   intSetter(func(c *Config) *int { return &c.Shards }),
+		check: func(c Config, name func(string) string) error {
+			return checkIntRange(name("PRESENCE_SHARDS"), c.Shards, 1, MaxShards)
+		},
+	},
+	{
 		Flag: "log-level", Env: "LOG_LEVEL", Default: "info",
 		Usage: "debug, info, warn or error",
 		set:   func(c *Config, v string) error { c.LogLevel = v; return nil },
@@ -683,6 +699,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("outage-threshold", c.OutageThreshold),
 		slog.Duration("outbox-claim-after", c.OutboxClaimAfter),
 		slog.Int("inflight", c.InFlight),
+		slog.Int("shards", c.Shards),
 		slog.String("log-level", c.LogLevel),
 		slog.String("log-format", c.LogFormat),
 		slog.String("http-addr", c.HTTPAddr),

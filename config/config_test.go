@@ -36,6 +36,7 @@ func TestDefault(t *testing.T) {
 		OutageThreshold:   5 * time.Second,
 		OutboxClaimAfter:  15 * time.Second,
 		InFlight:          4,
+		Shards:            16384,
 		LogLevel:          "info",
 		LogFormat:         "json",
 		HTTPAddr:          ":8080",
@@ -175,6 +176,10 @@ func TestLoad(t *testing.T) {
 		{name: "inflight env", env: env("PRESENCE_INFLIGHT", "64"), want: func(c *Config) { c.InFlight = 64 }},
 		{name: "inflight flag beats env", args: []string{"--inflight=1"}, env: env("PRESENCE_INFLIGHT", "64"), want: func(c *Config) { c.InFlight = 1 }},
 		{name: "inflight too many", env: env("PRESENCE_INFLIGHT", "65"), wantErr: `PRESENCE_INFLIGHT must be between 1 and 64, got 65`},
+		// PRESENCE_SHARDS
+		{name: "shards env", env: env("PRESENCE_SHARDS", "256"), want: func(c *Config) { c.Shards = 256 }},
+		{name: "shards flag beats env", args: []string{"--shards=1"}, env: env("PRESENCE_SHARDS", "256"), want: func(c *Config) { c.Shards = 1 }},
+		{name: "shards zero", env: env("PRESENCE_SHARDS", "0"), wantErr: `PRESENCE_SHARDS must be between 1 and 4194304, got 0`},
 		{name: "inflight flag not a number", args: []string{"--inflight=x"}, wantErr: `invalid --inflight (PRESENCE_INFLIGHT) "x": invalid syntax`},
 
 		// LOG_LEVEL

@@ -1,5 +1,7 @@
 package presence
 
+import "strconv"
+
 // Keys names every Redis key presenced uses under one prefix. The presence
 // keys themselves are the seed's format, Prefix+"user:"+userId; the rest are
 // a few shared structures, so Redis memory grows with the users online, not
@@ -20,12 +22,20 @@ func (k Keys) UserPrefix() string { return k.prefix + "user:" }
 // User is the presence key of one user: "presence:user:{userId}" = "1".
 func (k Keys) User(id string) string { return k.prefix + "user:" + id }
 
-// Deadlines is the deadline index: a sorted set userId -> deadline in ms
-// since the epoch on the Redis server's clock.
-func (k Keys) Deadlines() string { return k.prefix + "deadlines" }
+// Sessions is the key of sessions shard n: a HASH userId -> the version of
+// the open session's online event (see lua/lib.lua for the layout).
+func (k Keys) Sessions(n int) string { return k.prefix + "s:" + strconv.Itoa(n) }
 
-// Sessions maps userId -> the version of the current session's online event.
-func (k Keys) Sessions() string { return k.prefix + "sessions" }
+// IndexPrefix is the prefix of the deadline index buckets,
+// "<prefix>d:<slot>:<bucket>" (HASHes userId -> ms into the slot).
+func (k Keys) IndexPrefix() string { return k.prefix + "d:" }
+
+// Dir is the index directory: a ZSET of bucket keys scored by the end of
+// their slot (ms since the epoch, Redis clock).
+func (k Keys) Dir() string { return k.prefix + "dir" }
+
+// Count holds the number of open sessions.
+func (k Keys) Count() string { return k.prefix + "count" }
 
 // Clock holds the last event version handed out.
 func (k Keys) Clock() string { return k.prefix + "clock" }
@@ -39,5 +49,6 @@ func (k Keys) SweepMarker() string { return k.prefix + "sweep" }
 // GraceCutoff exists while a post-outage grace pass is running.
 func (k Keys) GraceCutoff() string { return k.prefix + "grace" }
 
-// Epoch marks the presence data set; its disappearance means Redis lost data.
+// Epoch marks the presence data set ("<µs>:<shards>"); its disappearance
+// means Redis lost data.
 func (k Keys) Epoch() string { return k.prefix + "epoch" }

@@ -46,7 +46,7 @@ func NewClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog
 
 // NewStoreFromConfig returns the Store on rdb with cfg's settings.
 func NewStoreFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *Store {
-	s := NewStore(rdb, Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold})
+	s := NewStore(rdb, Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards})
 	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()

@@ -16,7 +16,9 @@ const OutboxGroup = "presenced"
 
 // Event is one presence transition taken from the outbox.
 type Event struct {
-	ID      string // outbox entry id; Ack takes it
+	// ID is the outbox entry id; Ack takes it. The events of one script
+	// call share one entry, so consecutive events may carry the same ID.
+	ID      string
 	UserID  string
 	Status  string // "online", "offline", or "reset" (UserID empty)
 	Reason  string // "heartbeat", "expired", "disconnect"; "data_loss" for reset
@@ -160,25 +162,52 @@ func (o *Outbox) Leave(ctx context.Context) error {
 // be decoded; such entries are acknowledged and dropped.
 var ErrBadEntry = errors.New("malformed outbox entry")
 
+// appendEvents decodes each entry into its events. An entry holds the events
+// of one script call, one per line: "<status> <userId> <version> <reason>
+// <deadline ms or empty>" (user ids never contain spaces or newlines; see
+// ValidateUserID). Decoding never fails: a malformed line or entry becomes an
+// Event with an empty Status, which the relay acknowledges and reports (see
+// Event.Valid).
 func appendEvents(out []Event, msgs []redis.XMessage) []Event {
 	for _, m := range msgs {
-		out = append(out, decodeEntry(m))
+		body, ok := m.Values["e"].(string)
+		if !ok || body == "" {
+			out = append(out, Event{ID: m.ID})
+			continue
+		}
+		for len(body) > 0 {
+			line := body
+			if i := strings.IndexByte(body, '\n'); i >= 0 {
+				line, body = body[:i], body[i+1:]
+			} else {
+				body = ""
+			}
+			out = append(out, decodeLine(m.ID, line))
+		}
 	}
 	return out
 }
 
-// decodeEntry never fails: a malformed entry becomes an Event with an empty
-// Status, which the relay acknowledges and reports (see Event.Valid).
-func decodeEntry(m redis.XMessage) Event {
-	e := Event{ID: m.ID}
-	e.Status, _ = m.Values["s"].(string)
-	e.UserID, _ = m.Values["u"].(string)
-	e.Reason, _ = m.Values["r"].(string)
-	if v, ok := m.Values["v"].(string); ok {
-		e.Version, _ = strconv.ParseInt(v, 10, 64)
+func decodeLine(id, line string) Event {
+	e := Event{ID: id}
+	var f [5]string
+	n := 0
+	for n < 4 {
+		i := strings.IndexByte(line, ' ')
+		if i < 0 {
+			break
+		}
+		f[n], line = line[:i], line[i+1:]
+		n++
 	}
-	if d, ok := m.Values["d"].(string); ok {
-		if ms, err := strconv.ParseInt(d, 10, 64); err == nil {
+	if n != 4 {
+		return Event{ID: id}
+	}
+	f[4] = line
+	e.Status, e.UserID, e.Reason = f[0], f[1], f[3]
+	e.Version, _ = strconv.ParseInt(f[2], 10, 64)
+	if f[4] != "" {
+		if ms, err := strconv.ParseInt(f[4], 10, 64); err == nil {
 			e.Deadline = time.UnixMilli(ms).UTC()
 		}
 	}

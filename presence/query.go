@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -80,33 +81,55 @@ type Page struct {
 	Cursor string
 }
 
-// List returns one page of the users in the deadline index, using ZSCAN:
-// a user online for the whole listing is returned at least once; a user who
-// comes or goes during it may or may not appear, and a user may appear
-// twice if the index is resized meanwhile. limit is a hint (ZSCAN COUNT);
-// a page may hold somewhat more or fewer ids.
+// List returns one page of the users with an open session, walking the
+// sessions shards in order (one script call): a user online for the whole
+// listing is returned at least once (exactly once unless a shard holding
+// far more users than Redis keeps compact is resized meanwhile); a user who
+// comes or goes during it may or may not appear. limit is a hint: a page
+// may exceed it by one shard (about 64 ids when the shard count matches the
+// load), and a smaller limit makes a smaller page from the same cursor.
+// Cursors are "<shard>-<HSCAN cursor>".
 func (s *Store) List(ctx context.Context, cursor string, limit int) (Page, error) {
-	var cur uint64
+	shard, inner := "0", "0"
 	if cursor != "" {
-		c, err := strconv.ParseUint(cursor, 10, 64)
-		if err != nil {
+		a, b, ok := strings.Cut(cursor, "-")
+		if !ok || !isDigits(a) || !isDigits(b) || len(a) > 9 || len(b) > 20 {
 			return Page{}, fmt.Errorf("%w: %q", ErrInvalidCursor, cursor)
 		}
-		cur = c
+		shard, inner = a, b
 	}
-	vals, next, err := s.rdb.ZScan(ctx, s.keys.Deadlines(), cur, "", int64(limit)).Result()
+	vals, err := scriptList.Run(ctx, s.rdb, []string{s.keys.Epoch()}, s.keys.Prefix(), shard, inner, max(1, limit)).Slice()
 	if err != nil {
 		return Page{}, fmt.Errorf("list online users: %w", err)
 	}
-	ids := make([]string, 0, len(vals)/2)
-	for i := 0; i < len(vals); i += 2 {
-		ids = append(ids, vals[i])
+	if len(vals) < 2 {
+		return Page{}, fmt.Errorf("list online users: short reply %v", vals)
+	}
+	next, _ := vals[0].(int64)
+	nextInner, _ := vals[1].(string)
+	ids := make([]string, 0, len(vals)-2)
+	for _, v := range vals[2:] {
+		if id, ok := v.(string); ok {
+			ids = append(ids, id)
+		}
 	}
 	p := Page{UserIDs: ids}
-	if next != 0 {
-		p.Cursor = strconv.FormatUint(next, 10)
+	if next >= 0 {
+		p.Cursor = strconv.FormatInt(next, 10) + "-" + nextInner
 	}
 	return p, nil
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // ErrInvalidCursor is returned by List for a cursor it did not produce.
@@ -130,9 +153,12 @@ func (s *Store) GetAllOnlineUsers(ctx context.Context) ([]string, error) {
 	}
 }
 
-// Count returns the number of users online (sessions in the deadline index).
+// Count returns the number of users with an open session.
 func (s *Store) Count(ctx context.Context) (int64, error) {
-	n, err := s.rdb.ZCard(ctx, s.keys.Deadlines()).Result()
+	n, err := s.rdb.Get(ctx, s.keys.Count()).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("count online users: %w", err)
 	}
@@ -151,28 +177,90 @@ type Status struct {
 // Status returns id's presence in one round trip. A user is online while
 // their presence key exists, as for the seed's EXISTS.
 func (s *Store) Status(ctx context.Context, id string) (Status, error) {
-	var exists *redis.IntCmd
-	var score *redis.FloatCmd
-	var version *redis.StringCmd
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		exists = p.Exists(ctx, s.keys.User(id))
-		score = p.ZScore(ctx, s.keys.Deadlines(), id)
-		version = p.HGet(ctx, s.keys.Sessions(), id)
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	vals, err := scriptStatus.Run(ctx, s.rdb, []string{s.keys.Epoch(), s.keys.User(id)}, s.keys.Prefix(), id).Slice()
+	if err != nil {
 		return Status{}, fmt.Errorf("status of %q: %w", id, err)
 	}
-	st := Status{UserID: id, Online: exists.Val() == 1}
+	if len(vals) != 2 {
+		return Status{}, fmt.Errorf("status of %q: unexpected reply %v", id, vals)
+	}
+	pttl, _ := vals[0].(int64)
+	st := Status{UserID: id, Online: pttl != -2}
 	if !st.Online {
 		return st, nil
 	}
-	if sc, err := score.Result(); err == nil {
-		st.ExpiresAt = time.UnixMilli(int64(sc)).UTC()
+	if pttl >= 0 {
+		// The deadline as Redis sees it, read on this host's clock: exact to
+		// the round trip.
+		st.ExpiresAt = time.Now().Add(time.Duration(pttl) * time.Millisecond).UTC().Truncate(time.Millisecond)
 	}
-	if v, err := version.Int64(); err == nil {
+	var v int64
+	switch x := vals[1].(type) {
+	case int64:
+		v = x
+	case string:
+		v, _ = strconv.ParseInt(x, 10, 64)
+	}
+	if v > 0 {
 		st.Version = v
 		st.Since = time.UnixMicro(v).UTC()
 	}
 	return st, nil
+}
+
+// Footprint counts what the presence data set holds in Redis, for
+// diagnostics and tests. It reads every sessions shard and every index
+// bucket, so its cost grows with the users online: do not call it often.
+type Footprint struct {
+	Sessions     int64 // open sessions (fields in the sessions shards)
+	Count        int64 // the online count key
+	IndexEntries int64 // entries in the deadline index, stale ones included
+	Buckets      int64 // index buckets (members of the directory)
+	Outbox       int64 // outbox entries (batches of events)
+}
+
+// Footprint returns the counts; see the type.
+func (s *Store) Footprint(ctx context.Context) (Footprint, error) {
+	var f Footprint
+	count, err := s.Count(ctx)
+	if err != nil {
+		return f, err
+	}
+	f.Count = count
+	shards := s.opts.Shards
+	if ep, err := s.rdb.Get(ctx, s.keys.Epoch()).Result(); err == nil {
+		if _, n, ok := strings.Cut(ep, ":"); ok {
+			if v, err := strconv.Atoi(n); err == nil {
+				shards = v
+			}
+		}
+	}
+	buckets, err := s.rdb.ZRange(ctx, s.keys.Dir(), 0, -1).Result()
+	if err != nil {
+		return f, fmt.Errorf("footprint: %w", err)
+	}
+	f.Buckets = int64(len(buckets))
+	var sess, idx []*redis.IntCmd
+	var outbox *redis.IntCmd
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := 0; i < shards; i++ {
+			sess = append(sess, p.HLen(ctx, s.keys.Sessions(i)))
+		}
+		for _, b := range buckets {
+			idx = append(idx, p.HLen(ctx, b))
+		}
+		outbox = p.XLen(ctx, s.keys.Outbox())
+		return nil
+	})
+	if err != nil {
+		return f, fmt.Errorf("footprint: %w", err)
+	}
+	for _, c := range sess {
+		f.Sessions += c.Val()
+	}
+	for _, c := range idx {
+		f.IndexEntries += c.Val()
+	}
+	f.Outbox = outbox.Val()
+	return f, nil
 }

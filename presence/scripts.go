@@ -27,6 +27,17 @@ var (
 	scriptClaim      = redis.NewScript(luaLib + "\n" + luaClaim)
 )
 
+// Read-only scripts: they do not include lib.lua.
+var (
+	//go:embed lua/status.lua
+	luaStatus string
+	//go:embed lua/list.lua
+	luaList string
+
+	scriptStatus = redis.NewScript(luaStatus)
+	scriptList   = redis.NewScript(luaList)
+)
+
 //go:embed lua/trim.lua
 var luaTrim string
 

@@ -33,7 +33,16 @@ type Options struct {
 	// OutageThreshold: when no replica has swept for longer than this, users
 	// whose deadline fell in the gap get one TTL of grace; zero means 5s.
 	OutageThreshold time.Duration
+	// Shards is the number of sessions shards, used when this store creates
+	// the data set (the first write to an empty Redis); after that the count
+	// recorded in the epoch key wins. About the expected peak of users online
+	// divided by 64 keeps every shard a compact listpack (Redis's default
+	// hash-max-listpack-entries is 128). Zero means DefaultShards.
+	Shards int
 }
+
+// DefaultShards suits up to about a million users online (~64 per shard).
+const DefaultShards = 16384
 
 func (o Options) withDefaults() Options {
 	if o.Prefix == "" {
@@ -45,20 +54,24 @@ func (o Options) withDefaults() Options {
 	if o.OutageThreshold <= 0 {
 		o.OutageThreshold = 5 * time.Second
 	}
+	if o.Shards <= 0 {
+		o.Shards = DefaultShards
+	}
 	return o
 }
 
 // Store is the Redis side of presence. See the package comment.
 type Store struct {
-	rdb  *redis.Client
-	keys Keys
-	opts Options
+	rdb    *redis.Client
+	keys   Keys
+	opts   Options
+	shards string // opts.Shards, formatted once
 }
 
 // NewStore returns a Store on rdb. It does no I/O.
 func NewStore(rdb *redis.Client, opts Options) *Store {
 	opts = opts.withDefaults()
-	return &Store{rdb: rdb, keys: NewKeys(opts.Prefix), opts: opts}
+	return &Store{rdb: rdb, keys: NewKeys(opts.Prefix), opts: opts, shards: strconv.Itoa(opts.Shards)}
 }
 
 // Keys returns the key names the store uses.
@@ -76,7 +89,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
-	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptTrim} {
+	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptTrim, scriptStatus, scriptList} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load scripts: %w", err)
 		}
@@ -84,12 +97,19 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// baseKeys returns KEYS[1..5] of every script (see lua/lib.lua), with room
-// for n more.
+// baseKeys returns KEYS[1..5] of every writing script (see lua/lib.lua),
+// with room for n more.
 func (s *Store) baseKeys(n int) []string {
 	keys := make([]string, 5, 5+n)
-	keys[0], keys[1], keys[2], keys[3], keys[4] = s.keys.Deadlines(), s.keys.Sessions(), s.keys.Clock(), s.keys.Outbox(), s.keys.Epoch()
+	keys[0], keys[1], keys[2], keys[3], keys[4] = s.keys.Epoch(), s.keys.Clock(), s.keys.Outbox(), s.keys.Count(), s.keys.Dir()
 	return keys
+}
+
+// baseArgs returns ARGV[1..2] of every writing script, with room for n more.
+func (s *Store) baseArgs(n int) []any {
+	args := make([]any, 2, 2+n)
+	args[0], args[1] = s.keys.Prefix(), s.shards
+	return args
 }
 
 // Heartbeat starts or refreshes the presence of ids (which must be valid and
@@ -100,8 +120,7 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
 	res, err := s.runChunks(ctx, scriptHeartbeat, ids, func(chunk []string) ([]string, []any) {
 		keys := s.baseKeys(len(chunk))
-		args := make([]any, 1, 1+len(chunk))
-		args[0] = ttl
+		args := append(s.baseArgs(1+len(chunk)), ttl)
 		for _, id := range chunk {
 			keys = append(keys, s.keys.User(id))
 			args = append(args, id)
@@ -119,7 +138,7 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
 	res, err := s.runChunks(ctx, scriptDisconnect, ids, func(chunk []string) ([]string, []any) {
 		keys := s.baseKeys(len(chunk))
-		args := make([]any, 0, len(chunk))
+		args := s.baseArgs(len(chunk))
 		for _, id := range chunk {
 			keys = append(keys, s.keys.User(id))
 			args = append(args, id)
@@ -191,16 +210,18 @@ type SweepResult struct {
 	More    bool // the limit was reached: call again at once
 }
 
-// Sweep claims up to limit users whose deadline has passed (removal from the
-// index is the claim, so exactly one replica wins each user) and appends
-// their offline events, reason "expired", to the outbox. After an outage
-// (no sweep by any replica for longer than OutageThreshold) it grants grace
-// instead; see lua/sweep.lua. Its cost is proportional to the users handled,
-// not to the users online.
+// Sweep reads up to about limit index entries whose slot has ended: users
+// still online are filed again at their current deadline, the sessions of
+// users whose key is gone are claimed (removing the session is the claim, so
+// exactly one replica wins each user) and their offline events, reason
+// "expired", appended to the outbox. After an outage (no sweep by any
+// replica for longer than OutageThreshold) it grants grace instead; see
+// lua/sweep.lua. Its cost is proportional to the entries due, not to the
+// users online.
 func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
 	keys := append(s.baseKeys(2), s.keys.SweepMarker(), s.keys.GraceCutoff())
-	vals, err := scriptSweep.Run(ctx, s.rdb, keys, limit, s.opts.OutageThreshold.Milliseconds(),
-		s.opts.TTL.Milliseconds(), s.keys.UserPrefix()).Int64Slice()
+	args := append(s.baseArgs(3), limit, s.opts.OutageThreshold.Milliseconds(), s.opts.TTL.Milliseconds())
+	vals, err := scriptSweep.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("sweep due users: %w", err)
 	}
@@ -214,17 +235,16 @@ func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
 // pass is running: the next sweep decides about those users.
 var ErrClaimDeferred = errors.New("claim deferred to the sweep after an outage")
 
-// Claim is the keyspace-event fast path: it claims those of ids whose
-// deadline has passed and appends their offline events. Users refreshed
-// since their key expired, or already claimed, are left alone. It returns
+// Claim is the keyspace-event fast path: it claims the sessions of those of
+// ids whose presence key is gone and appends their offline events. Users
+// refreshed since their key expired, or already claimed, are left alone. It returns
 // the number claimed.
 func (s *Store) Claim(ctx context.Context, ids []string) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
 	keys := append(s.baseKeys(2), s.keys.SweepMarker(), s.keys.GraceCutoff())
-	args := make([]any, 0, 1+len(ids))
-	args = append(args, s.opts.OutageThreshold.Milliseconds())
+	args := append(s.baseArgs(1+len(ids)), s.opts.OutageThreshold.Milliseconds())
 	for _, id := range ids {
 		args = append(args, id)
 	}

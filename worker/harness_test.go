@@ -212,3 +212,18 @@ func checkVersions(t *testing.T, evs []bus.Event) {
 		}
 	}
 }
+
+// waitNoResidue waits until nothing per user is left in Redis: no open
+// session, a zero count and an empty deadline index (stale index entries
+// stay until their slot comes due, up to one TTL after the last session
+// ended). The outbox is checked by the callers that need it.
+func (e *env) waitNoResidue(timeout time.Duration) {
+	e.t.Helper()
+	store := presence.NewStore(e.rdb, presence.Options{Prefix: e.prefix, TTL: e.ttl})
+	var f presence.Footprint
+	testenv.Eventually(e.t, timeout, func() bool {
+		var err error
+		f, err = store.Footprint(context.Background())
+		return err == nil && f.Sessions == 0 && f.Count == 0 && f.IndexEntries == 0 && f.Buckets == 0
+	}, "presence data left behind: %+v", &f)
+}

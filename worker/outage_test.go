@@ -140,7 +140,8 @@ func TestNATSRestartWhileOfflinesDue(t *testing.T) {
 	// Settled (nothing left to publish), then exactly one of each per user.
 	testenv.Eventually(t, 10*time.Second, func() bool {
 		pe := e.rdb.XPending(ctx, e.prefix+"outbox", "presenced").Val()
-		return e.rdb.ZCard(ctx, e.prefix+"deadlines").Val() == 0 && pe != nil && pe.Count == 0
+		n, _ := e.rdb.Get(ctx, e.prefix+"count").Int64()
+		return n == 0 && pe != nil && pe.Count == 0
 	}, "not settled")
 	info, err := stream.Info(ctx)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 )
 
 const (
-	relayBatch   = 512
+	relayBatch   = 64 // outbox entries per read; an entry holds the events of one script call
 	relayBlock   = 500 * time.Millisecond
 	publishLimit = 5 * time.Second
 	trimEvery    = time.Second
@@ -116,19 +116,20 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			return err
 		}
 	}
-	ids := make([]string, 0, len(events))
+	ids := make([]string, 0, relayBatch)
 	now := time.Now()
 	for _, e := range events {
+		if len(ids) == 0 || ids[len(ids)-1] != e.ID {
+			ids = append(ids, e.ID)
+		}
 		if err := e.Valid(); err != nil {
 			w.log.Error("dropping outbox entry", "err", err)
-			ids = append(ids, e.ID)
 			continue
 		}
 		ev := bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version}
 		if err := w.bus.Publish(w.opts.Subjects, ev); err != nil {
 			return err
 		}
-		ids = append(ids, e.ID)
 		w.eventCounter(e.Status, e.Reason).Inc()
 		if !e.Deadline.IsZero() {
 			w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())

@@ -1,33 +1,33 @@
--- claim.lua: the keyspace-event fast path. Claims users whose presence key
--- Redis reported as expired, if their deadline has really passed.
--- Requires lib.lua (KEYS[1..5]).
+-- claim.lua: the keyspace-event fast path. Claims the sessions of users
+-- whose presence key Redis reported as expired, if the key is still gone.
+-- Requires lib.lua.
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
--- ARGV[1]  outage threshold in ms (as in sweep.lua)
--- ARGV[2..] user ids
+-- ARGV[3]  outage threshold in ms (as in sweep.lua)
+-- ARGV[4..] user ids
 --
--- A user refreshed since its key expired (deadline in the future) or already
--- claimed (not in the index) is left alone. While sweeps have stopped or a
--- grace pass runs, nothing is claimed: the sweep decides about grace.
+-- A user refreshed since its key expired (the key exists again) or already
+-- claimed (no open session) is left alone. While sweeps have stopped or a
+-- grace pass runs, nothing is claimed: the sweep decides about grace. The
+-- user's index entry stays until its slot comes due (the sweep drops it).
 --
 -- Returns the number of users claimed, or -1 when the claim was deferred to
 -- the sweep.
-check_epoch()
-local outage = tonumber(ARGV[1])
+local err = check_epoch()
+if err then return err end
+local outage = tonumber(ARGV[3])
 local last = redis.call('GET', KEYS[6])
 if redis.call('EXISTS', KEYS[7]) == 1 or last == false or NOW_MS - tonumber(last) > outage then
-  save_clock()
+  flush()
   return -1
 end
 local n = 0
-for i = 2, #ARGV do
+for i = 4, #ARGV do
   local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= NOW_MS then
-    end_session(id, 'expired', score)
+  if redis.call('EXISTS', user_key(id)) == 0 and end_session(id, hash(id), 'expired') ~= 0 then
     n = n + 1
   end
 end
-save_clock()
+flush()
 return n

@@ -1,21 +1,23 @@
 -- disconnect.lua: end the sessions of a batch of users now (the seed's
--- markOffline), atomically with the deadline index and the outbox.
--- Requires lib.lua (KEYS[1..5]).
+-- markOffline), atomically with the sessions and the outbox. Requires lib.lua.
 --
 -- KEYS[6..5+n]  the users' presence keys, in ARGV order
--- ARGV[1..n]    user ids (the caller removes duplicates)
+-- ARGV[3..2+n]  user ids (the caller removes duplicates)
 --
--- The presence key is deleted. Removal from the index is the claim: only a
--- user still in the index gets an offline event (reason "disconnect"), so a
--- disconnect racing an expiry claim yields exactly one offline.
+-- The presence key is deleted. Removing the session is the claim: only a user
+-- with an open session gets an offline event (reason "disconnect"), so a
+-- disconnect racing an expiry claim yields exactly one offline. The user's
+-- index entry stays until its slot comes due (the sweep drops it then).
 --
 -- Returns {now_ms, r1, ..., rn}: ri is the offline event's version, or 0 when
 -- user i had no session.
-check_epoch()
+local err = check_epoch()
+if err then return err end
 local res = {NOW_MS}
-for i = 1, #ARGV do
+for i = 1, #ARGV - 2 do
+  local id = ARGV[i + 2]
   redis.call('DEL', KEYS[i + 5])
-  res[#res + 1] = end_session(ARGV[i], 'disconnect')
+  res[i + 1] = end_session(id, hash(id), 'disconnect')
 end
-save_clock()
+flush()
 return res

@@ -1,28 +1,31 @@
--- sweep.lua: the reconciler's step. Claims users whose deadline has passed
--- and emits their offline events, or, after an outage, grants grace instead.
--- Requires lib.lua (KEYS[1..5]).
+-- sweep.lua: the reconciler's step. Reads the index buckets whose slot has
+-- ended, files users still online again at their current deadline, and
+-- claims the sessions of users whose key is gone, or, after an outage,
+-- grants grace instead. Requires lib.lua.
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
--- ARGV[1]  maximum number of users to handle in this call
--- ARGV[2]  outage threshold in ms: a gap between sweeps longer than this
+-- ARGV[3]  index entries to read in this call, at most (whole buckets are read)
+-- ARGV[4]  outage threshold in ms: a gap between sweeps longer than this
 --          means no replica could see heartbeats (NATS cut, Redis down,
 --          every replica stopped)
--- ARGV[3]  TTL in ms (the grace granted)
--- ARGV[4]  presence key prefix, e.g. "presence:user:" (keys restored on grace)
+-- ARGV[5]  TTL in ms (the grace granted; sizes the index spread)
 --
--- Grace: when the gap is detected, every user with a deadline up to now gets
--- a new deadline now+TTL and its key back, instead of an offline event: those
--- users could not heartbeat, so they are not known to be gone. Users still
--- connected refresh within the TTL; the rest go offline one TTL later.
--- The cost of a call is O(log N + handled): users not due are never read.
+-- Grace: when the gap is detected, every user whose key is gone and whose
+-- slot ended before the detection gets its key back for one TTL instead of
+-- an offline event: those users could not heartbeat, so they are not known
+-- to be gone. Users still connected refresh within the TTL; the rest go
+-- offline one TTL later.
+-- The cost of a call is O(log B + entries read), B the number of buckets:
+-- users whose slot has not ended are never read.
 --
 -- Returns {claimed, graced, more}: more is 1 when the limit was reached and
 -- the caller should call again at once.
-check_epoch()
-local limit = tonumber(ARGV[1])
-local outage = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
+local err = check_epoch()
+if err then return err end
+local limit = tonumber(ARGV[3])
+local outage = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
 local last = redis.call('GET', KEYS[6])
 redis.call('SET', KEYS[6], string.format('%d', NOW_MS))
 local cutoff = redis.call('GET', KEYS[7])
@@ -30,26 +33,43 @@ if cutoff == false and last and NOW_MS - tonumber(last) > outage then
   cutoff = string.format('%d', NOW_MS)
   redis.call('SET', KEYS[7], cutoff)
 end
-if cutoff then
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, limit)
-  local deadline = string.format('%d', NOW_MS + ttl)
-  for _, id in ipairs(ids) do
-    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
-    redis.call('SET', ARGV[4] .. id, '1', 'PX', ttl)
+local upto = cutoff or string.format('%d', NOW_MS)
+local buckets = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, 256)
+local claimed, graced, read = 0, 0, 0
+local i = 1
+while i <= #buckets and read < limit do
+  local b = buckets[i]
+  local start = tonumber(buckets[i + 1]) - SLOT_MS
+  local e = redis.call('HGETALL', b)
+  for j = 1, #e, 2 do
+    local id = e[j]
+    local k = user_key(id)
+    local pttl = redis.call('PTTL', k)
+    if pttl > 0 then
+      file(id, hash(id), NOW_MS + pttl, ttl)
+    elseif pttl == -1 then
+      -- persisted by someone else: keep watching it at one TTL from now
+      file(id, hash(id), NOW_MS + ttl, ttl)
+    elseif cutoff then
+      local h = hash(id)
+      if redis.call('HGET', shard_key(h), id) then
+        redis.call('SET', k, '1', 'PX', ttl)
+        file(id, h, NOW_MS + ttl, ttl)
+        graced = graced + 1
+      end
+    elseif end_session(id, hash(id), 'expired', start + tonumber(e[j + 1])) ~= 0 then
+      claimed = claimed + 1
+    end
   end
-  save_clock()
-  if #ids < limit then
-    redis.call('DEL', KEYS[7])
-    return {0, #ids, 0}
-  end
-  return {0, #ids, 1}
+  read = read + #e / 2
+  redis.call('DEL', b)
+  redis.call('ZREM', KEYS[5], b)
+  i = i + 2
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW_MS, 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #due, 2 do
-  end_session(due[i], 'expired', due[i + 1])
-end
-save_clock()
-local n = #due / 2
 local more = 0
-if n == limit then more = 1 end
-return {n, 0, more}
+if i <= #buckets or #buckets == 512 then more = 1 end
+if cutoff and more == 0 then
+  redis.call('DEL', KEYS[7])
+end
+flush()
+return {claimed, graced, more}

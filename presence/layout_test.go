@@ -1,0 +1,183 @@
+package presence_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/presence"
+)
+
+// readOutbox reads every event in the outbox through a fresh consumer and
+// acknowledges them.
+func readOutbox(t *testing.T, s *presence.Store) []presence.Event {
+	t.Helper()
+	ctx := context.Background()
+	o := s.Outbox("test-reader")
+	if err := o.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var all []presence.Event
+	for {
+		evs, err := o.ReadNew(ctx, 100, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			return all
+		}
+		for _, e := range evs {
+			if err := o.Ack(ctx, e.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all = append(all, evs...)
+	}
+}
+
+// Every transition of many users in large batches reaches the outbox once:
+// 10k new sessions in one call (split into chunks), then all of them
+// expiring and claimed by sweeps.
+func TestEveryTransitionInOutbox(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, 300*time.Millisecond)
+	ctx := context.Background()
+	ids := make([]string, 10000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("u%05d", i)
+	}
+	vs, err := s.Heartbeat(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vs {
+		if v == 0 {
+			t.Fatalf("user %s: no new session", ids[i])
+		}
+	}
+	if n, _ := s.Count(ctx); n != int64(len(ids)) {
+		t.Fatalf("count %d", n)
+	}
+	claimed := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for claimed < len(ids) && time.Now().Before(deadline) {
+		r, err := s.Sweep(ctx, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed += r.Claimed
+		if !r.More {
+			time.Sleep(50 * time.Millisecond) // until more deadlines pass
+		}
+	}
+	if claimed != len(ids) {
+		t.Fatalf("claimed %d of %d", claimed, len(ids))
+	}
+	per := map[string][]string{}
+	for _, e := range readOutbox(t, s) {
+		if err := e.Valid(); err != nil {
+			t.Fatal(err)
+		}
+		per[e.UserID] = append(per[e.UserID], e.Status+":"+e.Reason)
+	}
+	for _, id := range ids {
+		if got := per[id]; len(got) != 2 || got[0] != "online:heartbeat" || got[1] != "offline:expired" {
+			t.Fatalf("user %s: events %v", id, got)
+		}
+	}
+	f, err := s.Footprint(ctx)
+	if err != nil || f.Sessions != 0 || f.Count != 0 || f.IndexEntries != 0 || f.Buckets != 0 {
+		t.Fatalf("left behind: %+v, %v", f, err)
+	}
+}
+
+// Users coming and going at random (heartbeats, disconnects, silence) through
+// the store alone: every user who heartbeated has sessions whose online and
+// offline alternate, the last one offline once everyone stopped.
+func TestRandomChurnAlternates(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, 400*time.Millisecond)
+	ctx := context.Background()
+	const users = 2000
+	ids := make([]string, users)
+	present := make([]bool, users)
+	sent := make([]bool, users)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%05d", i)
+		present[i] = true
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := 0; round < 40; round++ {
+		var batch, gone []string
+		for i := range ids {
+			switch {
+			case present[i] && rng.IntN(100) < 3:
+				present[i] = false
+				if rng.IntN(2) == 0 {
+					gone = append(gone, ids[i])
+				}
+			case !present[i] && rng.IntN(20) == 0:
+				present[i] = true
+			}
+			if present[i] {
+				batch = append(batch, ids[i])
+				sent[i] = true
+			}
+		}
+		if _, err := s.Heartbeat(ctx, batch); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Disconnect(ctx, gone); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Sweep(ctx, 10000); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // one heartbeat interval of the simulated gateway
+	}
+	testEventually(t, func() bool {
+		if _, err := s.Sweep(ctx, 10000); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := s.Count(ctx)
+		return n == 0
+	})
+	per := map[string][]presence.Event{}
+	for _, e := range readOutbox(t, s) {
+		per[e.UserID] = append(per[e.UserID], e)
+	}
+	for i, id := range ids {
+		evs := per[id]
+		if !sent[i] {
+			if len(evs) != 0 {
+				t.Fatalf("user %s never heartbeated but has events", id)
+			}
+			continue
+		}
+		if len(evs) == 0 || len(evs)%2 != 0 {
+			t.Fatalf("user %s: %d events %+v", id, len(evs), evs)
+		}
+		for j, e := range evs {
+			want := "online"
+			if j%2 == 1 {
+				want = "offline"
+			}
+			if e.Status != want || (j > 0 && e.Version <= evs[j-1].Version) {
+				t.Fatalf("user %s: event %d %+v out of order: %+v", id, j, e, evs)
+			}
+		}
+	}
+}
+
+func testEventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
