@@ -77,10 +77,8 @@ type QueryOptions struct {
 	// 10000 (1M users in 100 pages; ten-byte ids make a page of about
 	// 130 KB). Pages are further capped to fit the connection's max payload
 	// (see ListRequest). A larger page saves little: the time goes to
-	// Redis, per id (ZSCAN formats every member's score, about 2-3 µs an id
-	// on a 2-core machine), not per page; and each page is one Redis
-	// command that blocks every other client of that Redis while it runs
-	// (15-25 ms for 10000 ids there).
+	// Redis, per id, not per page; and each page is one Redis script call
+	// that blocks every other client of that Redis while it runs.
 	MaxList int
 	// Version is the service version shown by $SRV.INFO; it must be SemVer.
 	// Zero means "0.0.0".
@@ -152,11 +150,11 @@ type OnlineReply struct {
 // smaller count until it does, so a reply never exceeds the max payload,
 // and sizes the next pages it serves by the bytes per id it last saw.
 //
-// Paging through with ListRequest has the semantics of Redis ZSCAN over the
-// deadline index: a user online for the whole listing appears at least
-// once; a user who comes or goes during it may or may not appear; a user may
-// appear more than once (clients dedupe); a page may be empty while the
-// cursor is not "" (continue until it is).
+// Paging through with ListRequest walks the sessions shards in order (see
+// presence.Store.List): a user online for the whole listing appears once (at
+// least once if an oversized shard is resized meanwhile, so clients dedupe);
+// a user who comes or goes during it may or may not appear; a page may be
+// empty while the cursor is not "" (continue until it is).
 type ListRequest struct {
 	Cursor string `json:"cursor"`
 	Limit  int    `json:"limit"`
@@ -497,7 +495,7 @@ func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 	maxPayload := q.nc.MaxPayload()
 	limit := min(req.Limit, q.opts.MaxList)
 	if per := q.listIDBytes.Load(); per > 0 {
-		// Leave a third for ZSCAN returning more than its count and for
+		// Leave a third for a page exceeding its limit by one shard and for
 		// ids longer than the last page's.
 		limit = min(limit, max(1, int((maxPayload-listOverhead)*2/3/per)))
 	}
@@ -517,10 +515,9 @@ func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 		if int64(len(out)) <= maxPayload {
 			return out, nil
 		}
-		// Long ids, or ZSCAN returning far more than its count (long hash
-		// chains), get here. Repeating the step from the same cursor with a
-		// smaller count is an ordinary ZSCAN step, so the listing keeps its
-		// guarantees.
+		// Long ids get here. Repeating the step from the same cursor with a
+		// smaller limit reads fewer shards (or a smaller HSCAN step of an
+		// oversized shard), so the listing keeps its guarantees.
 		if limit == 1 {
 			return nil, storeFailure(fmt.Errorf("list page of %d ids is %d bytes, over the max payload of %d even with limit 1", len(page.UserIDs), len(out), maxPayload))
 		}

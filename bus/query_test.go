@@ -359,7 +359,7 @@ func TestQueryListMillion(t *testing.T) {
 			t.Fatalf("%s never listed", id)
 		}
 	}
-	// ZSCAN returns at least its count per step, short of the end.
+	// A page holds at least its limit, short of the end.
 	if pages > total/10_000+1 {
 		t.Fatalf("%d pages for %d ids with limit 10000: pages were capped", pages, total)
 	}

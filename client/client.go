@@ -204,9 +204,9 @@ func (c *Client) Count(ctx context.Context) (int64, error) {
 // page fits the max payload. Empty pages are skipped. On an error the
 // iterator yields it once and stops.
 //
-// A listing is a Redis ZSCAN: a user online for the whole listing appears at
-// least once; one who comes or goes during it may or may not; an id may
-// appear twice, so dedupe. To keep an online set, Subscribe first, then
+// A listing walks presenced's sessions shards: a user online for the whole
+// listing appears once (at least once if an oversized shard is resized
+// meanwhile, so dedupe); one who comes or goes during it may or may not. To keep an online set, Subscribe first, then
 // List, and let events that arrived meanwhile win over the listing.
 func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, error] {
 	return func(yield func([]string, error) bool) {
