@@ -163,15 +163,18 @@ func (o *Outbox) Leave(ctx context.Context) error {
 var ErrBadEntry = errors.New("malformed outbox entry")
 
 // appendEvents decodes each entry into its events. An entry holds the events
-// of one script call, one per line: "<status> <userId> <version> <reason>
-// <deadline ms or empty>" (user ids never contain spaces or newlines; see
+// of one script call: field "v" is the first event's version (the others
+// follow it one by one), field "e" one line per event, "<status> <reason>
+// <userId>[ <deadline ms>]" (user ids never contain spaces or newlines; see
 // ValidateUserID). Decoding never fails: a malformed line or entry becomes an
 // Event with an empty Status, which the relay acknowledges and reports (see
 // Event.Valid).
 func appendEvents(out []Event, msgs []redis.XMessage) []Event {
 	for _, m := range msgs {
 		body, ok := m.Values["e"].(string)
-		if !ok || body == "" {
+		vs, _ := m.Values["v"].(string)
+		v, err := strconv.ParseInt(vs, 10, 64)
+		if !ok || body == "" || err != nil {
 			out = append(out, Event{ID: m.ID})
 			continue
 		}
@@ -182,34 +185,28 @@ func appendEvents(out []Event, msgs []redis.XMessage) []Event {
 			} else {
 				body = ""
 			}
-			out = append(out, decodeLine(m.ID, line))
+			out = append(out, decodeLine(m.ID, line, v))
+			v++
 		}
 	}
 	return out
 }
 
-func decodeLine(id, line string) Event {
-	e := Event{ID: id}
-	var f [5]string
-	n := 0
-	for n < 4 {
-		i := strings.IndexByte(line, ' ')
-		if i < 0 {
-			break
-		}
-		f[n], line = line[:i], line[i+1:]
-		n++
-	}
-	if n != 4 {
+func decodeLine(id, line string, version int64) Event {
+	status, rest, ok1 := strings.Cut(line, " ")
+	reason, rest, ok2 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 {
 		return Event{ID: id}
 	}
-	f[4] = line
-	e.Status, e.UserID, e.Reason = f[0], f[1], f[3]
-	e.Version, _ = strconv.ParseInt(f[2], 10, 64)
-	if f[4] != "" {
-		if ms, err := strconv.ParseInt(f[4], 10, 64); err == nil {
-			e.Deadline = time.UnixMilli(ms).UTC()
+	e := Event{ID: id, Status: status, Reason: reason, Version: version}
+	user, deadline, hasDeadline := strings.Cut(rest, " ")
+	e.UserID = user
+	if hasDeadline {
+		ms, err := strconv.ParseInt(deadline, 10, 64)
+		if err != nil {
+			return Event{ID: id}
 		}
+		e.Deadline = time.UnixMilli(ms).UTC()
 	}
 	return e
 }

@@ -25,7 +25,7 @@ end
 local n = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
-  if redis.call('EXISTS', user_key(id)) == 0 and end_session(id, hash(id), 'expired') ~= 0 then
+  if redis.call('EXISTS', user_key(id)) == 0 and end_session(id, hash(id), OFFLINE_EXPIRED) ~= 0 then
     n = n + 1
   end
 end

@@ -17,7 +17,7 @@ local res = {NOW_MS}
 for i = 1, #ARGV - 2 do
   local id = ARGV[i + 2]
   redis.call('DEL', KEYS[i + 5])
-  res[i + 1] = end_session(id, hash(id), 'disconnect')
+  res[i + 1] = end_session(id, hash(id), OFFLINE_DISCONNECT)
 end
 flush()
 return res

@@ -24,12 +24,11 @@ for i = 1, #ARGV - 3 do
   if not redis.call('SET', KEYS[i + 5], '1', 'PX', ttl, 'GET') then
     local id = ARGV[i + 3]
     local h = hash(id)
-    local v = next_version()
-    if redis.call('HSETNX', shard_key(h), id, string.format('%d', v)) == 1 then
+    local v = peek_version()
+    if redis.call('HSETNX', shard_key(h), id, v) == 1 then
       file(id, h, deadline, ttl)
-      emit('online', id, 'heartbeat', nil, v)
+      res[i + 1] = emit(ONLINE .. id)
       COUNT_DELTA = COUNT_DELTA + 1
-      res[i + 1] = v
     end
   end
 end

@@ -42,15 +42,30 @@ local P = ARGV[1]
 local SLOT_MS = 100
 local SHARDS = nil
 local CLOCK = nil
+local FIRST_V = nil
 local EVENTS = {}
 local COUNT_DELTA = 0
-local DIR_SEEN = {}
+local FILED = {} -- bucket key -> {id, ms, id, ms, ...}, written by flush
+local NFILED = {}
 
--- hash of a user id (djb2 mod 2^32; exact in Lua's doubles).
+-- Event lines (see outbox.go): "<status> <reason> <userId>[ <deadline ms>]".
+local ONLINE = 'online heartbeat '
+local OFFLINE_DISCONNECT = 'offline disconnect '
+local OFFLINE_EXPIRED = 'offline expired '
+
+-- hash of a user id (djb2 mod 2^32, four bytes a step; exact in Lua's
+-- doubles, since 2^32 * 33^4 < 2^53).
 local function hash(id)
-  local h = 5381
-  for i = 1, #id do
+  local h, n = 5381, #id
+  local i = 1
+  while i + 3 <= n do
+    local a, b, c, d = string.byte(id, i, i + 3)
+    h = ((((h * 33 + a) * 33 + b) * 33 + c) * 33 + d) % 4294967296
+    i = i + 4
+  end
+  while i <= n do
     h = (h * 33 + string.byte(id, i)) % 4294967296
+    i = i + 1
   end
   return h
 end
@@ -63,49 +78,60 @@ local function user_key(id)
   return P .. 'user:' .. id
 end
 
-local function next_version()
+-- peek_version is the version the next event will get. Versions of one
+-- script call are consecutive (only the first can jump, to NOW_US), so an
+-- outbox entry stores the first and each event's is first + its position.
+local function peek_version()
   if CLOCK == nil then
     CLOCK = tonumber(redis.call('GET', KEYS[2]) or '0')
   end
-  local v = NOW_US
-  if v <= CLOCK then v = CLOCK + 1 end
+  if NOW_US > CLOCK then return NOW_US end
+  return CLOCK + 1
+end
+
+-- emit queues one event line for the outbox and returns its version;
+-- flush writes the call's events as one entry.
+local function emit(line)
+  local v = peek_version()
   CLOCK = v
+  if FIRST_V == nil then FIRST_V = v end
+  EVENTS[#EVENTS + 1] = line
   return v
 end
 
--- emit queues one event for the outbox; flush writes them all as one entry.
--- deadline (ms) is recorded for offlines the sweep found, to measure lag.
-local function emit(status, id, reason, deadline, v)
-  v = v or next_version()
-  EVENTS[#EVENTS + 1] = status .. ' ' .. id .. ' ' .. string.format('%d', v) .. ' ' .. reason .. ' ' .. (deadline and string.format('%d', deadline) or '')
-  return v
-end
-
--- file puts id in the index bucket of the slot holding deadline (ms).
--- Buckets of a slot are spread by the user's hash, about 60 users each when
--- the shard count matches the load; ttl_ms sizes the spread.
+-- file puts id in the index bucket of the slot holding deadline (ms);
+-- flush writes each bucket with one HSET. Buckets of a slot are spread by
+-- the user's hash, about 60 users each when the shard count matches the
+-- load; ttl_ms sizes the spread.
 local function file(id, h, deadline, ttl_ms)
   local slot = math.floor(deadline / SLOT_MS)
-  local spread = math.max(1, math.ceil(SHARDS * SLOT_MS / ttl_ms))
+  local spread = math.ceil(SHARDS * SLOT_MS / ttl_ms)
   local b = P .. 'd:' .. slot .. ':' .. (h % spread)
-  redis.call('HSET', b, id, deadline - slot * SLOT_MS)
-  if not DIR_SEEN[b] then
-    DIR_SEEN[b] = true
-    redis.call('ZADD', KEYS[5], (slot + 1) * SLOT_MS, b)
+  local l = FILED[b]
+  if l == nil then
+    l = {}
+    FILED[b] = l
+    NFILED[b] = (slot + 1) * SLOT_MS
   end
+  l[#l + 1] = id
+  l[#l + 1] = deadline - slot * SLOT_MS
 end
 
--- flush persists the clock, the count and the queued events (one outbox
--- entry); every script calls it once before returning.
+-- flush writes the index entries, the clock, the count and the queued
+-- events (one outbox entry); every writing script calls it once, last.
 local function flush()
-  if CLOCK ~= nil then
-    redis.call('SET', KEYS[2], string.format('%d', CLOCK))
+  for b, l in pairs(FILED) do
+    for i = 1, #l, 2000 do
+      redis.call('HSET', b, unpack(l, i, math.min(i + 1999, #l)))
+    end
+    redis.call('ZADD', KEYS[5], NFILED[b], b)
+  end
+  if FIRST_V ~= nil then
+    redis.call('SET', KEYS[2], CLOCK)
+    redis.call('XADD', KEYS[3], '*', 'v', FIRST_V, 'e', table.concat(EVENTS, '\n'))
   end
   if COUNT_DELTA ~= 0 then
     redis.call('INCRBY', KEYS[4], COUNT_DELTA)
-  end
-  if #EVENTS > 0 then
-    redis.call('XADD', KEYS[3], '*', 'e', table.concat(EVENTS, '\n'))
   end
 end
 
@@ -127,14 +153,18 @@ local function check_epoch()
   end
   SHARDS = tonumber(ARGV[2])
   redis.call('SET', KEYS[1], string.format('%d', NOW_US) .. ':' .. SHARDS)
-  emit('reset', '', 'data_loss')
+  emit('reset data_loss ')
   return nil
 end
 
--- end_session claims id's open session (exactly one caller gets true) and
--- queues its offline event.
-local function end_session(id, h, reason, deadline)
+-- end_session claims id's open session (exactly one caller gets a
+-- version) and queues its offline event: line is OFFLINE_DISCONNECT or
+-- OFFLINE_EXPIRED, deadline (ms) is recorded for offlines the sweep found.
+local function end_session(id, h, line, deadline)
   if redis.call('HDEL', shard_key(h), id) == 0 then return 0 end
   COUNT_DELTA = COUNT_DELTA - 1
-  return emit('offline', id, reason, deadline)
+  if deadline then
+    return emit(line .. id .. ' ' .. deadline)
+  end
+  return emit(line .. id)
 end

@@ -57,7 +57,7 @@ while i <= #buckets and read < limit do
         file(id, h, NOW_MS + ttl, ttl)
         graced = graced + 1
       end
-    elseif end_session(id, hash(id), 'expired', start + tonumber(e[j + 1])) ~= 0 then
+    elseif end_session(id, hash(id), OFFLINE_EXPIRED, start + tonumber(e[j + 1])) ~= 0 then
       claimed = claimed + 1
     end
   end
