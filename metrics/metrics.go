@@ -35,7 +35,8 @@ type Metrics struct {
 	OfflineLag prometheus.Histogram
 	// RedisLatency is the latency of Redis commands and pipelines, by command.
 	RedisLatency *prometheus.HistogramVec
-	// OutboxDepth is the number of events waiting in the outbox.
+	// OutboxDepth is the number of outbox entries (batches of events, one
+	// per script call) waiting in the outbox.
 	OutboxDepth prometheus.Gauge
 	// Republished counts outbox entries taken over from a dead replica.
 	Republished prometheus.Counter
@@ -55,11 +56,11 @@ func New() *Metrics {
 	m.Events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_events_published_total", Help: "Presence events published to NATS, by status and reason."}, []string{"status", "reason"})
 	m.Expiries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_expiries_total", Help: "Expired sessions claimed, by the path that found them (keyspace, sweep)."}, []string{"source"})
 	m.Graced = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_graced_users_total", Help: "Users given one TTL of grace after an outage."})
-	m.OfflineLag = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "presenced_offline_lag_seconds", Help: "Time from a user's deadline to the publish of the expired offline event.",
+	m.OfflineLag = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "presenced_offline_lag_seconds", Help: "Time from a user's deadline to the publish of the expired offline event, for offlines the sweep found (the keyspace fast path does not know the deadline).",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
 	m.RedisLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presenced_redis_command_seconds", Help: "Redis command and pipeline latency, by command.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}, []string{"command"})
-	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Events in the outbox not yet trimmed (waiting to be published, plus at most one)."})
+	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Outbox entries not yet trimmed (batches of events waiting to be published, plus at most one)."})
 	m.Republished = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_reclaimed_total", Help: "Outbox entries taken over from a replica that did not acknowledge them."})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
 		m.RedisLatency, m.OutboxDepth, m.Republished} {

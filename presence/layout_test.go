@@ -2,11 +2,13 @@ package presence_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
 
+	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -179,5 +181,55 @@ func testEventually(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 10s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// List pages through compact shards (HKEYS) and oversized ones (HSCAN
+// steps) alike: every open session exactly once, pages near the limit.
+func TestListCompactAndOversizedShards(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	for _, shards := range []int{3, 16384} {
+		t.Run(fmt.Sprintf("shards=%d", shards), func(t *testing.T) {
+			s := presence.NewStore(r.Client(t), presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: shards})
+			ctx := context.Background()
+			ids := make([]string, 1000)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("user-%04d", i)
+			}
+			if _, err := s.Heartbeat(ctx, ids); err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]int{}
+			cursor, pages := "", 0
+			for {
+				p, err := s.List(ctx, cursor, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pages++
+				for _, id := range p.UserIDs {
+					seen[id]++
+				}
+				if p.Cursor == "" {
+					break
+				}
+				if len(p.UserIDs) < 100 {
+					t.Fatalf("page %d holds %d ids, under the limit, before the end", pages, len(p.UserIDs))
+				}
+				cursor = p.Cursor
+			}
+			for _, id := range ids {
+				if seen[id] != 1 {
+					t.Fatalf("%s listed %d times in %d pages", id, seen[id], pages)
+				}
+			}
+			if len(seen) != len(ids) {
+				t.Fatalf("%d ids listed, want %d", len(seen), len(ids))
+			}
+			if _, err := s.List(ctx, "x", 10); !errors.Is(err, presence.ErrInvalidCursor) {
+				t.Fatalf("bad cursor: %v", err)
+			}
+		})
 	}
 }

@@ -158,6 +158,9 @@ func TestRedisACL(t *testing.T) {
 				"REDIS_PASSWORD": aclPassword,
 				"PRESENCE_TTL":   "1s", "PRESENCE_RECONCILE_INTERVAL": "100ms",
 				"PRESENCE_OUTBOX_CLAIM_AFTER": "1s",
+				// One sessions shard, so that the listing below can find it
+				// oversized and walk it with HSCAN.
+				"PRESENCE_SHARDS": "1",
 			})
 			w.waitStarted(t)
 			w.waitLog(t, "CONFIG denied")
@@ -192,7 +195,16 @@ func TestRedisACL(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = svc.Stop() })
-			heartbeat(t, nc, subjects, "u-4")
+			// A compact shard is listed with HKEYS; then 130 more users make
+			// it oversized for the list request below.
+			if msg, err := nc.Request(subjects.Query(bus.QueryList), []byte(`{}`), 10*time.Second); err != nil || msg.Header.Get(micro.ErrorCodeHeader) != "" {
+				t.Fatalf("list: %v %v", err, msg)
+			}
+			many := make([]string, 130)
+			for i := range many {
+				many[i] = fmt.Sprintf("m-%03d", i)
+			}
+			heartbeat(t, nc, subjects, append(many, "u-4")...)
 			for ep, body := range map[string]any{
 				bus.QueryStatus: map[string]any{"userId": "u-4"},
 				bus.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},

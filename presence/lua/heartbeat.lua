@@ -26,7 +26,7 @@ for i = 1, #ARGV - 3 do
     local h = hash(id)
     local v = peek_version()
     if redis.call('HSETNX', shard_key(h), id, v) == 1 then
-      file(id, h, deadline, ttl)
+      file(id, h, deadline)
       res[i + 1] = emit(ONLINE .. id)
       COUNT_DELTA = COUNT_DELTA + 1
     end

@@ -100,13 +100,14 @@ local function emit(line)
 end
 
 -- file puts id in the index bucket of the slot holding deadline (ms);
--- flush writes each bucket with one HSET. Buckets of a slot are spread by
--- the user's hash, about 60 users each when the shard count matches the
--- load; ttl_ms sizes the spread.
-local function file(id, h, deadline, ttl_ms)
+-- flush writes each bucket with one HSET. A slot's users are spread over
+-- SHARDS/256 buckets by their hash (64 by default): with the shard count
+-- matching the load (peak online / 64), users spread evenly over a 60 s TTL
+-- make ~26 per bucket, and bursts of new sessions up to ~80k/s stay under
+-- Redis's 128-entry limit for compact hashes.
+local function file(id, h, deadline)
   local slot = math.floor(deadline / SLOT_MS)
-  local spread = math.ceil(SHARDS * SLOT_MS / ttl_ms)
-  local b = P .. 'd:' .. slot .. ':' .. (h % spread)
+  local b = P .. 'd:' .. slot .. ':' .. (h % math.ceil(SHARDS / 256))
   local l = FILED[b]
   if l == nil then
     l = {}
@@ -120,11 +121,20 @@ end
 -- flush writes the index entries, the clock, the count and the queued
 -- events (one outbox entry); every writing script calls it once, last.
 local function flush()
+  local dir = {}
   for b, l in pairs(FILED) do
     for i = 1, #l, 2000 do
       redis.call('HSET', b, unpack(l, i, math.min(i + 1999, #l)))
     end
-    redis.call('ZADD', KEYS[5], NFILED[b], b)
+    dir[#dir + 1] = NFILED[b]
+    dir[#dir + 1] = b
+    if #dir >= 2000 then
+      redis.call('ZADD', KEYS[5], unpack(dir))
+      dir = {}
+    end
+  end
+  if #dir > 0 then
+    redis.call('ZADD', KEYS[5], unpack(dir))
   end
   if FIRST_V ~= nil then
     redis.call('SET', KEYS[2], CLOCK)

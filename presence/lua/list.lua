@@ -1,14 +1,14 @@
 -- list.lua: one page of the open sessions, read-only (no lib.lua). Walks the
--- sessions shards in order with HSCAN (a compact shard comes back whole in
--- one step; an oversized one in steps of about the limit).
+-- sessions shards in order: a compact shard (128 ids or fewer) whole with
+-- HKEYS, a larger one with HSCAN in steps of about the limit.
 --
 -- KEYS[1]  epoch (STRING "<µs>:<shards>", see lib.lua)
 -- ARGV[1]  key prefix
 -- ARGV[2]  shard to continue from (0 to start)
 -- ARGV[3]  HSCAN cursor within that shard (0 to start)
 -- ARGV[4]  limit: steps are taken until the page holds at least this many
---          ids, so a page may exceed it by one step (a compact shard, about
---          64 ids when the shard count matches the load)
+--          ids, so a page may exceed it by one step (a compact shard: at
+--          most 128 ids, about 64 when the shard count matches the load)
 --
 -- Returns {shard, cursor, id1, id2, ...}: where the next page starts; shard
 -- -1 when the listing is complete. A user online for the whole listing is
@@ -21,12 +21,21 @@ local s = tonumber(ARGV[2])
 local cur = ARGV[3]
 local limit = tonumber(ARGV[4])
 local res = {-1, '0'}
-while s < shards and #res - 2 < limit do
-  local r = redis.call('HSCAN', ARGV[1] .. 's:' .. s, cur, 'COUNT', limit - (#res - 2))
-  local kv = r[2]
-  for j = 1, #kv, 2 do res[#res + 1] = kv[j] end
-  cur = r[1]
-  if cur == '0' then s = s + 1 end
+local n = 0
+while s < shards and n < limit do
+  local key = ARGV[1] .. 's:' .. s
+  if cur == '0' and redis.call('HLEN', key) <= 128 then
+    -- a compact shard: all its ids at once, without their values
+    local ids = redis.call('HKEYS', key)
+    for j = 1, #ids do res[n + 3] = ids[j]; n = n + 1 end
+    s = s + 1
+  else
+    local r = redis.call('HSCAN', key, cur, 'COUNT', limit - n)
+    local kv = r[2]
+    for j = 1, #kv, 2 do res[n + 3] = kv[j]; n = n + 1 end
+    cur = r[1]
+    if cur == '0' then s = s + 1 end
+  end
 end
 if s < shards then
   res[1] = s

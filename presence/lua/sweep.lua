@@ -9,7 +9,7 @@
 -- ARGV[4]  outage threshold in ms: a gap between sweeps longer than this
 --          means no replica could see heartbeats (NATS cut, Redis down,
 --          every replica stopped)
--- ARGV[5]  TTL in ms (the grace granted; sizes the index spread)
+-- ARGV[5]  TTL in ms (the grace granted)
 --
 -- Grace: when the gap is detected, every user whose key is gone and whose
 -- slot ended before the detection gets its key back for one TTL instead of
@@ -46,15 +46,15 @@ while i <= #buckets and read < limit do
     local k = user_key(id)
     local pttl = redis.call('PTTL', k)
     if pttl > 0 then
-      file(id, hash(id), NOW_MS + pttl, ttl)
+      file(id, hash(id), NOW_MS + pttl)
     elseif pttl == -1 then
       -- persisted by someone else: keep watching it at one TTL from now
-      file(id, hash(id), NOW_MS + ttl, ttl)
+      file(id, hash(id), NOW_MS + ttl)
     elseif cutoff then
       local h = hash(id)
       if redis.call('HGET', shard_key(h), id) then
         redis.call('SET', k, '1', 'PX', ttl)
-        file(id, h, NOW_MS + ttl, ttl)
+        file(id, h, NOW_MS + ttl)
         graced = graced + 1
       end
     elseif end_session(id, hash(id), OFFLINE_EXPIRED, start + tonumber(e[j + 1])) ~= 0 then
