@@ -179,3 +179,38 @@ func BenchmarkClaim(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkListMillion pages through 1M open sessions with Store.List at
+// the query service's default page of 10000 ids. The sessions are started
+// with Store.Heartbeat in chunks before timing (about 30 s).
+func BenchmarkListMillion(b *testing.B) {
+	rdb := testenv.StartRedis(b).Client(b)
+	ctx := context.Background()
+	s := benchStore(b, rdb, time.Hour)
+	const total = 1_000_000
+	for start := 0; start < total; start += 10_000 {
+		if _, err := s.Heartbeat(ctx, ids("u", start, 10_000)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		n, pages, cursor := 0, 0, ""
+		for {
+			p, err := s.List(ctx, cursor, 10_000)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += len(p.UserIDs)
+			pages++
+			if p.Cursor == "" {
+				break
+			}
+			cursor = p.Cursor
+		}
+		if n != total {
+			b.Fatalf("listed %d of %d", n, total)
+		}
+		b.ReportMetric(float64(pages), "pages")
+	}
+}

@@ -193,6 +193,9 @@ func TestListCompactAndOversizedShards(t *testing.T) {
 		t.Run(fmt.Sprintf("shards=%d", shards), func(t *testing.T) {
 			s := presence.NewStore(r.Client(t), presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: shards})
 			ctx := context.Background()
+			if p, err := s.List(ctx, "", 100); err != nil || len(p.UserIDs) != 0 || p.Cursor != "" {
+				t.Fatalf("empty data set: %+v, %v", p, err)
+			}
 			ids := make([]string, 1000)
 			for i := range ids {
 				ids[i] = fmt.Sprintf("user-%04d", i)

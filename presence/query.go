@@ -113,16 +113,14 @@ func (s *Store) List(ctx context.Context, cursor string, limit int) (Page, error
 	if err != nil {
 		return Page{}, fmt.Errorf("list online users: %w", err)
 	}
-	if len(vals) < 2 {
-		return Page{}, fmt.Errorf("list online users: short reply %v", vals)
+	if len(vals) != 3 {
+		return Page{}, fmt.Errorf("list online users: unexpected reply %v", vals)
 	}
 	next, _ := vals[0].(int64)
 	nextInner, _ := vals[1].(string)
-	ids := make([]string, 0, len(vals)-2)
-	for _, v := range vals[2:] {
-		if id, ok := v.(string); ok {
-			ids = append(ids, id)
-		}
+	var ids []string
+	if joined, _ := vals[2].(string); joined != "" {
+		ids = strings.Split(joined, "\n")
 	}
 	p := Page{UserIDs: ids}
 	if next >= 0 {

@@ -10,35 +10,44 @@
 --          ids, so a page may exceed it by one step (a compact shard: at
 --          most 128 ids, about 64 when the shard count matches the load)
 --
--- Returns {shard, cursor, id1, id2, ...}: where the next page starts; shard
--- -1 when the listing is complete. A user online for the whole listing is
+-- Returns {shard, cursor, ids}: where the next page starts (shard -1 when
+-- the listing is complete) and the page's ids joined by newlines (one bulk
+-- reply instead of one per id; ids never contain newlines, see
+-- ValidateUserID). A user online for the whole listing is
 -- returned at least once (exactly once unless an oversized shard is resized
 -- during the listing); one who comes or goes during it may or may not be.
 local ep = redis.call('GET', KEYS[1])
 local shards = ep and tonumber(string.match(ep, ':(%d+)$'))
-if not shards then return {-1, '0'} end
+if not shards then return {-1, '0', ''} end
 local s = tonumber(ARGV[2])
 local cur = ARGV[3]
 local limit = tonumber(ARGV[4])
-local res = {-1, '0'}
+local parts = {}
 local n = 0
 while s < shards and n < limit do
   local key = ARGV[1] .. 's:' .. s
   if cur == '0' and redis.call('HLEN', key) <= 128 then
     -- a compact shard: all its ids at once, without their values
     local ids = redis.call('HKEYS', key)
-    for j = 1, #ids do res[n + 3] = ids[j]; n = n + 1 end
+    if #ids > 0 then
+      parts[#parts + 1] = table.concat(ids, '\n')
+      n = n + #ids
+    end
     s = s + 1
   else
     local r = redis.call('HSCAN', key, cur, 'COUNT', limit - n)
     local kv = r[2]
-    for j = 1, #kv, 2 do res[n + 3] = kv[j]; n = n + 1 end
+    local ids = {}
+    for j = 1, #kv, 2 do ids[#ids + 1] = kv[j] end
+    if #ids > 0 then
+      parts[#parts + 1] = table.concat(ids, '\n')
+      n = n + #ids
+    end
     cur = r[1]
     if cur == '0' then s = s + 1 end
   end
 end
 if s < shards then
-  res[1] = s
-  res[2] = cur
+  return {s, cur, table.concat(parts, '\n')}
 end
-return res
+return {-1, '0', table.concat(parts, '\n')}
