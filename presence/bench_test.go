@@ -94,14 +94,16 @@ func BenchmarkHeartbeat(b *testing.B) {
 	}
 }
 
-// due makes n users due: sessions with a 1ms TTL, then a wait past their
-// deadline. The caller stops the timer around it.
-func due(b *testing.B, short *presence.Store, prefix string, start, n int) []string {
+// due makes n users due: sessions with a 1ms TTL, then a wait of wait: 3 ms
+// lets the keys expire (enough for Claim); 110 ms also passes the end of the
+// deadlines' 100 ms index slot (the sweep reads a slot once it has ended).
+// The caller stops the timer around it.
+func due(b *testing.B, short *presence.Store, prefix string, start, n int, wait time.Duration) []string {
 	users := ids(prefix, start, n)
 	if _, err := short.Heartbeat(context.Background(), users); err != nil {
 		b.Fatal(err)
 	}
-	time.Sleep(3 * time.Millisecond)
+	time.Sleep(wait)
 	return users
 }
 
@@ -117,7 +119,7 @@ func BenchmarkSweep(b *testing.B) {
 		next := 0
 		for b.Loop() {
 			b.StopTimer()
-			due(b, s, "u", next, 1000)
+			due(b, s, "u", next, 1000, 110*time.Millisecond)
 			next += 1000
 			b.StartTimer()
 			res, err := s.Sweep(ctx, 1000)
@@ -164,7 +166,7 @@ func BenchmarkClaim(b *testing.B) {
 			next := 0
 			for b.Loop() {
 				b.StopTimer()
-				users := due(b, s, "u", next, n)
+				users := due(b, s, "u", next, n, 3*time.Millisecond)
 				next += n
 				b.StartTimer()
 				got, err := s.Claim(ctx, users)

@@ -1,6 +1,7 @@
 // Package presence keeps who is online in Redis: the seed's presence keys
 // (presence:user:{userId} = "1" with a TTL, so services that check EXISTS keep
-// working), a deadline index that makes expiry authoritative, and an outbox
+// working), sessions shards whose fields are the open sessions (removing one
+// is the claim), a deadline index that makes expiry authoritative, and an outbox
 // stream that carries every online/offline transition to NATS. Every
 // transition and its event are written by one Lua script, so a transition is
 // never lost or doubled between Redis and the publisher.
