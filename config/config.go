@@ -134,7 +134,7 @@ type Config struct {
 	// --outbox-claim-after). Default 15s; greater than zero.
 	OutboxClaimAfter time.Duration
 	// InFlight is the number of Redis batches in flight per replica
-	// (PRESENCE_INFLIGHT, --inflight). Default 4; 1 to 64.
+	// (PRESENCE_INFLIGHT, --inflight). Default 8; 1 to 64.
 	InFlight int
 	// Shards is the number of sessions shards in Redis, fixed when the data
 	// set is created (the first write to an empty Redis; later the value
@@ -433,7 +433,7 @@ var settings = []Setting{
 		},
 	},
 	{
-		Flag: "inflight", Env: "PRESENCE_INFLIGHT", Default: "4",
+		Flag: "inflight", Env: "PRESENCE_INFLIGHT", Default: "8",
 		Usage: "Redis batches in flight per replica (1 to 64)",
 		set:   intSetter(func(c *Config) *int { return &c.InFlight }),
 		check: func(c Config, name func(string) string) error {

@@ -35,7 +35,7 @@ func TestDefault(t *testing.T) {
 		ConnectTimeout:    5 * time.Second,
 		OutageThreshold:   5 * time.Second,
 		OutboxClaimAfter:  15 * time.Second,
-		InFlight:          4,
+		InFlight:          8,
 		Shards:            16384,
 		LogLevel:          "info",
 		LogFormat:         "json",

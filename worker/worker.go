@@ -74,7 +74,7 @@ type Options struct {
 	Queue    string       // queue group; zero means "presenced"
 	// MaxBatch is the most ids one message may carry; zero means 10000.
 	MaxBatch int
-	// InFlight is the number of store batches in flight; zero means 4.
+	// InFlight is the number of store batches in flight; zero means 8.
 	InFlight int
 	// BatchIDs is the most ids coalesced into one store call; zero means 4000.
 	BatchIDs int
@@ -108,7 +108,7 @@ func (o Options) withDefaults() Options {
 		o.MaxBatch = 10000
 	}
 	if o.InFlight <= 0 {
-		o.InFlight = 4
+		o.InFlight = 8
 	}
 	if o.BatchIDs <= 0 {
 		o.BatchIDs = 4 * presence.ChunkSize
