@@ -26,10 +26,6 @@ func (k Keys) User(id string) string { return k.prefix + "user:" + id }
 // the open session's online event (see lua/lib.lua for the layout).
 func (k Keys) Sessions(n int) string { return k.prefix + "s:" + strconv.Itoa(n) }
 
-// IndexPrefix is the prefix of the deadline index buckets,
-// "<prefix>d:<slot>:<bucket>" (HASHes userId -> ms into the slot).
-func (k Keys) IndexPrefix() string { return k.prefix + "d:" }
-
 // Dir is the index directory: a ZSET of bucket keys scored by the end of
 // their slot (ms since the epoch, Redis clock).
 func (k Keys) Dir() string { return k.prefix + "dir" }

@@ -27,15 +27,15 @@ var (
 	scriptClaim      = redis.NewScript(luaLib + "\n" + luaClaim)
 )
 
-// Read-only scripts: they do not include lib.lua.
+// Read-only scripts: lib.lua too, for the epoch's shard count and the hash.
 var (
 	//go:embed lua/status.lua
 	luaStatus string
 	//go:embed lua/list.lua
 	luaList string
 
-	scriptStatus = redis.NewScript(luaStatus)
-	scriptList   = redis.NewScript(luaList)
+	scriptStatus = redis.NewScript(luaLib + "\n" + luaStatus)
+	scriptList   = redis.NewScript(luaLib + "\n" + luaList)
 )
 
 //go:embed lua/trim.lua

@@ -1,5 +1,7 @@
--- lib.lua: prepended to every presence script that writes (see scripts.go),
--- so all of them share one layout, one clock and one outbox format.
+-- lib.lua: prepended to every presence script (see scripts.go), so all of
+-- them share one layout, one hash, one clock and one outbox format. The
+-- read-only scripts (status, list) use only read_shards, hash and the
+-- prefix; KEYS[1] and ARGV[1] mean the same in them.
 --
 -- Every script that includes it takes the same first five keys and two args:
 --   KEYS[1]  epoch (STRING "<µs>:<shards>": marks the data set, fixes the shard count)
@@ -152,10 +154,17 @@ end
 -- anything else, and consumers resynchronise. Exactly one script call sees
 -- the epoch missing, so the reset is published once. The epoch also fixes
 -- the shard count for the life of the data set.
-local function check_epoch()
+-- read_shards returns the shard count recorded in the epoch key, or nil
+-- when there is no data set (or it has no shard count).
+local function read_shards()
   local ep = redis.call('GET', KEYS[1])
+  return ep and tonumber(string.match(ep, ':(%d+)$')), ep
+end
+
+local function check_epoch()
+  local shards, ep = read_shards()
   if ep then
-    SHARDS = tonumber(string.match(ep, ':(%d+)$'))
+    SHARDS = shards
     if SHARDS == nil then
       return redis.error_reply('ERR presence data set ' .. KEYS[1] .. ' has no shard count (written by an older presenced); flush the presence keys')
     end

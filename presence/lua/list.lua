@@ -1,6 +1,7 @@
--- list.lua: one page of the open sessions, read-only (no lib.lua). Walks the
--- sessions shards in order: a compact shard (128 ids or fewer) whole with
--- HKEYS, a larger one with HSCAN in steps of about the limit.
+-- list.lua: one page of the open sessions, read-only. Requires lib.lua
+-- (read_shards and the prefix only). Walks the sessions shards in order: a
+-- compact shard (128 ids or fewer) whole with HKEYS, a larger one with HSCAN
+-- in steps of about the limit.
 --
 -- KEYS[1]  epoch (STRING "<µs>:<shards>", see lib.lua)
 -- ARGV[1]  key prefix
@@ -16,8 +17,7 @@
 -- ValidateUserID). A user online for the whole listing is
 -- returned at least once (exactly once unless an oversized shard is resized
 -- during the listing); one who comes or goes during it may or may not be.
-local ep = redis.call('GET', KEYS[1])
-local shards = ep and tonumber(string.match(ep, ':(%d+)$'))
+local shards = read_shards()
 if not shards then return {-1, '0', ''} end
 local s = tonumber(ARGV[2])
 local cur = ARGV[3]
@@ -25,7 +25,7 @@ local limit = tonumber(ARGV[4])
 local parts = {}
 local n = 0
 while s < shards and n < limit do
-  local key = ARGV[1] .. 's:' .. s
+  local key = P .. 's:' .. s
   if cur == '0' and redis.call('HLEN', key) <= 128 then
     -- a compact shard: all its ids at once, without their values
     local ids = redis.call('HKEYS', key)
