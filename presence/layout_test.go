@@ -63,17 +63,14 @@ func TestEveryTransitionInOutbox(t *testing.T) {
 		t.Fatalf("count %d", n)
 	}
 	claimed := 0
-	deadline := time.Now().Add(10 * time.Second)
-	for claimed < len(ids) && time.Now().Before(deadline) {
+	testenv.Eventually(t, 10*time.Second, func() bool {
 		r, err := s.Sweep(ctx, 1000)
 		if err != nil {
 			t.Fatal(err)
 		}
 		claimed += r.Claimed
-		if !r.More {
-			time.Sleep(50 * time.Millisecond) // until more deadlines pass
-		}
-	}
+		return claimed >= len(ids)
+	}, "not every due user was claimed within 10s")
 	if claimed != len(ids) {
 		t.Fatalf("claimed %d of %d", claimed, len(ids))
 	}
@@ -139,13 +136,13 @@ func TestRandomChurnAlternates(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // one heartbeat interval of the simulated gateway
 	}
-	testEventually(t, func() bool {
+	testenv.Eventually(t, 10*time.Second, func() bool {
 		if _, err := s.Sweep(ctx, 10000); err != nil {
 			t.Fatal(err)
 		}
 		n, _ := s.Count(ctx)
 		return n == 0
-	})
+	}, "sessions left open")
 	per := map[string][]presence.Event{}
 	for _, e := range readOutbox(t, s) {
 		per[e.UserID] = append(per[e.UserID], e)
@@ -170,17 +167,6 @@ func TestRandomChurnAlternates(t *testing.T) {
 				t.Fatalf("user %s: event %d %+v out of order: %+v", id, j, e, evs)
 			}
 		}
-	}
-}
-
-func testEventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
