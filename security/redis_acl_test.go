@@ -179,6 +179,17 @@ func TestRedisACL(t *testing.T) {
 			waitEvent(t, offline, "u-3", "offline")
 			waitEvent(t, offline, "u-1", "offline") // expired
 			waitEvent(t, offline, "u-2", "offline")
+			// The sweep reads the index buckets of u-1..u-3 once their slot
+			// ends (HGETALL, PTTL, DEL, ZREM), whether or not the keyspace
+			// event claimed first; wait for it, so that its commands are
+			// exercised under the ACL and nothing is left behind.
+			store := presence.NewStore(admin, presence.Options{Prefix: "presence:", TTL: time.Second})
+			var f presence.Footprint
+			testenv.Eventually(t, 10*time.Second, func() bool {
+				var err error
+				f, err = store.Footprint(ctx)
+				return err == nil && f.Sessions == 0 && f.Count == 0 && f.IndexEntries == 0 && f.Buckets == 0
+			}, "presence data left behind after every user went offline: %+v", &f)
 
 			// The query service's reads, as the ACL user.
 			cfg := config.Default()
