@@ -222,3 +222,47 @@ func TestListCompactAndOversizedShards(t *testing.T) {
 		})
 	}
 }
+
+// New sessions filed by one call go into the deadline index in runs of 8
+// entries per bucket (one HSET each), over the slot's 64 buckets (default
+// shard count), and every bucket stays a compact listpack: 100 users in one
+// call make 13 buckets; 3000 more (3 calls of 1000) in the same slot wrap
+// around all 64, 47 entries each on average.
+func TestIndexRuns(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, time.Minute)
+	rdb := r.Client(t)
+	ctx := context.Background()
+	// One call of 100 ids: one slot (the deadline is NOW_MS + ttl for all).
+	if _, err := s.Heartbeat(ctx, ids("a", 0, 100)); err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.Footprint(ctx)
+	if err != nil || f.IndexEntries != 100 || f.Buckets != 13 {
+		t.Fatalf("after 100 new users in one call: %+v, %v; want 100 entries in 13 buckets", f, err)
+	}
+	if _, err := s.Heartbeat(ctx, ids("b", 0, 3000)); err != nil {
+		t.Fatal(err)
+	}
+	f, err = s.Footprint(ctx)
+	if err != nil || f.IndexEntries != 3100 {
+		t.Fatalf("after 3100 new users: %+v, %v", f, err)
+	}
+	buckets, err := rdb.ZRange(ctx, s.Keys().Dir(), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range buckets {
+		enc, err := rdb.ObjectEncoding(ctx, b).Result()
+		if err != nil || enc != "listpack" {
+			t.Errorf("bucket %s: encoding %q, %v; want listpack", b, enc, err)
+		}
+		if n := rdb.HLen(ctx, b).Val(); n > 128 {
+			t.Errorf("bucket %s: %d entries", b, n)
+		}
+	}
+	// At most two slots (the calls may straddle a slot boundary), 64 buckets each.
+	if len(buckets) < 64 || len(buckets) > 128 {
+		t.Errorf("%d buckets for 3100 users in one or two slots; want 64..128", len(buckets))
+	}
+}

@@ -21,11 +21,11 @@ local deadline = NOW_MS + ttl
 local res = {NOW_MS}
 for i = 1, #ARGV - 3 do
   res[i + 1] = 0
-  if not redis.call('SET', KEYS[i + 5], '1', 'PX', ttl, 'GET') then
+  if not redis.call('SET', KEYS[i + 5], '1', 'PX', ARGV[3], 'GET') then
     local id = ARGV[i + 3]
     local h = hash(id)
     local v = peek_version()
-    if redis.call('HSETNX', shard_key(h), id, v) == 1 then
+    if redis.call('HSETNX', shard_key(h), id, string.format('%d', v)) == 1 then
       file(id, h, deadline)
       res[i + 1] = emit(ONLINE .. id)
       COUNT_DELTA = COUNT_DELTA + 1

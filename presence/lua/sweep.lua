@@ -53,7 +53,7 @@ while i <= #buckets and read < limit do
     elseif cutoff then
       local h = hash(id)
       if redis.call('HGET', shard_key(h), id) then
-        redis.call('SET', k, '1', 'PX', ttl)
+        redis.call('SET', k, '1', 'PX', ARGV[5])
         file(id, h, NOW_MS + ttl)
         graced = graced + 1
       end
