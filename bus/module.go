@@ -40,13 +40,18 @@ func NewFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*Bus, 
 }
 
 // StartQueryFromConfig runs the query service (presence.query.*) on b for
-// the lifetime of the application.
-func StartQueryFromConfig(lc fx.Lifecycle, cfg config.Config, b *Bus, store *presence.Store, log *slog.Logger) {
+// the lifetime of the application, answering online queries from view when
+// PRESENCE_QUERY_VIEW is on.
+func StartQueryFromConfig(lc fx.Lifecycle, cfg config.Config, b *Bus, store *presence.Store, view *presence.View, log *slog.Logger) {
 	var svc micro.Service
+	var qs QueryStore = store
+	if cfg.QueryView {
+		qs = view
+	}
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			var err error
-			svc, err = StartQueryService(b.Conn(), store, QueryOptions{
+			svc, err = StartQueryService(b.Conn(), qs, QueryOptions{
 				Subjects: SubjectsFromConfig(cfg),
 				Queue:    cfg.QueueGroup,
 				MaxIDs:   cfg.MaxBatch,

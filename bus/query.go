@@ -135,8 +135,10 @@ type OnlineRequest struct {
 	UserIDs []string `json:"userIds"`
 }
 
-// OnlineReply lists those of the requested ids that are online (their
-// presence key exists), in request order, duplicates removed.
+// OnlineReply lists those of the requested ids that are online, in request
+// order, duplicates removed: with the query view (presence.View), those with
+// an open session as of every write stored before the query; without it,
+// those whose presence key exists.
 type OnlineReply struct {
 	Online []string `json:"online"`
 }

@@ -142,6 +142,17 @@ type Config struct {
 	// of users online divided by 64 keeps memory per user lowest. Default
 	// 16384 (up to about 1M online); 1 to 4194304.
 	Shards int
+	// QueryView makes the query service answer online queries from an
+	// in-memory view of the open sessions, kept by following the outbox
+	// (PRESENCE_QUERY_VIEW, --query-view); off asks Redis (MGET) every time.
+	// Default true. The view costs about 40 bytes per user online in each
+	// replica.
+	QueryView bool
+	// OutboxRetention keeps published outbox entries this long so that the
+	// query views can follow them; a view further behind reads the sessions
+	// again (PRESENCE_OUTBOX_RETENTION, --outbox-retention). Default 10s;
+	// 0 to 1h, and at least 1s with QueryView.
+	OutboxRetention time.Duration
 	// LogLevel is debug, info, warn or error (LOG_LEVEL, --log-level).
 	// Default "info".
 	LogLevel string
@@ -449,6 +460,27 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "query-view", Env: "PRESENCE_QUERY_VIEW", Default: "true",
+		Usage:  "answer online queries from an in-memory view of the sessions that follows the outbox (false: Redis MGET)",
+		isBool: true,
+		set:    boolSetter(func(c *Config) *bool { return &c.QueryView }),
+		check:  func(Config, func(string) string) error { return nil },
+	},
+	{
+		Flag: "outbox-retention", Env: "PRESENCE_OUTBOX_RETENTION", Default: "10s",
+		Usage: "keep published outbox entries this long for the query views (0 to 1h; >= 1s with query-view)",
+		set:   durationSetter(func(c *Config) *time.Duration { return &c.OutboxRetention }),
+		check: func(c Config, name func(string) string) error {
+			if c.OutboxRetention < 0 || c.OutboxRetention > time.Hour {
+				return fmt.Errorf("%s must be between 0 and 1h, got %s", name("PRESENCE_OUTBOX_RETENTION"), c.OutboxRetention)
+			}
+			if c.QueryView && c.OutboxRetention < time.Second {
+				return fmt.Errorf("%s must be at least 1s when %s is on, got %s", name("PRESENCE_OUTBOX_RETENTION"), name("PRESENCE_QUERY_VIEW"), c.OutboxRetention)
+			}
+			return nil
+		},
+	},
+	{
 		Flag: "log-level", Env: "LOG_LEVEL", Default: "info",
 		Usage: "debug, info, warn or error",
 		set:   func(c *Config, v string) error { c.LogLevel = v; return nil },
@@ -498,15 +530,8 @@ var settings = []Setting{
 		Flag: "pprof", Env: "PPROF_ENABLED", Default: "false",
 		Usage:  "serve net/http/pprof on the HTTP address",
 		isBool: true,
-		set: func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return errors.Unwrap(err) // strconv.ErrSyntax: the value is already in the message
-			}
-			c.Pprof = b
-			return nil
-		},
-		check: func(Config, func(string) string) error { return nil },
+		set:    boolSetter(func(c *Config) *bool { return &c.Pprof }),
+		check:  func(Config, func(string) string) error { return nil },
 	},
 }
 
@@ -517,6 +542,17 @@ func durationSetter(field func(*Config) *time.Duration) func(*Config, string) er
 			return err
 		}
 		*field(c) = d
+		return nil
+	}
+}
+
+func boolSetter(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.Unwrap(err) // strconv.ErrSyntax: the value is already in the message
+		}
+		*field(c) = b
 		return nil
 	}
 }
@@ -700,6 +736,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("outbox-claim-after", c.OutboxClaimAfter),
 		slog.Int("inflight", c.InFlight),
 		slog.Int("shards", c.Shards),
+		slog.Bool("query-view", c.QueryView),
+		slog.Duration("outbox-retention", c.OutboxRetention),
 		slog.String("log-level", c.LogLevel),
 		slog.String("log-format", c.LogFormat),
 		slog.String("http-addr", c.HTTPAddr),

@@ -37,6 +37,8 @@ func TestDefault(t *testing.T) {
 		OutboxClaimAfter:  15 * time.Second,
 		InFlight:          8,
 		Shards:            16384,
+		QueryView:         true,
+		OutboxRetention:   10 * time.Second,
 		LogLevel:          "info",
 		LogFormat:         "json",
 		HTTPAddr:          ":8080",
@@ -180,6 +182,11 @@ func TestLoad(t *testing.T) {
 		{name: "shards env", env: env("PRESENCE_SHARDS", "256"), want: func(c *Config) { c.Shards = 256 }},
 		{name: "shards flag beats env", args: []string{"--shards=1"}, env: env("PRESENCE_SHARDS", "256"), want: func(c *Config) { c.Shards = 1 }},
 		{name: "shards zero", env: env("PRESENCE_SHARDS", "0"), wantErr: `PRESENCE_SHARDS must be between 1 and 4194304, got 0`},
+		{name: "query view off", env: env("PRESENCE_QUERY_VIEW", "false", "PRESENCE_OUTBOX_RETENTION", "0"), want: func(c *Config) { c.QueryView, c.OutboxRetention = false, 0 }},
+		{name: "query view flag", args: []string{"--query-view=false"}, want: func(c *Config) { c.QueryView = false }},
+		{name: "query view bad", env: env("PRESENCE_QUERY_VIEW", "maybe"), wantErr: `invalid PRESENCE_QUERY_VIEW "maybe": invalid syntax`},
+		{name: "retention too short for the view", env: env("PRESENCE_OUTBOX_RETENTION", "500ms"), wantErr: `PRESENCE_OUTBOX_RETENTION must be at least 1s when PRESENCE_QUERY_VIEW is on, got 500ms`},
+		{name: "retention negative", args: []string{"--outbox-retention=-1s"}, wantErr: `--outbox-retention (PRESENCE_OUTBOX_RETENTION) must be between 0 and 1h, got -1s`},
 		{name: "inflight flag not a number", args: []string{"--inflight=x"}, wantErr: `invalid --inflight (PRESENCE_INFLIGHT) "x": invalid syntax`},
 
 		// LOG_LEVEL

@@ -60,7 +60,7 @@ func New() *Metrics {
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
 	m.RedisLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "presenced_redis_command_seconds", Help: "Redis command and pipeline latency, by command.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}, []string{"command"})
-	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Outbox entries not yet trimmed (batches of events waiting to be published, plus at most one)."})
+	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Outbox entries not yet trimmed: batches of events waiting to be published, plus those kept for PRESENCE_OUTBOX_RETENTION (or at most one without)."})
 	m.Republished = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_reclaimed_total", Help: "Outbox entries taken over from a replica that did not acknowledge them."})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
 		m.RedisLatency, m.OutboxDepth, m.Republished} {
@@ -88,6 +88,27 @@ func (m *Metrics) Observe(s Sources) {
 	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "redis_subscriber"}, s.SubscriberReconnects)
 	counter("presenced_nats_slow_consumer_total", "NATS slow-consumer errors: messages dropped because a subscription's pending limit was reached.", nil, s.SlowConsumerDrops)
 	counter("presenced_expiry_events_dropped_total", "Expired keyspace events left to the sweep because the claimer was behind.", nil, s.ExpiryDropped)
+}
+
+// ViewSources are the query view's figures, read at scrape time.
+type ViewSources struct {
+	Users     func() int64 // users the view holds online
+	FromView  func() int64 // online queries answered by the view
+	FromRedis func() int64 // online queries answered by Redis (view building, behind or off)
+	Builds    func() int64 // times the view read every session (start, resyncs)
+}
+
+// ObserveView registers the query view's figures. Call it once.
+func (m *Metrics) ObserveView(s ViewSources) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "presenced_query_view_users", Help: "Users the query view holds online."},
+		func() float64 { return float64(s.Users()) }))
+	answers := "Online queries answered, by source: view, or redis (view being built, behind by more than the catch-up timeout, or off)."
+	for source, f := range map[string]func() int64{"view": s.FromView, "redis": s.FromRedis} {
+		m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "presenced_query_online_total", Help: answers, ConstLabels: prometheus.Labels{"source": source}},
+			func() float64 { return float64(f()) }))
+	}
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "presenced_query_view_builds_total", Help: "Times the query view read every session: at start, after falling behind the outbox retention, after a data set change or a Redis failure."},
+		func() float64 { return float64(s.Builds()) }))
 }
 
 // RedisHook returns a go-redis hook that observes command and pipeline
@@ -121,7 +142,7 @@ func (r redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pro
 // isBlocking excludes commands whose latency is a wait, not Redis work.
 func isBlocking(cmd redis.Cmder) bool {
 	switch cmd.Name() {
-	case "xreadgroup", "psubscribe", "subscribe":
+	case "xreadgroup", "xread", "psubscribe", "subscribe":
 		return true
 	}
 	return false

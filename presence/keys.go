@@ -39,6 +39,9 @@ func (k Keys) Clock() string { return k.prefix + "clock" }
 // Outbox is the stream of events waiting to be published to NATS.
 func (k Keys) Outbox() string { return k.prefix + "outbox" }
 
+// OutboxFloor holds the MINID of the latest outbox trim (see View).
+func (k Keys) OutboxFloor() string { return k.prefix + "outbox:floor" }
+
 // SweepMarker holds the Redis time (ms) of the last reconciler sweep.
 func (k Keys) SweepMarker() string { return k.prefix + "sweep" }
 

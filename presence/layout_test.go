@@ -39,6 +39,19 @@ func readOutbox(t *testing.T, s *presence.Store) []presence.Event {
 	}
 }
 
+// sweepUntilClosed sweeps until no session is open (within 10s): every
+// session has expired and been claimed.
+func sweepUntilClosed(t *testing.T, s *presence.Store) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		if _, err := s.Sweep(context.Background(), 10000); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := s.Count(context.Background())
+		return n == 0
+	}, "sessions left open")
+}
+
 // Every transition of many users in large batches reaches the outbox once:
 // 10k new sessions in one call (split into chunks), then all of them
 // expiring and claimed by sweeps.
@@ -136,13 +149,7 @@ func TestRandomChurnAlternates(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond) // one heartbeat interval of the simulated gateway
 	}
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		if _, err := s.Sweep(ctx, 10000); err != nil {
-			t.Fatal(err)
-		}
-		n, _ := s.Count(ctx)
-		return n == 0
-	}, "sessions left open")
+	sweepUntilClosed(t, s)
 	per := map[string][]presence.Event{}
 	for _, e := range readOutbox(t, s) {
 		per[e.UserID] = append(per[e.UserID], e)

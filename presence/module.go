@@ -12,11 +12,11 @@ import (
 	"github.com/presenced/presenced/metrics"
 )
 
-// Module provides the Redis client, the Store and the ExpiryListener. It
-// owns both Redis connections: it pings in OnStart (failing within
-// PRESENCE_CONNECT_TIMEOUT) and closes them in OnStop.
+// Module provides the Redis client, the Store, the query View and the
+// ExpiryListener. It owns both Redis connections: it pings in OnStart
+// (failing within PRESENCE_CONNECT_TIMEOUT) and closes them in OnStop.
 var Module = fx.Module("presence",
-	fx.Provide(NewClient, NewStoreFromConfig, NewExpiryListenerFromConfig),
+	fx.Provide(NewClient, NewStoreFromConfig, NewViewFromConfig, NewExpiryListenerFromConfig),
 )
 
 // NewClient returns the main Redis client for cfg and ties it to lc.
@@ -46,13 +46,49 @@ func NewClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog
 
 // NewStoreFromConfig returns the Store on rdb with cfg's settings.
 func NewStoreFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *Store {
-	s := NewStore(rdb, Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards})
+	s := NewStore(rdb, Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards, OutboxRetention: cfg.OutboxRetention})
 	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()
 		return s.Ping(ctx)
 	}})
 	return s
+}
+
+// NewViewFromConfig returns the query View of store; with
+// PRESENCE_QUERY_VIEW on it is built and followed from start to stop.
+func NewViewFromConfig(lc fx.Lifecycle, store *Store, cfg config.Config, m *metrics.Metrics, log *slog.Logger) *View {
+	v := NewView(store, log.With("component", "view"))
+	if !cfg.QueryView {
+		return v
+	}
+	m.ObserveView(metrics.ViewSources{
+		Users:     func() int64 { return int64(v.Len()) },
+		FromView:  func() int64 { return v.Stats().FromView },
+		FromRedis: func() int64 { return v.Stats().FromRedis },
+		Builds:    func() int64 { return v.Stats().Builds },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() {
+				defer close(done)
+				v.Run(ctx)
+			}()
+			return nil
+		},
+		OnStop: func(stop context.Context) error {
+			cancel()
+			select {
+			case <-done:
+				return nil
+			case <-stop.Done():
+				return stop.Err()
+			}
+		},
+	})
+	return v
 }
 
 // NewExpiryListenerFromConfig returns the listener on its own Redis

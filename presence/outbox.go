@@ -40,11 +40,15 @@ type Outbox struct {
 	key      string
 	consumer string
 	reclaim  string // XAUTOCLAIM cursor
+	floor    string // key of the latest trim's MINID
+	// retention in ms, formatted for the trim script
+	retention string
 }
 
 // Outbox returns the outbox reader for consumer, a name unique to this replica.
 func (s *Store) Outbox(consumer string) *Outbox {
-	return &Outbox{rdb: s.rdb, key: s.keys.Outbox(), consumer: consumer, reclaim: "0-0"}
+	return &Outbox{rdb: s.rdb, key: s.keys.Outbox(), consumer: consumer, reclaim: "0-0",
+		floor: s.keys.OutboxFloor(), retention: strconv.FormatInt(s.opts.OutboxRetention.Milliseconds(), 10)}
 }
 
 // Consumer returns this reader's consumer name.
@@ -121,9 +125,10 @@ func (o *Outbox) Ack(ctx context.Context, ids ...string) error {
 	return nil
 }
 
-// Trim drops entries every consumer has acknowledged and returns how many.
+// Trim drops entries every consumer has acknowledged and that are older
+// than Options.OutboxRetention, and returns how many.
 func (o *Outbox) Trim(ctx context.Context) (int64, error) {
-	n, err := scriptTrim.Run(ctx, o.rdb, []string{o.key}, OutboxGroup).Int64()
+	n, err := scriptTrim.Run(ctx, o.rdb, []string{o.key, o.floor}, OutboxGroup, o.retention).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("trim outbox: %w", err)
 	}
@@ -131,7 +136,8 @@ func (o *Outbox) Trim(ctx context.Context) (int64, error) {
 }
 
 // Len returns the number of entries in the outbox: the unpublished events,
-// plus at most one already published (see Trim).
+// plus those kept for the retention (or at most one already published when
+// there is none; see Trim).
 func (o *Outbox) Len(ctx context.Context) (int64, error) {
 	n, err := o.rdb.XLen(ctx, o.key).Result()
 	if err != nil {

@@ -40,6 +40,10 @@ type Options struct {
 	// divided by 64 keeps every shard a compact listpack (Redis's default
 	// hash-max-listpack-entries is 128). Zero means DefaultShards.
 	Shards int
+	// OutboxRetention keeps published outbox entries this long, so that a
+	// View can follow the stream (one that falls further behind reads the
+	// sessions again); zero keeps none.
+	OutboxRetention time.Duration
 }
 
 // DefaultShards suits up to about a million users online (~64 per shard).

@@ -1,0 +1,329 @@
+package presence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/redis/go-redis/v9"
+)
+
+// View is an in-memory copy of who has an open session, kept by following
+// the outbox stream, so that an online query of many ids is answered by map
+// lookups instead of a Redis MGET (10k ids: about 1 ms against 14-18 ms of
+// MGET when Redis holds a few million keys).
+//
+// It is built by reading the outbox's position, then every sessions shard
+// (Store.List), then applying every outbox entry after that position in
+// stream order. Entries are written by the same script calls that change
+// the sessions, in the order Redis ran them, so applying them in order from
+// any position read before the snapshot ends in the sessions' current state.
+// A view that falls behind the outbox's retention (Options.OutboxRetention),
+// sees the data set replaced (its epoch changes), or loses Redis, reads the
+// sessions again; meanwhile, and whenever it cannot catch up quickly, queries
+// go to Redis.
+//
+// An answer reflects every transition committed before the query started:
+// the query reads the version clock and waits until the view has applied
+// that version. "Online" here means an open session: a user whose key has
+// lapsed stays online until its offline event (the sweep's claim, at most
+// about half a second later), as downstream consumers of the events see it.
+//
+// View embeds the Store, so it serves every query of the query service.
+type View struct {
+	*Store
+	log   *slog.Logger
+	ready chan struct{} // closed once the first snapshot is applied (tests)
+
+	mu      sync.RWMutex
+	online  map[string]struct{}
+	applied int64         // version of the last event applied
+	synced  bool          // false while (re)building
+	changed chan struct{} // closed and replaced whenever applied moves
+	epoch   string
+	readyOK sync.Once
+
+	fromView, fromRedis, builds atomic.Int64
+}
+
+// Stats are the view's counters.
+type ViewStats struct {
+	FromView  int64 // online queries answered by the view
+	FromRedis int64 // online queries answered by Redis (view not built, or behind)
+	Builds    int64 // times the view read every session
+}
+
+// Stats returns the view's counters.
+func (v *View) Stats() ViewStats {
+	return ViewStats{FromView: v.fromView.Load(), FromRedis: v.fromRedis.Load(), Builds: v.builds.Load()}
+}
+
+// CatchUpTimeout bounds how long a query waits for the view to apply the
+// transitions committed before it; after that it asks Redis instead.
+const CatchUpTimeout = 250 * time.Millisecond
+
+// NewView returns a view of s; Run keeps it. s should have an
+// OutboxRetention of a few seconds at least (every replica's trim keeps
+// entries that long).
+func NewView(s *Store, log *slog.Logger) *View {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &View{Store: s, log: log, online: map[string]struct{}{}, changed: make(chan struct{}), ready: make(chan struct{})}
+}
+
+// Ready is closed once the view has read the sessions for the first time.
+func (v *View) Ready() <-chan struct{} { return v.ready }
+
+// Len is the number of users the view holds online.
+func (v *View) Len() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.online)
+}
+
+// errResync asks Run to read the sessions again.
+var errResync = errors.New("view must be rebuilt")
+
+// Run builds the view and follows the outbox until ctx is done, rebuilding
+// it (with backoff while Redis fails) whenever it cannot follow.
+func (v *View) Run(ctx context.Context) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	for ctx.Err() == nil {
+		last, err := v.rebuild(ctx)
+		if err == nil {
+			b.Reset()
+			err = v.follow(ctx, last)
+		}
+		v.setSynced(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errResync) {
+			v.log.Warn("query view fell behind or the data set changed; reading the sessions again", "err", err)
+			continue
+		}
+		d := b.NextBackOff()
+		v.log.Warn("query view failed; online queries go to redis until it is rebuilt", "err", err, "retry_in", d)
+		sleepCtx(ctx, d)
+	}
+}
+
+func (v *View) setSynced(ok bool) {
+	v.mu.Lock()
+	v.synced = ok
+	v.mu.Unlock()
+}
+
+// rebuild reads the outbox position, then the version clock, then every
+// open session, and returns the position to follow from. In that order, a
+// script that runs between the reads has its entry after the position (so
+// it is applied) or its version under the clock read; either way the view
+// reaches the clock.
+func (v *View) rebuild(ctx context.Context) (string, error) {
+	start := time.Now()
+	var epoch, clock *redis.StringCmd
+	var tail *redis.XMessageSliceCmd
+	_, _ = v.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		tail = p.XRevRangeN(ctx, v.keys.Outbox(), "+", "-", 1)
+		clock = p.Get(ctx, v.keys.Clock())
+		epoch = p.Get(ctx, v.keys.Epoch())
+		return nil
+	})
+	for _, err := range []error{tail.Err(), clock.Err(), epoch.Err()} {
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return "", fmt.Errorf("read the outbox position: %w", err)
+		}
+	}
+	last := "0-0"
+	if msgs := tail.Val(); len(msgs) == 1 {
+		last = msgs[0].ID
+	}
+	applied, _ := strconv.ParseInt(clock.Val(), 10, 64)
+	online := make(map[string]struct{}, max(1024, v.Len()))
+	for cursor := ""; ; {
+		p, err := v.List(ctx, cursor, 10000)
+		if err != nil {
+			return "", err
+		}
+		for _, id := range p.UserIDs {
+			online[strings.Clone(id)] = struct{}{}
+		}
+		if cursor = p.Cursor; cursor == "" {
+			break
+		}
+	}
+	v.mu.Lock()
+	v.online, v.applied, v.epoch, v.synced = online, applied, epoch.Val(), true
+	v.broadcast()
+	v.mu.Unlock()
+	v.builds.Add(1)
+	v.readyOK.Do(func() { close(v.ready) })
+	v.log.Info("query view built", "online", len(online), "took", time.Since(start).Round(time.Millisecond))
+	return last, nil
+}
+
+// broadcast wakes the queries waiting for applied to move; v.mu is held.
+func (v *View) broadcast() {
+	close(v.changed)
+	v.changed = make(chan struct{})
+}
+
+// follow applies outbox entries after last, in order, until an error.
+func (v *View) follow(ctx context.Context, last string) error {
+	floorKey, epochKey := v.keys.OutboxFloor(), v.keys.Epoch()
+	var events []Event
+	for {
+		res, err := v.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{v.keys.Outbox(), last}, Count: 512, Block: time.Second}).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return fmt.Errorf("read the outbox: %w", err)
+		}
+		// An entry after last that was trimmed before this read was never
+		// seen: the floor (the latest trim's MINID) tells. The floor only
+		// passes last when the view lags by the retention, so a trim just
+		// after this read does not look like a gap.
+		vals, err := v.rdb.MGet(ctx, floorKey, epochKey).Result()
+		if err != nil {
+			return fmt.Errorf("read the outbox floor: %w", err)
+		}
+		if floor, _ := vals[0].(string); floor != "" && streamIDLess(last, floor) {
+			return fmt.Errorf("%w: read up to %s, outbox trimmed up to %s", errResync, last, floor)
+		}
+		epoch, _ := vals[1].(string)
+		v.mu.RLock()
+		known := v.epoch
+		v.mu.RUnlock()
+		if known != "" && epoch != known {
+			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, epoch)
+		}
+		var msgs []redis.XMessage
+		if len(res) == 1 {
+			msgs = res[0].Messages
+		}
+		if len(msgs) == 0 {
+			if known == "" && epoch != "" {
+				v.mu.Lock()
+				v.epoch = epoch
+				v.mu.Unlock()
+			}
+			continue
+		}
+		events = appendEvents(events[:0], msgs)
+		v.apply(events, epoch)
+		last = msgs[len(msgs)-1].ID
+	}
+}
+
+// apply applies events in order under the lock.
+func (v *View) apply(events []Event, epoch string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, e := range events {
+		switch e.Status {
+		case "online":
+			if _, ok := v.online[e.UserID]; !ok {
+				v.online[strings.Clone(e.UserID)] = struct{}{}
+			}
+		case "offline":
+			delete(v.online, e.UserID)
+		case "reset":
+			clear(v.online)
+			v.epoch = epoch
+		}
+		if e.Version > v.applied {
+			v.applied = e.Version
+		}
+	}
+	if v.epoch == "" {
+		v.epoch = epoch
+	}
+	v.broadcast()
+}
+
+// GetOnlineUsers returns those of ids with an open session, in the order
+// given, from the view once it has applied every transition committed
+// before the call; from Redis (Store.GetOnlineUsers) while the view is being
+// built or cannot catch up within CatchUpTimeout.
+func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	v.mu.RLock()
+	synced := v.synced
+	v.mu.RUnlock()
+	if !synced {
+		return v.askRedis(ctx, ids)
+	}
+	clock, err := v.rdb.Get(ctx, v.keys.Clock()).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("get online users among %d: %w", len(ids), err)
+	}
+	timeout := time.NewTimer(CatchUpTimeout)
+	defer timeout.Stop()
+	for {
+		v.mu.RLock()
+		if !v.synced {
+			v.mu.RUnlock()
+			return v.askRedis(ctx, ids)
+		}
+		if v.applied >= clock {
+			online := make([]string, 0, len(ids))
+			for _, id := range ids {
+				if _, ok := v.online[id]; ok {
+					online = append(online, id)
+				}
+			}
+			v.mu.RUnlock()
+			v.fromView.Add(1)
+			return online, nil
+		}
+		changed := v.changed
+		v.mu.RUnlock()
+		select {
+		case <-changed:
+		case <-timeout.C:
+			return v.askRedis(ctx, ids)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (v *View) askRedis(ctx context.Context, ids []string) ([]string, error) {
+	v.fromRedis.Add(1)
+	return v.Store.GetOnlineUsers(ctx, ids)
+}
+
+// streamIDLess reports whether stream id a sorts before b ("ms-seq").
+func streamIDLess(a, b string) bool {
+	am, as := splitStreamID(a)
+	bm, bs := splitStreamID(b)
+	if am != bm {
+		return am < bm
+	}
+	return as < bs
+}
+
+func splitStreamID(id string) (ms, seq uint64) {
+	m, s, _ := strings.Cut(id, "-")
+	ms, _ = strconv.ParseUint(m, 10, 64)
+	seq, _ = strconv.ParseUint(s, 10, 64)
+	return ms, seq
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

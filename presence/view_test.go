@@ -1,0 +1,238 @@
+package presence_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+// runView starts v.Run until the test ends and waits for its first build.
+func runView(t *testing.T, v *presence.View) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	select {
+	case <-v.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("view not built within 10s")
+	}
+}
+
+// sessions lists every open session through the store (Redis).
+func sessions(t *testing.T, s *presence.Store) []string {
+	t.Helper()
+	var all []string
+	for cursor := ""; ; {
+		p, err := s.List(context.Background(), cursor, 10000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, p.UserIDs...)
+		if cursor = p.Cursor; cursor == "" {
+			sort.Strings(all)
+			return all
+		}
+	}
+}
+
+// The view answers like Redis right after each write (it waits for the
+// writes committed before the query), for users present before it was built
+// and for those who come, go and expire after.
+func TestViewFollowsTransitions(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, 300*time.Millisecond)
+	ctx := context.Background()
+	before := ids("old", 0, 500)
+	if _, err := s.Heartbeat(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	v := presence.NewView(s, nil)
+	runView(t, v)
+	if v.Len() != 500 {
+		t.Fatalf("view built with %d users, want 500", v.Len())
+	}
+	ask := append(ids("old", 0, 500), ids("new", 0, 500)...)
+	check := func(step string, want []string) {
+		t.Helper()
+		got, err := v.GetOnlineUsers(ctx, ask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: view says %d online (%.5v...), want %d (%.5v...)", step, len(got), got, len(want), want)
+		}
+	}
+	check("built", before)
+	// New users, queried at once: the answer includes them.
+	if _, err := s.Heartbeat(ctx, append(before, ids("new", 0, 500)...)); err != nil {
+		t.Fatal(err)
+	}
+	check("after new users", ask)
+	// Disconnects.
+	if _, err := s.Disconnect(ctx, ids("old", 0, 250)); err != nil {
+		t.Fatal(err)
+	}
+	check("after disconnects", ask[250:])
+	// Expiry: nobody heartbeats; the sweep claims everyone.
+	sweepUntilClosed(t, s)
+	check("after expiry", []string{})
+	if v.Len() != 0 {
+		t.Fatalf("view holds %d users after everyone left", v.Len())
+	}
+	if st := v.Stats(); st.FromView != 4 || st.FromRedis != 0 || st.Builds != 1 {
+		t.Fatalf("stats %+v: want every query answered by the view, built once", st)
+	}
+}
+
+// Until it is built, and with no view running, answers come from Redis.
+func TestViewNotBuiltAsksRedis(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, time.Minute)
+	ctx := context.Background()
+	if _, err := s.Heartbeat(ctx, []string{"a", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	v := presence.NewView(s, nil)
+	got, err := v.GetOnlineUsers(ctx, []string{"a", "b", "c"})
+	if err != nil || !slices.Equal(got, []string{"a", "c"}) {
+		t.Fatalf("GetOnlineUsers = %v, %v; want [a c] from Redis", got, err)
+	}
+	if v.Len() != 0 || v.Stats().FromRedis != 1 {
+		t.Fatalf("an unbuilt view holds %d users, stats %+v", v.Len(), v.Stats())
+	}
+}
+
+// A data set replaced under the view (FLUSHALL, a failover to an empty
+// Redis): the view drops what it held and follows the new one.
+func TestViewDataSetReplaced(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, time.Minute)
+	ctx := context.Background()
+	if _, err := s.Heartbeat(ctx, ids("a", 0, 100)); err != nil {
+		t.Fatal(err)
+	}
+	v := presence.NewView(s, nil)
+	runView(t, v)
+	if err := r.Client(t).FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Heartbeat(ctx, ids("b", 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	want := ids("b", 0, 10)
+	var got []string
+	var held struct{ Users int }
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		got, err = v.GetOnlineUsers(ctx, append(ids("a", 0, 100), want...))
+		held.Users = v.Len()
+		return err == nil && slices.Equal(got, want) && held.Users == 10
+	}, "view after the data set was replaced: %v online, held %+v; want %v", &got, &held, want)
+}
+
+// Concurrent writers of every kind (new users, refreshes, disconnects,
+// sweeps) and readers: every read sees at least the writes finished before
+// it started, and the view ends equal to the sessions in Redis.
+func TestViewUnderConcurrentChurn(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, 200*time.Millisecond)
+	ctx := context.Background()
+	v := presence.NewView(s, nil)
+	runView(t, v)
+	const writers = 4
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			mine := ids(fmt.Sprintf("w%d-", w), 0, 300)
+			for round := 0; round < 60; round++ {
+				var on, off []string
+				for _, id := range mine {
+					switch rng.IntN(10) {
+					case 0:
+						off = append(off, id)
+					case 1, 2:
+					default:
+						on = append(on, id)
+					}
+				}
+				if _, err := s.Heartbeat(ctx, on); err != nil {
+					errs <- err
+					return
+				}
+				// Read-your-writes: everyone just heartbeated is online.
+				got, err := v.GetOnlineUsers(ctx, on)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(got) != len(on) {
+					errs <- fmt.Errorf("writer %d round %d: %d of %d just heartbeated users online in the view", w, round, len(got), len(on))
+					return
+				}
+				if _, err := s.Disconnect(ctx, off); err != nil {
+					errs <- err
+					return
+				}
+				got, err = v.GetOnlineUsers(ctx, off)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(got) != 0 {
+					errs <- fmt.Errorf("writer %d round %d: disconnected users %v online in the view", w, round, got)
+					return
+				}
+				if _, err := s.Sweep(ctx, 10000); err != nil {
+					errs <- err
+					return
+				}
+				time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Converge: some sessions are still open; compare with Redis as they
+	// expire.
+	all := make([]string, 0, writers*300)
+	for w := range writers {
+		all = append(all, ids(fmt.Sprintf("w%d-", w), 0, 300)...)
+	}
+	sort.Strings(all)
+	got, err := v.GetOnlineUsers(ctx, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if want := sessions(t, s); !slices.Equal(got, want) {
+		t.Fatalf("view %d users, Redis sessions %d", len(got), len(want))
+	}
+	var held struct{ Users int }
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		if _, err := s.Sweep(ctx, 10000); err != nil {
+			t.Fatal(err)
+		}
+		held.Users = v.Len()
+		return held.Users == 0 && len(sessions(t, s)) == 0
+	}, "view and sessions not empty after everyone expired: view %+v", &held)
+}
