@@ -434,6 +434,64 @@ func (e *queryEnv) redisUsec(cmd string) int64 {
 // onlineRequest10k is the request presence-bench times: 10000 ids of ten
 // bytes, every other one online (picked from online, repeats removed), the
 // rest never online; it returns the body and how many are online.
+// startViewService runs a presence.View of the env's store and a second
+// query service answering from it, under its own subjects.
+func (e *queryEnv) startViewService() (bus.Subjects, *presence.View) {
+	e.t.Helper()
+	view := presence.NewView(e.store, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		view.Run(ctx)
+	}()
+	e.t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	select {
+	case <-view.Ready():
+	case <-time.After(10 * time.Second):
+		e.t.Fatal("view not built within 10s")
+	}
+	subjects := bus.Subjects{Prefix: e.subjects.Prefix + "v"}
+	svc, err := bus.StartQueryService(e.nc, view, bus.QueryOptions{Subjects: subjects})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = svc.Stop() })
+	return subjects, view
+}
+
+// The online query answers the same from a query view as from Redis, and
+// from the view too a disconnect stored before the query is seen by it.
+func TestOnlineFromView(t *testing.T) {
+	t.Parallel()
+	e := newQueryEnv(t, bus.QueryOptions{})
+	online := e.populate("us%05d", 2000)
+	viewSubjects, view := e.startViewService()
+	body, want := onlineRequest10k(online)
+	fromRedis := request(t, e.nc, e.subjects.Query(bus.QueryOnline), body)
+	fromView := request(t, e.nc, viewSubjects.Query(bus.QueryOnline), body)
+	var r bus.OnlineReply
+	if err := json.Unmarshal(fromView.Data, &r); err != nil || len(r.Online) != want {
+		t.Fatalf("view reply: %d online, %v; want %d", len(r.Online), err, want)
+	}
+	if string(fromView.Data) != string(fromRedis.Data) {
+		t.Fatalf("view and Redis differ:\nview  %.200s\nredis %.200s", fromView.Data, fromRedis.Data)
+	}
+	if _, err := e.store.Disconnect(context.Background(), online[:1000]); err != nil {
+		t.Fatal(err)
+	}
+	msg := request(t, e.nc, viewSubjects.Query(bus.QueryOnline), bus.OnlineRequest{UserIDs: online[990:1010]})
+	if err := json.Unmarshal(msg.Data, &r); err != nil || !slices.Equal(r.Online, online[1000:1010]) {
+		t.Fatalf("after disconnecting %s..%s: view says %v, %v; want %v", online[0], online[999], r.Online, err, online[1000:1010])
+	}
+	if st := view.Stats(); st.FromView != 2 || st.FromRedis != 0 {
+		t.Fatalf("view stats %+v: want both queries answered by the view", st)
+	}
+}
+
 func onlineRequest10k(online []string) ([]byte, int) {
 	ids := make([]string, 0, 10_000)
 	seen := map[string]bool{}
@@ -466,37 +524,47 @@ func BenchmarkQueryOnline10k(b *testing.B) {
 	e := newQueryEnv(b, bus.QueryOptions{})
 	online := e.populate("us%08d", 20_000)
 	body, want := onlineRequest10k(online)
-	subject := e.subjects.Query(bus.QueryOnline)
-	for _, decode := range []bool{false, true} {
-		name := "raw"
-		if decode {
-			name = "decode"
+	// The same service answering from a query view.
+	viewSubjects, view := e.startViewService()
+	for _, source := range []string{"redis", "view"} {
+		subject := e.subjects.Query(bus.QueryOnline)
+		if source == "view" {
+			subject = viewSubjects.Query(bus.QueryOnline)
 		}
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			usec := e.redisUsec("mget")
-			for b.Loop() {
-				msg, err := e.nc.Request(subject, body, 5*time.Second)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-					b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
-				}
-				if decode {
-					var r bus.OnlineReply
-					if err := json.Unmarshal(msg.Data, &r); err != nil {
+		for _, decode := range []bool{false, true} {
+			name := source + "/raw"
+			if decode {
+				name = source + "/decode"
+			}
+			b.Run(name, func(b *testing.B) {
+				b.ReportAllocs()
+				usec := e.redisUsec("mget")
+				for b.Loop() {
+					msg, err := e.nc.Request(subject, body, 5*time.Second)
+					if err != nil {
 						b.Fatal(err)
 					}
-					if len(r.Online) != want {
-						b.Fatalf("%d online, want %d", len(r.Online), want)
+					if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+						b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
 					}
-				} else if len(msg.Data) < want*13 {
-					b.Fatalf("reply of %d bytes for %d online ids", len(msg.Data), want)
+					if decode {
+						var r bus.OnlineReply
+						if err := json.Unmarshal(msg.Data, &r); err != nil {
+							b.Fatal(err)
+						}
+						if len(r.Online) != want {
+							b.Fatalf("%d online, want %d", len(r.Online), want)
+						}
+					} else if len(msg.Data) < want*13 {
+						b.Fatalf("reply of %d bytes for %d online ids", len(msg.Data), want)
+					}
 				}
-			}
-			b.ReportMetric(float64(e.redisUsec("mget")-usec)/float64(b.N), "redis-µs/op")
-		})
+				b.ReportMetric(float64(e.redisUsec("mget")-usec)/float64(b.N), "redis-µs/op")
+			})
+		}
+	}
+	if st := view.Stats(); st.FromView == 0 || st.FromRedis != 0 {
+		b.Fatalf("view stats %+v: the view benchmark did not run on the view", st)
 	}
 }
 
