@@ -263,7 +263,9 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 		{"XINFO GROUPS", func() error { return rdb.XInfoGroups(ctx, k).Err() }},
 		{"XACK", func() error { return rdb.XAck(ctx, k, "check", "0-1").Err() }},
 		{"XLEN", func() error { return rdb.XLen(ctx, k).Err() }},
-		{"XREAD", func() error { return rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{k, "0-0"}, Count: 1, Block: -1}).Err() }},
+		{"XREAD", func() error {
+			return rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{k, "0-0"}, Count: 1, Block: -1}).Err()
+		}},
 		{"XREVRANGE", func() error { return rdb.XRevRangeN(ctx, k, "+", "-", 1).Err() }},
 		{"XGROUP DELCONSUMER", func() error { return rdb.XGroupDelConsumer(ctx, k, "check", "check").Err() }},
 		{"MGET", func() error { return rdb.MGet(ctx, prefix+"check").Err() }},
