@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/internal/seedbaseline"
 	"github.com/presenced/presenced/presence"
 )
@@ -887,6 +888,7 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 			count: store.Count,
 		}
 	}
+	qc := client.New(nc, client.WithPrefix(im.subjects.Prefix), client.WithBatchSize(10000), client.WithTimeout(time.Minute))
 	request := func(ctx context.Context, endpoint string, data []byte) (*nats.Msg, error) {
 		m, err := nc.RequestWithContext(ctx, im.subjects.Query(endpoint), data)
 		if err != nil {
@@ -909,14 +911,13 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 			err = json.Unmarshal(m.Data, &r)
 			return r.Online, err
 		},
-		online: func(ctx context.Context, _ []string, payload []byte) (int, error) {
-			m, err := request(ctx, bus.QueryOnline, payload)
-			if err != nil {
-				return 0, err
-			}
-			var r bus.OnlineReply
-			err = json.Unmarshal(m.Data, &r)
-			return len(r.Online), err
+		// Online goes through the Go client presenced ships, as a service
+		// would call it: it encodes the request and decodes the reply
+		// without reflection (encoding/json on the bench's side cost ~3.7 ms
+		// of a 10k-id round trip), in one request of up to 10000 ids.
+		online: func(ctx context.Context, ids []string, _ []byte) (int, error) {
+			on, err := qc.Online(ctx, ids)
+			return len(on), err
 		},
 		page: func(ctx context.Context, cursor string) ([]string, string, int, error) {
 			data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: 10000})
