@@ -150,7 +150,7 @@ type Config struct {
 	QueryView bool
 	// OutboxRetention keeps published outbox entries this long so that the
 	// query views can follow them; a view further behind reads the sessions
-	// again (PRESENCE_OUTBOX_RETENTION, --outbox-retention). Default 10s;
+	// again (PRESENCE_OUTBOX_RETENTION, --outbox-retention). Default 30s;
 	// 0 to 1h, and at least 1s with QueryView.
 	OutboxRetention time.Duration
 	// LogLevel is debug, info, warn or error (LOG_LEVEL, --log-level).
@@ -467,7 +467,7 @@ var settings = []Setting{
 		check:  func(Config, func(string) string) error { return nil },
 	},
 	{
-		Flag: "outbox-retention", Env: "PRESENCE_OUTBOX_RETENTION", Default: "10s",
+		Flag: "outbox-retention", Env: "PRESENCE_OUTBOX_RETENTION", Default: "30s",
 		Usage: "keep published outbox entries this long for the query views (0 to 1h; >= 1s with query-view)",
 		set:   durationSetter(func(c *Config) *time.Duration { return &c.OutboxRetention }),
 		check: func(c Config, name func(string) string) error {

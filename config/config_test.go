@@ -38,7 +38,7 @@ func TestDefault(t *testing.T) {
 		InFlight:          8,
 		Shards:            16384,
 		QueryView:         true,
-		OutboxRetention:   10 * time.Second,
+		OutboxRetention:   30 * time.Second,
 		LogLevel:          "info",
 		LogFormat:         "json",
 		HTTPAddr:          ":8080",

@@ -185,17 +185,21 @@ func appendEvents(out []Event, msgs []redis.XMessage) []Event {
 			continue
 		}
 		for len(body) > 0 {
-			line := body
-			if i := strings.IndexByte(body, '\n'); i >= 0 {
-				line, body = body[:i], body[i+1:]
-			} else {
-				body = ""
-			}
+			var line string
+			line, body = nextLine(body)
 			out = append(out, decodeLine(m.ID, line, v))
 			v++
 		}
 	}
 	return out
+}
+
+// nextLine splits the first line (without its newline) off body.
+func nextLine(body string) (line, rest string) {
+	if i := strings.IndexByte(body, '\n'); i >= 0 {
+		return body[:i], body[i+1:]
+	}
+	return body, ""
 }
 
 func decodeLine(id, line string, version int64) Event {

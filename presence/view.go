@@ -108,24 +108,31 @@ var errResync = errors.New("view must be rebuilt")
 // Run builds the view and follows the outbox until ctx is done, rebuilding
 // it (with backoff while Redis fails) whenever it cannot follow.
 func (v *View) Run(ctx context.Context) {
+	// Rebuilds back off (0.1 s doubling to 30 s) unless the view followed
+	// for a while since the last one: a view that cannot keep up (Redis or
+	// this process starved for CPU) must not add a full read of the
+	// sessions every few seconds to the load that made it fall behind.
 	b := backoff.NewExponentialBackOff()
-	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 100*time.Millisecond, 5*time.Second, 0
+	b.InitialInterval, b.MaxInterval, b.MaxElapsedTime = 100*time.Millisecond, 30*time.Second, 0
 	for ctx.Err() == nil {
 		last, err := v.rebuild(ctx)
 		if err == nil {
-			b.Reset()
+			started := time.Now()
 			err = v.follow(ctx, last)
+			if time.Since(started) > time.Minute {
+				b.Reset()
+			}
 		}
 		v.setSynced(false)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errResync) {
-			v.log.Warn("query view fell behind or the data set changed; reading the sessions again", "err", err)
-			continue
-		}
 		d := b.NextBackOff()
-		v.log.Warn("query view failed; online queries go to redis until it is rebuilt", "err", err, "retry_in", d)
+		if errors.Is(err, errResync) {
+			v.log.Warn("query view fell behind or the data set changed; online queries go to redis until it is rebuilt", "err", err, "rebuild_in", d)
+		} else {
+			v.log.Warn("query view failed; online queries go to redis until it is rebuilt", "err", err, "rebuild_in", d)
+		}
 		sleepCtx(ctx, d)
 	}
 }
@@ -193,9 +200,8 @@ func (v *View) broadcast() {
 // follow applies outbox entries after last, in order, until an error.
 func (v *View) follow(ctx context.Context, last string) error {
 	floorKey, epochKey := v.keys.OutboxFloor(), v.keys.Epoch()
-	var events []Event
 	for {
-		res, err := v.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{v.keys.Outbox(), last}, Count: 512, Block: time.Second}).Result()
+		res, err := v.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{v.keys.Outbox(), last}, Count: 64, Block: time.Second}).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("read the outbox: %w", err)
 		}
@@ -229,28 +235,46 @@ func (v *View) follow(ctx context.Context, last string) error {
 			}
 			continue
 		}
-		events = appendEvents(events[:0], msgs)
-		v.apply(events, epoch)
+		v.apply(msgs, epoch)
 		last = msgs[len(msgs)-1].ID
 	}
 }
 
-// apply applies events in order under the lock.
-func (v *View) apply(events []Event, epoch string) {
+// apply applies the events of msgs in order under the lock. It reads the
+// entries' lines in place (the outbox format of appendEvents) rather than
+// decoding Events: a burst of new sessions brings hundreds of thousands of
+// events a second, and the view must keep up on a busy replica. A line it
+// cannot read is skipped (the relay reports those).
+func (v *View) apply(msgs []redis.XMessage, epoch string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	for _, e := range events {
-		switch e.Status {
-		case "online":
-			v.online.add(v.key(e.UserID))
-		case "offline":
-			v.online.remove(v.key(e.UserID))
-		case "reset":
-			v.online = newIDSet(0)
-			v.epoch = epoch
+	for _, m := range msgs {
+		body, _ := m.Values["e"].(string)
+		vs, _ := m.Values["v"].(string)
+		first, err := strconv.ParseInt(vs, 10, 64)
+		if err != nil {
+			continue
 		}
-		if e.Version > v.applied {
-			v.applied = e.Version
+		n := int64(0)
+		for len(body) > 0 {
+			var line string
+			line, body = nextLine(body)
+			n++
+			status, rest, _ := strings.Cut(line, " ")
+			_, rest, _ = strings.Cut(rest, " ")
+			user, _, _ := strings.Cut(rest, " ")
+			switch status {
+			case "online":
+				v.online.add(v.key(user))
+			case "offline":
+				v.online.remove(v.key(user))
+			case "reset":
+				v.online = newIDSet(0)
+				v.epoch = epoch
+			}
+		}
+		if last := first + n - 1; last > v.applied {
+			v.applied = last
 		}
 	}
 	if v.epoch == "" {
