@@ -236,3 +236,39 @@ func TestViewUnderConcurrentChurn(t *testing.T) {
 		return held.Users == 0 && len(sessions(t, s)) == 0
 	}, "view and sessions not empty after everyone expired: view %+v", &held)
 }
+
+// A view that cannot follow (here the outbox floor is always ahead of it,
+// as when it keeps falling behind the retention) rebuilds with backoff, not
+// in a loop that would add a full read of the sessions every few
+// milliseconds to a Redis that is already too busy; queries are answered
+// meanwhile.
+func TestViewRebuildsBackOff(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, time.Minute)
+	ctx := context.Background()
+	if _, err := s.Heartbeat(ctx, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Client(t).Set(ctx, s.Keys().OutboxFloor(), "99999999999999-0", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	v := presence.NewView(s, nil)
+	runView(t, v)
+	// New sessions keep coming, so every read returns at once and finds the
+	// floor ahead.
+	for i := 0; i < 300; i++ {
+		if _, err := s.Heartbeat(ctx, []string{fmt.Sprintf("n%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Backoff from 0.1 s doubling (±50%): about 5 builds in 3 s, where a
+	// loop would make one per read.
+	if b := v.Stats().Builds; b < 2 || b > 12 {
+		t.Fatalf("%d builds in 3s; want a few (backoff), more than one", b)
+	}
+	got, err := v.GetOnlineUsers(ctx, []string{"a", "b", "n299"})
+	if err != nil || !slices.Equal(got, []string{"a", "n299"}) {
+		t.Fatalf("GetOnlineUsers = %v, %v; want [a n299]", got, err)
+	}
+}

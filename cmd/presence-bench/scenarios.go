@@ -407,9 +407,11 @@ func (b *bench) load(ctx context.Context, im impl, col *collector, tag string, n
 }
 
 // settle waits until the relay has published and trimmed the outbox (at
-// most 15s), so Redis memory is measured on the steady data set.
+// most 45s: presenced keeps published entries PRESENCE_OUTBOX_RETENTION,
+// 30s by default, for its query views), so Redis memory is measured on the
+// steady data set.
 func (b *bench) settle(ctx context.Context, im impl) {
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(45 * time.Second)
 	for time.Now().Before(deadline) {
 		n, err := b.c.rdb.XLen(ctx, im.keys+"outbox").Result()
 		if err != nil || n <= 10 {
