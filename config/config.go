@@ -145,8 +145,8 @@ type Config struct {
 	// QueryView makes the query service answer online queries from an
 	// in-memory view of the open sessions, kept by following the outbox
 	// (PRESENCE_QUERY_VIEW, --query-view); off asks Redis (MGET) every time.
-	// Default true. The view costs about 40 bytes per user online in each
-	// replica.
+	// Default true. The view costs each replica about 32 bytes per user
+	// online (a table of 16-byte slots at most 3/4 full).
 	QueryView bool
 	// OutboxRetention keeps published outbox entries this long so that the
 	// query views can follow them; a view further behind reads the sessions

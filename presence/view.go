@@ -17,9 +17,9 @@ import (
 )
 
 // View is an in-memory copy of who has an open session, kept by following
-// the outbox stream, so that an online query of many ids is answered by map
-// lookups instead of a Redis MGET (10k ids: about 1 ms against 14-18 ms of
-// MGET when Redis holds a few million keys).
+// the outbox stream, so that an online query of many ids is answered by
+// lookups in memory instead of a Redis MGET (10k ids: about 0.3 ms against
+// 14-18 ms of MGET when Redis holds a few million keys).
 //
 // It is built by reading the outbox's position, then every sessions shard
 // (Store.List), then applying every outbox entry after that position in
@@ -44,9 +44,9 @@ type View struct {
 	ready chan struct{} // closed once the first snapshot is applied (tests)
 
 	// Users are held by two independent seeded 64-bit hashes of their id
-	// (128 bits): no allocation per user, nothing for the garbage collector
-	// to scan, 16 bytes a key. Two ids share a key with probability about
-	// n^2 / 2^129 (n users online): never, in practice.
+	// (127 bits used): no allocation per user, nothing for the garbage
+	// collector to scan, 16 bytes a key. Two ids share a key with
+	// probability about n^2 / 2^128 (n users online): never, in practice.
 	seed0, seed1 maphash.Seed
 
 	mu      sync.RWMutex
@@ -60,7 +60,7 @@ type View struct {
 	fromView, fromRedis, builds atomic.Int64
 }
 
-// Stats are the view's counters.
+// ViewStats are the view's counters.
 type ViewStats struct {
 	FromView  int64 // online queries answered by the view
 	FromRedis int64 // online queries answered by Redis (view not built, or behind)
