@@ -171,7 +171,8 @@ func (c *Client) IsOnline(ctx context.Context, id string) (bool, error) {
 }
 
 // Online returns those of ids that are online, in the order given,
-// duplicates removed. Each request costs presenced one Redis round trip;
+// duplicates removed. Each request costs presenced one Redis round trip
+// (a GET of the version clock with its query view, an MGET without);
 // more ids than the batch size are sent as several requests. One invalid id
 // fails the call with a *ServiceError (CodeBadRequest).
 func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
