@@ -40,6 +40,11 @@ import (
 // View embeds the Store, so it serves every query of the query service.
 type View struct {
 	*Store
+	// CatchUp bounds how long a query waits for the view to apply the
+	// transitions committed before it; zero means CatchUpTimeout. Set it
+	// before the view is used.
+	CatchUp time.Duration
+
 	log   *slog.Logger
 	ready chan struct{} // closed once the first snapshot is applied (tests)
 
@@ -77,8 +82,8 @@ func (v *View) key(id string) idKey {
 	return idKey{maphash.String(v.seed0, id), maphash.String(v.seed1, id) | 1}
 }
 
-// CatchUpTimeout bounds how long a query waits for the view to apply the
-// transitions committed before it; after that it asks Redis instead.
+// CatchUpTimeout is the default View.CatchUp: after waiting that long for
+// the view, a query asks Redis instead.
 const CatchUpTimeout = 250 * time.Millisecond
 
 // NewView returns a view of s; Run keeps it. s should have an
@@ -286,7 +291,7 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 // GetOnlineUsers returns those of ids with an open session, in the order
 // given, from the view once it has applied every transition committed
 // before the call; from Redis (Store.GetOnlineUsers) while the view is being
-// built or cannot catch up within CatchUpTimeout.
+// built or cannot catch up within CatchUp.
 func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -301,7 +306,11 @@ func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, erro
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("get online users among %d: %w", len(ids), err)
 	}
-	timeout := time.NewTimer(CatchUpTimeout)
+	wait := v.CatchUp
+	if wait <= 0 {
+		wait = CatchUpTimeout
+	}
+	timeout := time.NewTimer(wait)
 	defer timeout.Stop()
 	for {
 		v.mu.RLock()
