@@ -228,18 +228,17 @@ func (v *View) follow(ctx context.Context, last string) error {
 		if known != "" && epoch != known {
 			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, epoch)
 		}
-		var msgs []redis.XMessage
-		if len(res) == 1 {
-			msgs = res[0].Messages
+		if known == "" && epoch != "" {
+			// The data set was created after the build: its reset entry is
+			// in what follows.
+			v.mu.Lock()
+			v.epoch = epoch
+			v.mu.Unlock()
 		}
-		if len(msgs) == 0 {
-			if known == "" && epoch != "" {
-				v.mu.Lock()
-				v.epoch = epoch
-				v.mu.Unlock()
-			}
+		if len(res) != 1 || len(res[0].Messages) == 0 {
 			continue
 		}
+		msgs := res[0].Messages
 		v.apply(msgs, epoch)
 		last = msgs[len(msgs)-1].ID
 	}
@@ -281,9 +280,6 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 		if last := first + n - 1; last > v.applied {
 			v.applied = last
 		}
-	}
-	if v.epoch == "" {
-		v.epoch = epoch
 	}
 	v.broadcast()
 }
