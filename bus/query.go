@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
-	"math/bits"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -55,7 +53,9 @@ func (s Subjects) Query(endpoint string) string { return s.queryGroup() + "." + 
 func (s Subjects) queryGroup() string { return s.Prefix + ".query" }
 
 // QueryStore is what the query service needs from the store (implemented by
-// *presence.Store).
+// *presence.Store and *presence.View). GetOnlineUsers is given the ids as
+// the request lists them, repeats included, and returns each online id
+// once, in the order of first appearance.
 type QueryStore interface {
 	Status(ctx context.Context, id string) (presence.Status, error)
 	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
@@ -434,7 +434,7 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 			}
 		}
 	}
-	online, err := q.store.GetOnlineUsers(ctx, dedupe(ids))
+	online, err := q.store.GetOnlineUsers(ctx, ids)
 	if err != nil {
 		return nil, storeFailure(err)
 	}
@@ -442,45 +442,6 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 	// subset of the request's ids, each encoded no longer than any valid
 	// JSON encoding of it, under a shorter key.
 	return OnlineReply{Online: online}.AppendJSON(nil), nil
-}
-
-// dedupeSeed seeds the hash of dedupe.
-var dedupeSeed = maphash.MakeSeed()
-
-// dedupe removes repeated ids in place, keeping the first of each, in order.
-func dedupe(ids []string) []string {
-	out := ids[:0]
-	if len(ids) <= 16 {
-		for _, id := range ids {
-			if !slices.Contains(out, id) {
-				out = append(out, id)
-			}
-		}
-		return out
-	}
-	// An open-addressing set of positions in out, at most half full: one
-	// allocation without pointers, where a map of strings costs a larger
-	// one the garbage collector scans. A slot holds the hash's high half
-	// and 1 + the position (0 is free), so ids are compared only when their
-	// hashes agree.
-	slots := make([]uint64, 1<<bits.Len(uint(2*len(ids)-1)))
-	mask := uint64(len(slots) - 1)
-	for _, id := range ids {
-		hash := maphash.String(dedupeSeed, id)
-		tag := hash &^ (1<<32 - 1)
-		for h := hash & mask; ; h = (h + 1) & mask {
-			slot := slots[h]
-			if slot == 0 {
-				out = append(out, id)
-				slots[h] = tag | uint64(len(out))
-				break
-			}
-			if slot&^(1<<32-1) == tag && out[uint32(slot)-1] == id {
-				break
-			}
-		}
-	}
-	return out
 }
 
 func (q *queryService) list(ctx context.Context, data []byte) (any, error) {

@@ -3,9 +3,7 @@ package bus
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
@@ -90,31 +88,8 @@ func TestReplyAppendJSONEmpty(t *testing.T) {
 	}
 }
 
-func TestDedupe(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{0, 1, 2, 16, 17, 100, 10_000} {
-		for _, distinct := range []int{1, 3, n/2 + 1, n + 1} {
-			ids := make([]string, n)
-			for i := range ids {
-				ids[i] = fmt.Sprintf("u%d", rng.IntN(distinct))
-			}
-			var want []string
-			seen := map[string]bool{}
-			for _, id := range ids {
-				if !seen[id] {
-					seen[id] = true
-					want = append(want, id)
-				}
-			}
-			if got := dedupe(slices.Clone(ids)); !slices.Equal(got, want) {
-				t.Fatalf("dedupe of %d ids (%d distinct) = %d ids, want %d in first-seen order", n, distinct, len(got), len(want))
-			}
-		}
-	}
-}
-
 // BenchmarkOnlineRequestParse is the service's part of an online query
-// before the store: parse, validate and dedupe 10000 ids.
+// before the store: parse and validate 10000 ids (the store dedupes them).
 func BenchmarkOnlineRequestParse(b *testing.B) {
 	ids := make([]string, 10_000)
 	for i := range ids {
@@ -125,7 +100,7 @@ func BenchmarkOnlineRequestParse(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
 		f, ok := parseFast(body, 10_000, true)
-		if !ok || !f.valid || len(dedupe(f.ids)) != len(ids) {
+		if !ok || !f.valid || len(f.ids) != len(ids) {
 			b.Fatal("not parsed")
 		}
 	}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/presenced/presenced/internal/uniq"
 )
 
 // Defaults of the options.
@@ -115,7 +117,7 @@ func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
 }
 
 func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, error) {
-	parts := c.chunks(dedupe(ids))
+	parts := c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
 	replies := make([]Reply, len(parts))
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
 		if err := c.call(ctx, c.prefix+"."+op, idsRequest{UserIDs: parts[i]}, &replies[i]); err != nil {
@@ -176,13 +178,22 @@ func (c *Client) IsOnline(ctx context.Context, id string) (bool, error) {
 // more ids than the batch size are sent as several requests. One invalid id
 // fails the call with a *ServiceError (CodeBadRequest).
 func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
-	parts := c.chunks(dedupe(ids))
+	// presenced removes repeats within a request, so ids that fit one
+	// request go as given; split, they are deduped first so that no id is
+	// answered twice.
+	parts := c.chunks(ids)
+	if len(parts) > 1 {
+		parts = c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
+	}
 	replies := make([]onlineReply, len(parts))
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
 		return c.query(ctx, "online", idsRequest{UserIDs: parts[i]}, &replies[i])
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
+	}
+	if len(replies) == 1 && replies[0].Online != nil {
+		return replies[0].Online, nil
 	}
 	online := []string{}
 	for _, r := range replies {
@@ -314,6 +325,11 @@ func (c *Client) chunks(ids []string) [][]string {
 func encodedLen(id string) int {
 	n := 2
 	for i := 0; i < len(id); {
+		if c := id[i]; c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			n++
+			i++
+			continue
+		}
 		r, size := utf8.DecodeRuneInString(id[i:])
 		switch {
 		case r == '"' || r == '\\':
@@ -337,17 +353,4 @@ func encode(v any) ([]byte, error) {
 		return nil, err
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
-}
-
-// dedupe returns ids without repeats, in first-seen order.
-func dedupe(ids []string) []string {
-	seen := make(map[string]struct{}, len(ids))
-	out := make([]string, 0, len(ids))
-	for _, id := range ids {
-		if _, dup := seen[id]; !dup {
-			seen[id] = struct{}{}
-			out = append(out, id)
-		}
-	}
-	return out
 }

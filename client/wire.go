@@ -140,12 +140,17 @@ func appendString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			dst = append(dst, c)
-			i++
+		// The run of bytes written as they are, in one append.
+		j := i
+		for j < len(s) && s[j] >= 0x20 && s[j] != '"' && s[j] != '\\' && s[j] < utf8.RuneSelf {
+			j++
+		}
+		if j > i {
+			dst = append(dst, s[i:j]...)
+			i = j
 			continue
 		}
+		c := s[i]
 		r, size := utf8.DecodeRuneInString(s[i:])
 		switch {
 		case c == '"' || c == '\\':

@@ -1,6 +1,7 @@
 package presence
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 )
@@ -45,6 +46,30 @@ func TestIDSetMatchesMap(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// BenchmarkViewLookup10k looks up 10000 ids, half of them present, in a
+// set of 1M users (a 32 MiB table, far larger than the caches): the view's
+// part of a 10k-id online query.
+func BenchmarkViewLookup10k(b *testing.B) {
+	v := NewView(nil, nil)
+	v.online = newIDSet(1_000_000)
+	for i := range 1_000_000 {
+		v.online.add(v.key(fmt.Sprintf("us%08d", i)))
+	}
+	ids := make([]string, 10_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("us%08d", i*97)
+		if i%2 == 1 {
+			ids[i] = fmt.Sprintf("zz-%07d", i)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if got := v.lookup(ids); len(got) != 5_000 {
+			b.Fatalf("%d online, want 5000", len(got))
 		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/uniq"
 )
 
 // The seed's PresenceRepository operations. Writes go through the same
@@ -52,12 +54,14 @@ func (s *Store) IsOnline(ctx context.Context, id string) (bool, error) {
 	return n == 1, nil
 }
 
-// GetOnlineUsers returns those of ids that are online, in the order given,
-// in one round trip (one MGET of the presence keys).
+// GetOnlineUsers returns those of ids that are online, each once, in the
+// order of first appearance, in one round trip (one MGET of the presence
+// keys). ids is not modified.
 func (s *Store) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
+	ids = uniq.Append(make([]string, 0, len(ids)), ids)
 	// Every key in one allocation: a key per id is a fifth of this call's
 	// CPU with 10k ids.
 	prefix := s.keys.UserPrefix()

@@ -51,6 +51,17 @@ func TestSeedOperations(t *testing.T) {
 	if err != nil || !slices.Equal(online, []string{"u-2", "u-1"}) {
 		t.Fatalf("GetOnlineUsers = %v, %v", online, err)
 	}
+	// Repeats, more than the small-list path handles: each online id once,
+	// first appearance first; the caller's slice is left as it was.
+	ask := []string{"u-1"}
+	for i := range 20 {
+		ask = append(ask, fmt.Sprintf("u-%d", 3-i%3))
+	}
+	given := slices.Clone(ask)
+	online, err = s.GetOnlineUsers(ctx, ask)
+	if err != nil || !slices.Equal(online, []string{"u-1", "u-2"}) || !slices.Equal(ask, given) {
+		t.Fatalf("GetOnlineUsers(%v) = %v, %v (ids after: %v)", given, online, err, ask)
+	}
 	all, err := s.GetAllOnlineUsers(ctx)
 	slices.Sort(all)
 	if err != nil || !slices.Equal(all, []string{"u-1", "u-2"}) {

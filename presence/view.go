@@ -14,6 +14,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/uniq"
 )
 
 // View is an in-memory copy of who has an open session, kept by following
@@ -284,8 +286,8 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 	v.broadcast()
 }
 
-// GetOnlineUsers returns those of ids with an open session, in the order
-// given, from the view once it has applied every transition committed
+// GetOnlineUsers returns those of ids with an open session, each once, in
+// the order of first appearance, from the view once it has applied every transition committed
 // before the call; from Redis (Store.GetOnlineUsers) while the view is being
 // built or cannot catch up within CatchUp.
 func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
@@ -315,12 +317,7 @@ func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, erro
 			return v.askRedis(ctx, ids)
 		}
 		if v.applied >= clock {
-			online := make([]string, 0, len(ids))
-			for _, id := range ids {
-				if v.online.has(v.key(id)) {
-					online = append(online, id)
-				}
-			}
+			online := v.lookup(ids)
 			v.mu.RUnlock()
 			v.fromView.Add(1)
 			return online, nil
@@ -335,6 +332,26 @@ func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, erro
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// lookup returns those of ids in the view, each once, in the order of first
+// appearance. The caller holds v.mu.
+func (v *View) lookup(ids []string) []string {
+	// Repeats are removed from the users found online only, by the hash
+	// the lookup computed.
+	keys := make([]idKey, len(ids))
+	for i, id := range ids {
+		keys[i] = v.key(id)
+	}
+	online := make([]string, 0, len(ids))
+	hashes := make([]uint64, 0, len(ids))
+	for i, k := range keys {
+		if v.online.has(k) {
+			online = append(online, ids[i])
+			hashes = append(hashes, k.a)
+		}
+	}
+	return uniq.AppendHashed(online[:0], online, hashes)
 }
 
 func (v *View) askRedis(ctx context.Context, ids []string) ([]string, error) {

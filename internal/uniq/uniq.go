@@ -1,0 +1,86 @@
+// Package uniq removes repeated strings from a slice, keeping the first of
+// each in order. The query service, the Redis store and the Go client all
+// dedupe lists of up to tens of thousands of user ids per request.
+package uniq
+
+import (
+	"hash/maphash"
+	"math/bits"
+	"slices"
+)
+
+var seed = maphash.MakeSeed()
+
+// Append appends to dst the strings of ids without repeats, in first-seen
+// order, and returns the extended slice. Append(ids[:0], ids) dedupes in
+// place: it never writes past the element it reads.
+func Append(dst, ids []string) []string {
+	if len(ids) <= small {
+		return appendSmall(dst, ids)
+	}
+	t := newTable(len(dst), len(ids))
+	for _, id := range ids {
+		dst = t.add(dst, id, maphash.String(seed, id))
+	}
+	return dst
+}
+
+// AppendHashed is Append for callers that already hold a well-mixed 64-bit
+// hash of each id: hashes[i] is the hash of ids[i]. Equal ids must have
+// equal hashes; ids are still compared, so unequal ids with equal hashes
+// stay apart.
+func AppendHashed(dst, ids []string, hashes []uint64) []string {
+	if len(ids) <= small {
+		return appendSmall(dst, ids)
+	}
+	t := newTable(len(dst), len(ids))
+	for i, id := range ids {
+		dst = t.add(dst, id, hashes[i])
+	}
+	return dst
+}
+
+// small is the most ids deduped by comparing each with those kept.
+const small = 16
+
+func appendSmall(dst, ids []string) []string {
+	base := len(dst)
+	for _, id := range ids {
+		if !slices.Contains(dst[base:], id) {
+			dst = append(dst, id)
+		}
+	}
+	return dst
+}
+
+// table is an open-addressing set of positions in dst, at most half full:
+// one allocation without pointers, where a map of strings costs a larger
+// one the garbage collector scans. A slot holds the hash's high half and
+// 1 + the position after base (0 is free), so strings are compared only
+// when their hashes agree.
+type table struct {
+	slots []uint64
+	mask  uint64
+	base  int
+}
+
+func newTable(base, n int) table {
+	slots := make([]uint64, 1<<bits.Len(uint(2*n-1)))
+	return table{slots: slots, mask: uint64(len(slots) - 1), base: base}
+}
+
+// add appends id to dst unless dst[t.base:] holds it.
+func (t table) add(dst []string, id string, hash uint64) []string {
+	tag := hash &^ (1<<32 - 1)
+	for h := hash & t.mask; ; h = (h + 1) & t.mask {
+		slot := t.slots[h]
+		if slot == 0 {
+			dst = append(dst, id)
+			t.slots[h] = tag | uint64(len(dst)-t.base)
+			return dst
+		}
+		if slot&^(1<<32-1) == tag && dst[t.base+int(uint32(slot))-1] == id {
+			return dst
+		}
+	}
+}
