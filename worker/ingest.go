@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/internal/uniq"
 )
 
 type op uint8
@@ -181,16 +182,11 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 		for _, j := range run {
 			total += len(j.ids)
 		}
-		seen := make(map[string]struct{}, total)
 		ids = make([]string, 0, total)
 		for _, j := range run {
-			for _, id := range j.ids {
-				if _, dup := seen[id]; !dup {
-					seen[id] = struct{}{}
-					ids = append(ids, id)
-				}
-			}
+			ids = append(ids, j.ids...)
 		}
+		ids = uniq.Append(ids[:0], ids)
 	}
 	var err error
 	var versions []int64

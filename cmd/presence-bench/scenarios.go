@@ -340,7 +340,9 @@ func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputR
 		if err := col.waitOnline(ctx, p.users); err != nil {
 			return row, err
 		}
-		end = maxTime(end, time.Unix(0, col.allOnlineAt.Load()))
+		onlineAt := time.Unix(0, col.allOnlineAt.Load())
+		progress("  %s: last reply after %.2fs, last online event after %.2fs", p.name, end.Sub(t0).Seconds(), onlineAt.Sub(t0).Seconds())
+		end = maxTime(end, onlineAt)
 	}
 	row.Usage = m.done(ctx)
 	close(profStop)
