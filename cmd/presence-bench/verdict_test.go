@@ -357,3 +357,24 @@ func TestScanBreakdown(t *testing.T) {
 		})
 	}
 }
+
+// TestOfflineSettleKeepsUsersAlive: the offline scenario's users are quiet
+// from the load until their first steady heartbeat, up to the settle plus
+// one interval; that must stay under the TTL, or users expire before the
+// measurement and show as false offlines (session 3's 45 s settle did that
+// at both scales).
+func TestOfflineSettleKeepsUsersAlive(t *testing.T) {
+	for _, c := range []struct{ ttl, interval time.Duration }{
+		{5 * time.Second, 2500 * time.Millisecond}, // small
+		{time.Minute, 30 * time.Second},            // full
+		{time.Second, time.Second},                 // no slack at all
+	} {
+		quiet := offlineSettle(c.ttl, c.interval) + c.interval
+		if quiet > c.ttl-(c.ttl-c.interval)/2 {
+			t.Errorf("ttl %s, interval %s: quiet for up to %s", c.ttl, c.interval, quiet)
+		}
+	}
+	if got := offlineSettle(time.Minute, 30*time.Second); got != 15*time.Second {
+		t.Errorf("full scale settles %s, want 15s", got)
+	}
+}
