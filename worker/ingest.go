@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"strconv"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 
@@ -32,6 +33,50 @@ type job struct {
 	op   op
 	ids  []string
 	done func(err error) // called once, after the store call
+	cost int             // taken from Worker.queued, given back once stored
+}
+
+// budget is a counting semaphore of ids: the handlers take a message's ids
+// before queueing it, the executors give them back once stored.
+type budget struct {
+	mu   sync.Mutex
+	size int
+	free int
+	wake chan struct{} // closed (and replaced) when ids are given back
+}
+
+func newBudget(size int) *budget {
+	return &budget{size: size, free: size, wake: make(chan struct{})}
+}
+
+// take takes n ids (at most the whole budget, so a message larger than it
+// waits for an empty queue) and returns how many it took, or 0 if stop was
+// closed first.
+func (b *budget) take(n int, stop <-chan struct{}) int {
+	n = min(n, b.size)
+	for {
+		b.mu.Lock()
+		if b.free >= n {
+			b.free -= n
+			b.mu.Unlock()
+			return n
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		select {
+		case <-wake:
+		case <-stop:
+			return 0
+		}
+	}
+}
+
+func (b *budget) give(n int) {
+	b.mu.Lock()
+	b.free += n
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
 }
 
 // handler decodes a message, answers or counts what is invalid, and queues
@@ -87,12 +132,19 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
 			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
 		}}
-		select {
-		case w.jobs <- j:
-		case <-w.stopping:
-			results.WithLabelValues("failed").Add(float64(len(req.IDs)))
-			w.respond(msg, bus.Reply{Rejected: rejected, Error: errShuttingDown})
+		// The queue is bounded in ids, then in messages; the channel send
+		// cannot block for long once the ids are taken, but it still
+		// yields to a stop.
+		if j.cost = w.queued.take(len(j.ids), w.stopping); j.cost > 0 {
+			select {
+			case w.jobs <- j:
+				return
+			case <-w.stopping:
+				w.queued.give(j.cost)
+			}
 		}
+		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
+		w.respond(msg, bus.Reply{Rejected: rejected, Error: errShuttingDown})
 	}
 }
 
@@ -206,5 +258,6 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	}
 	for _, j := range run {
 		j.done(err)
+		w.queued.give(j.cost)
 	}
 }

@@ -78,6 +78,13 @@ type Options struct {
 	InFlight int
 	// BatchIDs is the most ids coalesced into one store call; zero means 4000.
 	BatchIDs int
+	// QueueIDs bounds the ids decoded and waiting for an executor; zero
+	// means 2*BatchIDs. Beyond it, messages wait in NATS's pending buffer.
+	// The queue also holds at most 64*InFlight messages: many small
+	// messages queue so that an executor finds enough to fill a store call
+	// (single-id heartbeats: ~90 ids a call instead of ~30 with a queue of
+	// 32 messages, and ~30% more of them per second on the bench machine).
+	QueueIDs int
 	// ReconcileInterval is the sweep period; zero means 200ms.
 	ReconcileInterval time.Duration
 	// ClaimAfter is how long an outbox entry may stay unacknowledged on
@@ -113,6 +120,9 @@ func (o Options) withDefaults() Options {
 	if o.BatchIDs <= 0 {
 		o.BatchIDs = 4 * presence.ChunkSize
 	}
+	if o.QueueIDs <= 0 {
+		o.QueueIDs = 2 * o.BatchIDs
+	}
 	if o.ReconcileInterval <= 0 {
 		o.ReconcileInterval = 200 * time.Millisecond
 	}
@@ -139,6 +149,7 @@ type Worker struct {
 	m      *metrics.Metrics
 
 	jobs     chan job
+	queued   *budget       // ids in jobs and in the executors' hands
 	stopping chan struct{} // closed when handlers must stop queueing
 	execStop chan struct{} // closed when executors must return once jobs is empty
 	active   atomic.Int64  // message handlers running now
@@ -159,7 +170,8 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 	return &Worker{
 		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
 		log: opts.Logger, m: opts.Metrics,
-		jobs:     make(chan job, opts.InFlight*4),
+		jobs:     make(chan job, opts.InFlight*64),
+		queued:   newBudget(opts.QueueIDs),
 		stopping: make(chan struct{}),
 		execStop: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
