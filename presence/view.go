@@ -287,9 +287,9 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 }
 
 // GetOnlineUsers returns those of ids with an open session, each once, in
-// the order of first appearance, from the view once it has applied every transition committed
-// before the call; from Redis (Store.GetOnlineUsers) while the view is being
-// built or cannot catch up within CatchUp.
+// the order of first appearance, from the view once it has applied every
+// transition committed before the call; from Redis (Store.GetOnlineUsers)
+// while the view is being built or cannot catch up within CatchUp.
 func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -337,8 +337,11 @@ func (v *View) GetOnlineUsers(ctx context.Context, ids []string) ([]string, erro
 // lookup returns those of ids in the view, each once, in the order of first
 // appearance. The caller holds v.mu.
 func (v *View) lookup(ids []string) []string {
-	// Repeats are removed from the users found online only, by the hash
-	// the lookup computed.
+	// Every id is hashed first and the table probed in a loop of its own:
+	// the probes do not depend on each other, so the CPU keeps several of
+	// their cache misses in flight (a 1M-user table is 32 MiB; interleaved
+	// with the hashing, 10k lookups took 3-4x as long). Repeats are removed
+	// from the users found online only, by the hash the lookup computed.
 	keys := make([]idKey, len(ids))
 	for i, id := range ids {
 		keys[i] = v.key(id)

@@ -132,9 +132,8 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
 			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
 		}}
-		// The queue is bounded in ids, then in messages; the channel send
-		// cannot block for long once the ids are taken, but it still
-		// yields to a stop.
+		// The queue is bounded in ids by the budget, then in messages by
+		// the channel; either wait yields to a stop.
 		if j.cost = w.queued.take(len(j.ids), w.stopping); j.cost > 0 {
 			select {
 			case w.jobs <- j:
