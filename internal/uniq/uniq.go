@@ -7,6 +7,7 @@ import (
 	"hash/maphash"
 	"math/bits"
 	"slices"
+	"sync"
 )
 
 var seed = maphash.MakeSeed()
@@ -19,6 +20,7 @@ func Append(dst, ids []string) []string {
 		return appendSmall(dst, ids)
 	}
 	t := newTable(len(dst), len(ids))
+	defer t.free()
 	for _, id := range ids {
 		dst = t.add(dst, id, maphash.String(seed, id))
 	}
@@ -34,6 +36,7 @@ func AppendHashed(dst, ids []string, hashes []uint64) []string {
 		return appendSmall(dst, ids)
 	}
 	t := newTable(len(dst), len(ids))
+	defer t.free()
 	for i, id := range ids {
 		dst = t.add(dst, id, hashes[i])
 	}
@@ -64,9 +67,26 @@ type table struct {
 	base  int
 }
 
+// tables holds *[]uint64 slot arrays for reuse: a 10k-id query would
+// otherwise allocate 256 KB of them per call, and the garbage collector's
+// work is part of the queries' latency tail.
+var tables sync.Pool
+
 func newTable(base, n int) table {
-	slots := make([]uint64, 1<<bits.Len(uint(2*n-1)))
-	return table{slots: slots, mask: uint64(len(slots) - 1), base: base}
+	size := 1 << bits.Len(uint(2*n-1))
+	var slots []uint64
+	if p, ok := tables.Get().(*[]uint64); ok && cap(*p) >= size {
+		slots = (*p)[:size]
+		clear(slots)
+	} else {
+		slots = make([]uint64, size)
+	}
+	return table{slots: slots, mask: uint64(size - 1), base: base}
+}
+
+// free returns the slots for reuse; t is not used afterwards.
+func (t table) free() {
+	tables.Put(&t.slots)
 }
 
 // add appends id to dst unless dst[t.base:] holds it.
