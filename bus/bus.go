@@ -209,6 +209,19 @@ func (b *Bus) QueueSubscribe(subject, queue string, handler nats.MsgHandler) (*n
 	return sub, nil
 }
 
+// ChanQueueSubscribe delivers subject's messages, shared with the rest of
+// queue group queue, into ch from the connection's read loop: messages of
+// several subscriptions on one channel keep the order the server sent them
+// in. Pending limits do not apply: a message that finds ch full is dropped
+// and counted as a slow consumer, so the reader must empty ch promptly.
+func (b *Bus) ChanQueueSubscribe(subject, queue string, ch chan *nats.Msg) (*nats.Subscription, error) {
+	sub, err := b.nc.ChanQueueSubscribe(subject, queue, ch)
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
+	}
+	return sub, nil
+}
+
 // Publish sends ev to its subject with the Nats-Msg-Id header. It fails at
 // once while disconnected; delivery is only known after Flush.
 func (b *Bus) Publish(subjects Subjects, ev Event) error {

@@ -40,6 +40,12 @@ type Metrics struct {
 	OutboxDepth prometheus.Gauge
 	// Republished counts outbox entries taken over from a dead replica.
 	Republished prometheus.Counter
+	// IntakeDropped counts heartbeat and disconnect messages dropped because
+	// the intake held its byte limit (PRESENCE_INTAKE_BYTES).
+	IntakeDropped prometheus.Counter
+	// QueueGroupLeaves counts the times this replica left the queue group
+	// because Redis was unavailable.
+	QueueGroupLeaves prometheus.Counter
 }
 
 // New returns fresh collectors registered on a new registry, with the Go and
@@ -62,8 +68,10 @@ func New() *Metrics {
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}, []string{"command"})
 	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Outbox entries not yet trimmed: batches of events waiting to be published, plus those kept for PRESENCE_OUTBOX_RETENTION (or at most one without)."})
 	m.Republished = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_reclaimed_total", Help: "Outbox entries taken over from a replica that did not acknowledge them."})
+	m.IntakeDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_intake_dropped_total", Help: "Heartbeat and disconnect messages dropped because the intake held PRESENCE_INTAKE_BYTES (answered \"overloaded\" when they had a reply subject)."})
+	m.QueueGroupLeaves = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_queue_group_leaves_total", Help: "Times this replica left the queue group because Redis was unavailable (it rejoins when Redis answers)."})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
-		m.RedisLatency, m.OutboxDepth, m.Republished} {
+		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves} {
 		f(c)
 	}
 	return m

@@ -204,6 +204,27 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, ids []strin
 	return out, nil
 }
 
+// IsUnavailable reports whether err means Redis cannot serve this client
+// now (a refused, broken or timed-out connection; a server that is loading,
+// read-only or has lost its master) rather than that one command was
+// wrong. A cancelled context is neither.
+func IsUnavailable(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"} {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
+
 func isNoScript(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
 }

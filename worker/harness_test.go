@@ -26,8 +26,6 @@ type env struct {
 	prefix   string // key prefix
 	subjects bus.Subjects
 	ttl      time.Duration
-	// pendingMsgs, when set, is the replicas' subscription pending limit.
-	pendingMsgs int
 	online      *testenv.Collector
 	offline     *testenv.Collector
 }
@@ -85,7 +83,7 @@ func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Opti
 	if err := store.Ping(ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	b := bus.New(bus.Options{URL: natsURL, PendingMsgs: e.pendingMsgs, PingInterval: 300 * time.Millisecond})
+	b := bus.New(bus.Options{URL: natsURL, PingInterval: 300 * time.Millisecond})
 	if err := b.Start(ctx); err != nil {
 		e.t.Fatal(err)
 	}

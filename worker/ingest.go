@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"log/slog"
 	"strconv"
 	"sync"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/internal/uniq"
@@ -28,16 +30,36 @@ func (o op) String() string {
 	return "heartbeat"
 }
 
-// job is one decoded message waiting to be stored.
-type job struct {
-	op   op
-	ids  []string
-	done func(err error) // called once, after the store call
-	cost int             // taken from Worker.queued, given back once stored
+// Replies to messages that were not stored and may be sent again.
+const (
+	errShuttingDown = "shutting down: not stored, send again"
+	errOverloaded   = "overloaded: intake full, not stored, send again"
+)
+
+// request is one decoded message whose ids are being stored, possibly by
+// several executors (each owns a share of the users, see dispatch). The
+// last part to finish answers it.
+type request struct {
+	msg      *nats.Msg
+	op       op
+	rejected []bus.Rejection
+
+	mu       sync.Mutex
+	parts    int   // parts not finished yet
+	accepted int   // ids stored
+	err      error // first failure
 }
 
-// budget is a counting semaphore of ids: the handlers take a message's ids
-// before queueing it, the executors give them back once stored.
+// job is the part of one request that one executor stores.
+type job struct {
+	req  *request
+	op   op
+	ids  []string
+	cost int // taken from Worker.queued, given back once stored
+}
+
+// budget is a counting semaphore of ids: the dispatcher takes a message's
+// ids before queueing it, the executors give them back once stored.
 type budget struct {
 	mu   sync.Mutex
 	size int
@@ -79,75 +101,224 @@ func (b *budget) give(n int) {
 	b.mu.Unlock()
 }
 
-// handler decodes a message, answers or counts what is invalid, and queues
-// the valid ids. Queueing blocks while the executors are busy: that pushes
-// back into the subscription's pending buffer, whose limits bound memory.
-func (w *Worker) handler(o op) nats.MsgHandler {
-	results := w.m.Heartbeats
-	if o == opDisconnect {
-		results = w.m.Disconnects
-	}
-	return func(msg *nats.Msg) {
-		w.active.Add(1)
-		defer w.active.Add(-1)
+// pump moves messages from the subscriptions' channel into the intake,
+// all that are waiting at once, until closing is closed (the subscriptions
+// are drained: nothing more arrives); then it moves what is left and closes
+// the intake.
+func (w *Worker) pump(closing <-chan struct{}) {
+	batch := make([]*nats.Msg, 0, intakeChan)
+	var dropped []*nats.Msg
+	for {
 		select {
-		case <-w.stopping:
-			w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown})
-			return
-		default:
-		}
-		req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
-		if err != nil {
-			reason := "malformed"
-			if errors.Is(err, bus.ErrTooMany) {
-				reason = "too_many"
+		case m := <-w.in.ch:
+			batch = append(batch[:0], m)
+		case <-closing:
+			for {
+				batch = batch[:0]
+				for len(batch) < cap(batch) {
+					select {
+					case m := <-w.in.ch:
+						batch = append(batch, m)
+						continue
+					default:
+					}
+					break
+				}
+				if len(batch) == 0 {
+					w.in.close()
+					return
+				}
+				dropped = w.admit(batch, dropped[:0])
 			}
-			w.m.Rejections.WithLabelValues(reason).Inc()
-			results.WithLabelValues("rejected").Inc()
-			w.debugf("rejected message", "subject", msg.Subject, "reason", reason, "err", err)
-			w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: err.Error()})
-			return
 		}
-		for _, r := range req.Rejected {
-			w.m.Rejections.WithLabelValues(r.Reason).Inc()
-		}
-		if n := len(req.Rejected); n > 0 {
-			results.WithLabelValues("rejected").Add(float64(n))
-			w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
-		}
-		rejected := req.Rejected
-		if rejected == nil {
-			rejected = []bus.Rejection{}
-		}
-		if len(req.IDs) == 0 {
-			w.respond(msg, bus.Reply{Rejected: rejected})
-			return
-		}
-		j := job{op: o, ids: req.IDs, done: func(err error) {
-			if err != nil {
-				results.WithLabelValues("failed").Add(float64(len(req.IDs)))
-				w.respond(msg, bus.Reply{Rejected: rejected, Error: "store unavailable: " + err.Error()})
-				return
-			}
-			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
-			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
-		}}
-		// The queue is bounded in ids by the budget, then in messages by
-		// the channel; either wait yields to a stop.
-		if j.cost = w.queued.take(len(j.ids), w.stopping); j.cost > 0 {
+	more:
+		for len(batch) < cap(batch) {
 			select {
-			case w.jobs <- j:
-				return
-			case <-w.stopping:
-				w.queued.give(j.cost)
+			case m := <-w.in.ch:
+				batch = append(batch, m)
+			default:
+				break more
 			}
 		}
-		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
-		w.respond(msg, bus.Reply{Rejected: rejected, Error: errShuttingDown})
+		dropped = w.admit(batch, dropped[:0])
+		clear(batch)
 	}
 }
 
-const errShuttingDown = "shutting down: not stored, send again"
+// admit queues batch in the intake and answers what it had no room for.
+func (w *Worker) admit(batch, dropped []*nats.Msg) []*nats.Msg {
+	dropped = w.in.pushAll(batch, dropped)
+	if len(dropped) == 0 {
+		return dropped
+	}
+	w.m.IntakeDropped.Add(float64(len(dropped)))
+	if ok, suppressed := w.dropLog.allow(); ok {
+		w.log.Warn("intake full: messages dropped", "count", len(dropped), "limit_bytes", w.in.limit,
+			"dropped_total", w.in.dropped.Load(), "suppressed_since_last", suppressed)
+	}
+	for _, m := range dropped {
+		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded})
+	}
+	clear(dropped)
+	return dropped
+}
+
+// dispatch decodes the intake's messages in order and hands each user's ids
+// to the executor that owns that user (hash of the id), so one user's
+// heartbeats and disconnects are stored in the order they arrived while
+// different users are stored in parallel. It returns when the intake is
+// closed and empty, closing the executors' queues. After abort is closed it
+// answers what is left "shutting down" instead.
+func (w *Worker) dispatch(abort <-chan struct{}) {
+	defer func() {
+		for _, q := range w.execQ {
+			close(q)
+		}
+	}()
+	parts := make([][]string, len(w.execQ))
+	for {
+		m, ok := w.in.pop()
+		if !ok {
+			return
+		}
+		w.handle(m, parts, abort)
+	}
+}
+
+// handle decodes one message, answers or counts what is invalid, and queues
+// the valid ids. Queueing blocks while the executors are busy: the intake
+// holds what arrives meanwhile, up to its byte limit.
+func (w *Worker) handle(msg *nats.Msg, parts [][]string, abort <-chan struct{}) {
+	o := opHeartbeat
+	if msg.Subject == w.disconnectSubject {
+		o = opDisconnect
+	}
+	results := w.results(o)
+	select {
+	case <-abort:
+		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown})
+		return
+	default:
+	}
+	req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
+	if err != nil {
+		reason := "malformed"
+		if errors.Is(err, bus.ErrTooMany) {
+			reason = "too_many"
+		}
+		w.m.Rejections.WithLabelValues(reason).Inc()
+		results.WithLabelValues("rejected").Inc()
+		w.debugf("rejected message", "subject", msg.Subject, "reason", reason, "err", err)
+		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: err.Error()})
+		return
+	}
+	for _, r := range req.Rejected {
+		w.m.Rejections.WithLabelValues(r.Reason).Inc()
+	}
+	if n := len(req.Rejected); n > 0 {
+		results.WithLabelValues("rejected").Add(float64(n))
+		w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
+	}
+	r := &request{msg: msg, op: o, rejected: req.Rejected}
+	if r.rejected == nil {
+		r.rejected = []bus.Rejection{}
+	}
+	if len(req.IDs) == 0 {
+		w.respond(msg, bus.Reply{Rejected: r.rejected})
+		return
+	}
+	// The queue is bounded in ids by the budget, then in messages by the
+	// executors' channels; the budget's wait yields to an abort.
+	cost := w.queued.take(len(req.IDs), abort)
+	if cost == 0 {
+		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
+		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown})
+		return
+	}
+	n := len(w.execQ)
+	if n == 1 || len(req.IDs) == 1 {
+		r.parts = 1
+		w.execQ[w.owner(req.IDs[0])] <- job{req: r, op: o, ids: req.IDs, cost: cost}
+		return
+	}
+	for i := range parts {
+		parts[i] = nil
+	}
+	for _, id := range req.IDs {
+		k := w.owner(id)
+		if parts[k] == nil {
+			parts[k] = make([]string, 0, len(req.IDs)/n+8)
+		}
+		parts[k] = append(parts[k], id)
+	}
+	used := 0
+	for _, p := range parts {
+		if p != nil {
+			used++
+		}
+	}
+	r.parts = used
+	// The cost goes back with the last part queued (any split is fine: the
+	// budget only needs the total back).
+	for k, p := range parts {
+		if p == nil {
+			continue
+		}
+		c := min(len(p), cost)
+		used--
+		if used == 0 {
+			c = cost
+		}
+		cost -= c
+		w.execQ[k] <- job{req: r, op: o, ids: p, cost: c}
+	}
+}
+
+// owner is the executor that stores id: the same one for every message, so
+// one user's operations stay in order.
+func (w *Worker) owner(id string) int {
+	if len(w.execQ) == 1 {
+		return 0
+	}
+	return int(maphash.String(w.seed, id) % uint64(len(w.execQ)))
+}
+
+// results counts the ids of o by result.
+func (w *Worker) results(o op) *prometheus.CounterVec {
+	if o == opDisconnect {
+		return w.m.Disconnects
+	}
+	return w.m.Heartbeats
+}
+
+// finish records one stored (or failed) part of r and answers r when it was
+// the last.
+func (w *Worker) finish(r *request, ids int, err error) {
+	results := w.results(r.op)
+	if err != nil {
+		results.WithLabelValues("failed").Add(float64(ids))
+	} else {
+		results.WithLabelValues("accepted").Add(float64(ids))
+	}
+	r.mu.Lock()
+	r.parts--
+	if err != nil && r.err == nil {
+		r.err = err
+	}
+	if err == nil {
+		r.accepted += ids
+	}
+	last := r.parts == 0
+	r.mu.Unlock()
+	if !last {
+		return
+	}
+	if r.err != nil {
+		w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected, Error: "store unavailable: " + r.err.Error()})
+		return
+	}
+	w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected})
+}
 
 func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
 	if msg.Reply == "" {
@@ -180,29 +351,22 @@ func (w *Worker) debugf(msg string, args ...any) {
 	}
 }
 
-// execute takes a job, coalesces the jobs already waiting behind it (up to
-// BatchIDs ids) and stores them with as few script calls as possible,
-// keeping heartbeats and disconnects in arrival order. After execStop is
-// closed it finishes the jobs still queued and returns.
-func (w *Worker) execute(ctx context.Context) {
+// execute takes jobs from its queue, coalesces the jobs already waiting
+// behind one (up to BatchIDs ids) and stores them with as few script calls
+// as possible, keeping heartbeats and disconnects in arrival order. It
+// returns when its queue is closed and empty.
+func (w *Worker) execute(ctx context.Context, q <-chan job) {
 	var batch []job
-	for {
-		var j job
-		select {
-		case j = <-w.jobs:
-		case <-w.execStop:
-			select {
-			case j = <-w.jobs:
-			default:
-				return
-			}
-		}
+	for j := range q {
 		batch = append(batch[:0], j)
 		n := len(j.ids)
 	more:
 		for n < w.opts.BatchIDs {
 			select {
-			case j2 := <-w.jobs:
+			case j2, ok := <-q:
+				if !ok {
+					break more
+				}
 				batch = append(batch, j2)
 				n += len(j2.ids)
 			default:
@@ -248,6 +412,7 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	}
 	if err != nil {
 		w.log.Warn("store batch failed", "op", run[0].op, "ids", len(ids), "err", err)
+		w.storeFailed(err)
 	} else if run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug) {
 		for i, v := range versions {
 			if v == 0 {
@@ -256,7 +421,7 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 		}
 	}
 	for _, j := range run {
-		j.done(err)
+		w.finish(j.req, len(j.ids), err)
 		w.queued.give(j.cost)
 	}
 }

@@ -179,17 +179,18 @@ func TestNATSRestartWhileOfflinesDue(t *testing.T) {
 func TestSlowRedisKeepsMemoryBounded(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, time.Minute)
-	e.pendingMsgs = 50
 	proxy := testenv.StartProxy(t, e.redis.Addr)
 	m := metrics.New()
+	const limit = 200 << 10
 	rep := e.startReplicaVia("redis://"+proxy.Addr+"/0", e.nats.URL(), func(o *worker.Options, _ *presence.Options) {
 		o.Metrics = m
 		o.InFlight = 1
+		o.IntakeBytes = limit
 	})
-	_ = rep
 	proxy.SetLatency(50 * time.Millisecond)
-	// Flood far more than Redis (at 50ms a round trip) can take; a small
-	// pending limit on the subscription makes NATS drop the excess.
+	// Flood far more than Redis (at 50ms a round trip) can take: 500
+	// messages of 1000 ids, ~6 MB, into an intake of 200 KiB, which drops
+	// the excess.
 	nc := e.nats.Conn(t)
 	big := []byte(`{"userIds":["` + strings.Join(ids("flood", 1000), `","`) + `"]}`)
 	for range 500 {
@@ -200,19 +201,21 @@ func TestSlowRedisKeepsMemoryBounded(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, 30*time.Second, func() bool { return rep.bus.SlowConsumerDrops() > 0 },
-		"no slow-consumer drops counted under a flood into a slow Redis")
+	testenv.Eventually(t, 30*time.Second, func() bool { return testutil.ToFloat64(m.IntakeDropped) > 0 },
+		"no intake drops counted under a flood into a slow Redis")
+	if got := rep.w.IntakeDropped(); got == 0 {
+		t.Fatal("the worker does not report the drops the metric counted")
+	}
 	proxy.SetLatency(0)
 	// Still serving once the backlog is through (a request may itself be
-	// dropped while the subscription is full, so ask until answered).
+	// dropped while the intake is full: it is answered "overloaded", so ask
+	// until accepted).
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		msg, err := nc.Request(e.subjects.Heartbeat(), []byte(`{"userId":"after-flood"}`), 2*time.Second)
 		return err == nil && strings.Contains(string(msg.Data), `"accepted":1`)
 	}, "worker does not serve after the flood")
-	// Memory stayed bounded: the subscription never held more than its limit
-	// (nats.go records the high-water mark before dropping the message that
-	// overflows it, so a drop shows as limit+1).
-	if n := rep.w.PendingHighWater(); n == 0 || n > 51 {
-		t.Fatalf("subscription held up to %d messages; want between 1 and its limit of 50 (+1 being dropped)", n)
+	// Memory stayed bounded: the intake never held more than its limit.
+	if _, high := rep.w.IntakeBytes(); high == 0 || high > limit {
+		t.Fatalf("intake held up to %d bytes; want between 1 and its limit of %d", high, limit)
 	}
 }

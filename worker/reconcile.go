@@ -32,6 +32,7 @@ func (w *Worker) reconcile(ctx context.Context) {
 			continue
 		}
 		err := w.sweepAll(ctx)
+		w.storeFailed(err)
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			w.log.Warn("sweep failed; retrying every interval", "err", err)

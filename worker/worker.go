@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,9 @@ type Store interface {
 	Sweep(ctx context.Context, limit int) (presence.SweepResult, error)
 	Claim(ctx context.Context, ids []string) (int, error)
 	Count(ctx context.Context) (int64, error)
+	// Ping reports whether Redis answers (the worker rejoins the queue
+	// group once it does).
+	Ping(ctx context.Context) error
 }
 
 // Outbox is what the relay needs from the outbox stream.
@@ -47,7 +51,9 @@ type Outbox interface {
 
 // Bus is what the worker needs from NATS.
 type Bus interface {
-	QueueSubscribe(subject, queue string, handler nats.MsgHandler) (*nats.Subscription, error)
+	// ChanQueueSubscribe delivers subject's messages into ch, in the order
+	// the server sent them, sharing them with the rest of the queue group.
+	ChanQueueSubscribe(subject, queue string, ch chan *nats.Msg) (*nats.Subscription, error)
 	Publish(subjects bus.Subjects, ev bus.Event) error
 	Flush(ctx context.Context) error
 	Connected() bool
@@ -85,6 +91,11 @@ type Options struct {
 	// (single-id heartbeats: ~90 ids a call instead of ~30 with a queue of
 	// 32 messages, and ~30% more of them per second on the bench machine).
 	QueueIDs int
+	// IntakeBytes bounds the messages received and not yet decoded, in
+	// bytes of memory (payload, subject, reply and ~256 bytes per message);
+	// beyond it messages are dropped, counted and answered "overloaded".
+	// Zero means 256 MiB.
+	IntakeBytes int64
 	// ReconcileInterval is the sweep period; zero means 200ms.
 	ReconcileInterval time.Duration
 	// ClaimAfter is how long an outbox entry may stay unacknowledged on
@@ -123,6 +134,9 @@ func (o Options) withDefaults() Options {
 	if o.QueueIDs <= 0 {
 		o.QueueIDs = 2 * o.BatchIDs
 	}
+	if o.IntakeBytes <= 0 {
+		o.IntakeBytes = 256 << 20
+	}
 	if o.ReconcileInterval <= 0 {
 		o.ReconcileInterval = 200 * time.Millisecond
 	}
@@ -148,18 +162,27 @@ type Worker struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 
-	jobs     chan job
-	queued   *budget       // ids in jobs and in the executors' hands
-	stopping chan struct{} // closed when handlers must stop queueing
-	execStop chan struct{} // closed when executors must return once jobs is empty
-	active   atomic.Int64  // message handlers running now
-	subs     []*nats.Subscription
-	kick     chan struct{} // asks the reconciler to sweep now
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup // reconciler, relay, expiry
-	execs    sync.WaitGroup // batch executors
-	stopped  atomic.Bool
+	in                *intake
+	disconnectSubject string
+	execQ             []chan job // one queue per executor; a user's ids always go to the same one
+	seed              maphash.Seed
+	queued            *budget       // ids queued for and held by the executors
+	closing           chan struct{} // closed when the subscriptions are drained
+	abort             chan struct{} // closed when Stop runs out of time: answer the rest "shutting down"
+	intakeDone        sync.WaitGroup
+	execs             sync.WaitGroup // batch executors
+
+	subsMu    sync.Mutex
+	subs      []*nats.Subscription // nil while out of the queue group
+	storeDown atomic.Bool          // Redis failing: out of the queue group until it answers
+	downCh    chan struct{}        // wakes the rejoin loop
+
+	kick    chan struct{} // asks the reconciler to sweep now
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup // reconciler, relay, expiry, rejoin
+	stopped atomic.Bool
 	debug    sampler
+	dropLog  sampler
 	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
 }
 
@@ -167,16 +190,23 @@ type Worker struct {
 // expired users.
 func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *Worker {
 	opts = opts.withDefaults()
-	return &Worker{
+	w := &Worker{
 		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
 		log: opts.Logger, m: opts.Metrics,
-		jobs:     make(chan job, opts.InFlight*64),
-		queued:   newBudget(opts.QueueIDs),
-		stopping: make(chan struct{}),
-		execStop: make(chan struct{}),
-		kick:     make(chan struct{}, 1),
-		counters: map[[2]string]prometheus.Counter{},
+		in:                newIntake(opts.IntakeBytes),
+		disconnectSubject: opts.Subjects.Disconnect(),
+		seed:              maphash.MakeSeed(),
+		queued:            newBudget(opts.QueueIDs),
+		closing:           make(chan struct{}),
+		abort:             make(chan struct{}),
+		downCh:            make(chan struct{}, 1),
+		kick:              make(chan struct{}, 1),
+		counters:          map[[2]string]prometheus.Counter{},
 	}
+	for range opts.InFlight {
+		w.execQ = append(w.execQ, make(chan job, 64))
+	}
+	return w
 }
 
 // Start prepares the outbox, subscribes to heartbeats and disconnects in the
@@ -188,23 +218,25 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
-	for range w.opts.InFlight {
+	for _, q := range w.execQ {
 		w.execs.Add(1)
 		go func() {
 			defer w.execs.Done()
-			w.execute(runCtx)
+			w.execute(runCtx, q)
 		}()
 	}
-	for _, s := range []struct {
-		subject string
-		op      op
-	}{{w.opts.Subjects.Heartbeat(), opHeartbeat}, {w.opts.Subjects.Disconnect(), opDisconnect}} {
-		sub, err := w.bus.QueueSubscribe(s.subject, w.opts.Queue, w.handler(s.op))
-		if err != nil {
-			_ = w.Stop(ctx)
-			return err
-		}
-		w.subs = append(w.subs, sub)
+	w.intakeDone.Add(2)
+	go func() {
+		defer w.intakeDone.Done()
+		w.pump(w.closing)
+	}()
+	go func() {
+		defer w.intakeDone.Done()
+		w.dispatch(w.abort)
+	}()
+	if err := w.subscribe(); err != nil {
+		_ = w.Stop(ctx)
+		return err
 	}
 	// The server has the subscriptions before Start returns (and before
 	// "worker started" is logged), so a heartbeat sent right after is taken.
@@ -214,6 +246,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		_ = w.Stop(ctx)
 		return err
 	}
+	w.goLoop(func() { w.rejoin(runCtx) })
 	w.goLoop(func() { w.reconcile(runCtx) })
 	w.goLoop(func() { w.relay(runCtx) })
 	if w.expiry != nil {
@@ -234,30 +267,39 @@ func (w *Worker) goLoop(f func()) {
 
 // Stop drains the subscriptions (messages already received are handled),
 // finishes the batches in flight, stops the loops after the relay's current
-// publish, and leaves the outbox group. Bounded by ctx.
+// publish, and leaves the outbox group. Bounded by ctx: what is not stored
+// by then is answered "shutting down".
 func (w *Worker) Stop(ctx context.Context) error {
 	if !w.stopped.CompareAndSwap(false, true) {
 		return nil
 	}
 	var errs []error
-	for _, sub := range w.subs {
+	w.subsMu.Lock()
+	subs := w.subs
+	w.subs = nil
+	w.subsMu.Unlock()
+	for _, sub := range subs {
 		if err := drain(ctx, sub); err != nil {
-			// Out of time: stop taking messages; those still pending in the
-			// subscription are dropped (their senders time out and retry).
+			// Out of time: stop taking messages; those still on their way
+			// are dropped (their senders time out and retry).
 			errs = append(errs, err)
 			_ = sub.Unsubscribe()
 		}
 	}
-	// Handlers blocked on a full queue give up (answering "shutting down");
-	// then no one sends on jobs any more and the executors can finish.
-	close(w.stopping)
-	if err := waitZero(ctx, &w.active); err != nil {
-		errs = append(errs, fmt.Errorf("message handlers: %w", err))
-	}
-	// Executors finish what is queued, then return.
-	close(w.execStop)
-	if err := wait(ctx, &w.execs); err != nil {
-		errs = append(errs, fmt.Errorf("finish batches in flight: %w", err))
+	// Nothing more arrives: the intake is emptied into the executors, which
+	// finish what they hold, then return.
+	close(w.closing)
+	done := make(chan struct{})
+	go func() {
+		w.intakeDone.Wait()
+		w.execs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		close(w.abort)
+		errs = append(errs, fmt.Errorf("finish batches in flight: %w", ctx.Err()))
 	}
 	if w.cancel != nil {
 		w.cancel()
@@ -292,20 +334,6 @@ func drain(ctx context.Context, sub *nats.Subscription) error {
 	return nil
 }
 
-// waitZero waits until n is zero.
-func waitZero(ctx context.Context, n *atomic.Int64) error {
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for n.Load() != 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
 func wait(ctx context.Context, wg *sync.WaitGroup) error {
 	done := make(chan struct{})
 	go func() {
@@ -320,17 +348,13 @@ func wait(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 }
 
-// PendingHighWater returns the most messages any of the worker's
-// subscriptions held unhandled at once (bounded by the pending limits).
-func (w *Worker) PendingHighWater() int {
-	most := 0
-	for _, sub := range w.subs {
-		if n, _, err := sub.MaxPending(); err == nil && n > most {
-			most = n
-		}
-	}
-	return most
-}
+// IntakeBytes returns the bytes of received messages waiting to be decoded
+// now and the most held at once (bounded by Options.IntakeBytes).
+func (w *Worker) IntakeBytes() (now, high int64) { return w.in.held() }
+
+// IntakeDropped returns how many messages the intake dropped because it
+// held Options.IntakeBytes already.
+func (w *Worker) IntakeDropped() int64 { return w.in.dropped.Load() }
 
 // canClaim: a replica that cannot receive heartbeats must not declare
 // anyone offline (they may be heartbeating into the void).
@@ -341,6 +365,9 @@ func (w *Worker) canClaim() bool { return w.bus.Connected() }
 func (w *Worker) Ready() error {
 	if !w.bus.Connected() {
 		return errors.New("nats disconnected")
+	}
+	if w.storeDown.Load() {
+		return errors.New("redis unavailable: out of the queue group until it answers")
 	}
 	if w.expiry != nil && !w.expiry.Connected() {
 		return errors.New("redis expiry subscription down")

@@ -1,0 +1,105 @@
+package worker
+
+import (
+	"context"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+
+	"github.com/presenced/presenced/presence"
+)
+
+// A replica takes heartbeats and disconnects only while it can store them.
+// When Redis fails it (a refused or broken connection, a timeout, a replica
+// that is loading or read-only), the replica leaves the queue group, so
+// that NATS gives the rest of the traffic to replicas that can store it
+// (a gateway resends what this one answered with an error), and rejoins as
+// soon as Redis answers a ping again. Were it to stay, it would take its
+// share of every user's heartbeats and fail them while the healthy
+// replicas swept those users offline.
+
+// subscribe joins the queue group on both subjects, delivering into the
+// intake; it does nothing while the worker is stopping.
+func (w *Worker) subscribe() error {
+	w.subsMu.Lock()
+	defer w.subsMu.Unlock()
+	if w.stopped.Load() || w.subs != nil {
+		return nil
+	}
+	subs := make([]*nats.Subscription, 0, 2)
+	for _, subject := range []string{w.opts.Subjects.Heartbeat(), w.opts.Subjects.Disconnect()} {
+		sub, err := w.bus.ChanQueueSubscribe(subject, w.opts.Queue, w.in.ch)
+		if err != nil {
+			for _, s := range subs {
+				_ = s.Unsubscribe()
+			}
+			return err
+		}
+		subs = append(subs, sub)
+	}
+	w.subs = subs
+	return nil
+}
+
+// leave drains both subscriptions (messages on their way still arrive and
+// are answered) without waiting for the drain to finish.
+func (w *Worker) leave() {
+	w.subsMu.Lock()
+	defer w.subsMu.Unlock()
+	for _, sub := range w.subs {
+		if err := sub.Drain(); err != nil {
+			_ = sub.Unsubscribe()
+		}
+	}
+	w.subs = nil
+}
+
+// storeFailed takes the replica out of the queue group when err says Redis
+// is unavailable (not for errors about one request).
+func (w *Worker) storeFailed(err error) {
+	if !presence.IsUnavailable(err) || w.stopped.Load() {
+		return
+	}
+	if w.storeDown.CompareAndSwap(false, true) {
+		select {
+		case w.downCh <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// rejoin leaves the queue group each time the store is found unavailable
+// and rejoins once Redis answers, pinging with backoff (50ms doubling to
+// 2s), until ctx is done.
+func (w *Worker) rejoin(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.downCh:
+		}
+		w.leave()
+		w.m.QueueGroupLeaves.Inc()
+		w.log.Warn("redis unavailable: left the queue group until it answers")
+		b := backoff.NewExponentialBackOff()
+		b.InitialInterval = 50 * time.Millisecond
+		b.MaxInterval = 2 * time.Second
+		b.MaxElapsedTime = 0
+		err := backoff.Retry(func() error {
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := w.store.Ping(pctx); err != nil {
+				return err
+			}
+			// Cleared before subscribing, so a failure after this point
+			// takes the replica out again.
+			w.storeDown.Store(false)
+			return w.subscribe()
+		}, backoff.WithContext(b, ctx))
+		if err != nil {
+			return // ctx done
+		}
+		w.log.Info("redis answers again: rejoined the queue group")
+	}
+}
