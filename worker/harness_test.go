@@ -26,8 +26,8 @@ type env struct {
 	prefix   string // key prefix
 	subjects bus.Subjects
 	ttl      time.Duration
-	online      *testenv.Collector
-	offline     *testenv.Collector
+	online   *testenv.Collector
+	offline  *testenv.Collector
 }
 
 func newEnv(t *testing.T, ttl time.Duration, ropts ...testenv.RedisOption) *env {

@@ -11,8 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"hash/maphash"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,10 +177,10 @@ type Worker struct {
 	storeDown atomic.Bool          // Redis failing: out of the queue group until it answers
 	downCh    chan struct{}        // wakes the rejoin loop
 
-	kick    chan struct{} // asks the reconciler to sweep now
-	cancel  context.CancelFunc
-	loops   sync.WaitGroup // reconciler, relay, expiry, rejoin
-	stopped atomic.Bool
+	kick     chan struct{} // asks the reconciler to sweep now
+	cancel   context.CancelFunc
+	loops    sync.WaitGroup // reconciler, relay, expiry, rejoin
+	stopped  atomic.Bool
 	debug    sampler
 	dropLog  sampler
 	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
