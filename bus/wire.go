@@ -136,9 +136,14 @@ type Reply struct {
 	Accepted int `json:"accepted"`
 	// Rejected lists the ids that were not, with the reason.
 	Rejected []Rejection `json:"rejected"`
-	// Error is set when the whole message failed (malformed, too large, or
-	// the store unavailable); Accepted is then 0.
+	// Error is set when the message failed (malformed, too large, the
+	// store unavailable, the replica overloaded or shutting down). Accepted
+	// then counts the ids stored before the failure, usually 0.
 	Error string `json:"error,omitempty"`
+	// Retry is set with Error when sending the same message again may
+	// succeed (the store was unavailable, the replica overloaded or
+	// shutting down); a malformed message is never retried.
+	Retry bool `json:"retry,omitempty"`
 }
 
 // Errors for messages that fail as a whole; callers branch with errors.Is.

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -30,6 +31,14 @@ const (
 	DefaultTimeout      = 5 * time.Second
 	DefaultBatchSize    = 10000
 	DefaultTombstoneTTL = 10 * time.Minute
+	DefaultRetries      = 3
+)
+
+// Backoff between attempts of a heartbeat or disconnect request: doubling
+// from retryBase up to retryMax, each with up to half of it added at random.
+const (
+	retryBase = 50 * time.Millisecond
+	retryMax  = time.Second
 )
 
 // inFlight bounds the requests one call has outstanding at once.
@@ -47,6 +56,7 @@ type Client struct {
 	timeout      time.Duration
 	batch        int
 	tombstoneTTL time.Duration
+	retries      int
 	log          *slog.Logger
 }
 
@@ -71,6 +81,15 @@ func WithBatchSize(n int) Option { return func(c *Client) { c.batch = n } }
 // offline event (see Subscribe). Zero or less means DefaultTombstoneTTL.
 func WithTombstoneTTL(d time.Duration) Option { return func(c *Client) { c.tombstoneTTL = d } }
 
+// WithRetries sets how many times Heartbeat and Disconnect send a request
+// again after it failed in a way that may pass: no answer within the
+// timeout, no presenced replica subscribed (nats.ErrNoResponders: e.g. every
+// replica is out of the queue group while Redis is unavailable), or an
+// error reply marked Retry. Heartbeats and disconnects are idempotent, so a
+// request that was stored but whose answer was lost does no harm when sent
+// again. Zero means DefaultRetries; negative disables retries.
+func WithRetries(n int) Option { return func(c *Client) { c.retries = n } }
+
 // WithLogger sets where Subscribe reports events it cannot decode; the
 // default discards.
 func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
@@ -90,6 +109,12 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 	if c.batch <= 0 {
 		c.batch = DefaultBatchSize
 	}
+	switch {
+	case c.retries == 0:
+		c.retries = DefaultRetries
+	case c.retries < 0:
+		c.retries = 0
+	}
 	if c.tombstoneTTL <= 0 {
 		c.tombstoneTTL = DefaultTombstoneTTL
 	}
@@ -102,10 +127,12 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 // Heartbeat starts or refreshes the presence of ids. Duplicates are removed
 // first; more ids than the batch size, or than fit the max payload, are sent
 // as several requests, a few at a time. The Reply sums the answers: Accepted
-// counts the ids stored, Rejected lists the invalid ones. If a request fails
-// (no answer, or presenced answered with an error, wrapped as ErrFailed),
-// the error says which, and the Reply still counts the requests that
-// succeeded. No ids means no request.
+// counts the ids stored, Rejected lists the invalid ones. A request that
+// fails in a way that may pass is sent again (see WithRetries), with
+// backoff, while ctx allows. If a request still fails (no answer, or
+// presenced answered with an error, wrapped as ErrFailed), the error says
+// which, and the Reply still counts the requests that succeeded. No ids
+// means no request.
 func (c *Client) Heartbeat(ctx context.Context, ids ...string) (Reply, error) {
 	return c.send(ctx, "heartbeat", ids)
 }
@@ -119,14 +146,9 @@ func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
 func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, error) {
 	parts := c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
 	replies := make([]Reply, len(parts))
+	subject := c.prefix + "." + op
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
-		if err := c.call(ctx, c.prefix+"."+op, idsRequest{UserIDs: parts[i]}, &replies[i]); err != nil {
-			return err
-		}
-		if replies[i].Error != "" {
-			return fmt.Errorf("%w: %s", ErrFailed, replies[i].Error)
-		}
-		return nil
+		return c.sendPart(ctx, subject, parts[i], &replies[i])
 	})
 	total := Reply{Rejected: []Rejection{}}
 	for i, r := range replies {
@@ -139,6 +161,64 @@ func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, erro
 	}
 	return total, errors.Join(errs...)
 }
+
+// sendPart sends one heartbeat or disconnect request, again after a failure
+// that may pass, up to c.retries more times. The error holds the first
+// failure and, when different, the last.
+func (c *Client) sendPart(ctx context.Context, subject string, ids []string, out *Reply) error {
+	var first error
+	delay := retryBase
+	for attempt := 0; ; attempt++ {
+		*out = Reply{}
+		err := c.call(ctx, subject, idsRequest{UserIDs: ids}, out)
+		retry := err != nil && retryable(err)
+		if err == nil && out.Error != "" {
+			err = fmt.Errorf("%w: %s", ErrFailed, out.Error)
+			retry = out.Retry
+		}
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+		if !retry || attempt >= c.retries || ctx.Err() != nil {
+			if attempt == 0 || err.Error() == first.Error() {
+				return err
+			}
+			return fmt.Errorf("%w (after %d attempts; first: %w)", err, attempt+1, first)
+		}
+		t := time.NewTimer(delay + time.Duration(rand.Int64N(int64(delay/2))))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (retry cut short: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, retryMax)
+	}
+}
+
+// retryable reports whether a request that failed with err (not an error
+// reply) may pass if sent again.
+func retryable(err error) bool {
+	switch {
+	case errors.Is(err, context.Canceled),
+		errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrBadSubject),
+		errors.Is(err, nats.ErrMaxPayload):
+		return false
+	}
+	var enc *encodeError
+	return !errors.As(err, &enc)
+}
+
+// encodeError is a request that could not be encoded: sending it again
+// cannot help.
+type encodeError struct{ err error }
+
+func (e *encodeError) Error() string { return "encode request: " + e.err.Error() }
+func (e *encodeError) Unwrap() error { return e.err }
 
 // Status returns id's presence. An invalid id is a *ServiceError with
 // CodeBadRequest.
@@ -257,7 +337,7 @@ func (c *Client) call(ctx context.Context, subject string, req, out any) error {
 	} else {
 		var err error
 		if data, err = encode(req); err != nil {
-			return fmt.Errorf("encode request: %w", err)
+			return &encodeError{err}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)

@@ -483,3 +483,46 @@ func BenchmarkClientOnline10k(b *testing.B) {
 		}
 	}
 }
+
+// TestHeartbeatRetriedUntilStored: with Redis down, presenced answers a
+// heartbeat with an error marked retry and then leaves the queue group (no
+// responders); the client keeps sending the batch with backoff, and it is
+// stored once Redis is back.
+func TestHeartbeatRetriedUntilStored(t *testing.T) {
+	t.Parallel()
+	p := startPresenced(t, testenv.Prefix(t), time.Minute)
+	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix), client.WithTimeout(2*time.Second), client.WithRetries(40))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.redis.Stop(t)
+	type result struct {
+		r   client.Reply
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := c.Heartbeat(ctx, "retried-1", "retried-2")
+		done <- result{r, err}
+	}()
+	select {
+	case res := <-done:
+		t.Fatalf("heartbeat returned while Redis was down: %+v, %v", res.r, res.err)
+	case <-time.After(time.Second):
+	}
+	p.redis.Start(t)
+	res := <-done
+	if res.err != nil || res.r.Accepted != 2 {
+		t.Fatalf("heartbeat after Redis came back: %+v, %v", res.r, res.err)
+	}
+	if n := p.rdb.Exists(ctx, p.prefix+":user:retried-1", p.prefix+":user:retried-2").Val(); n != 2 {
+		t.Fatalf("%d of 2 presence keys exist", n)
+	}
+
+	// Without retries the first failure is final (an error reply, or no
+	// responders once the replica has left the queue group).
+	noRetry := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix), client.WithRetries(-1))
+	p.redis.Stop(t)
+	if _, err := noRetry.Heartbeat(ctx, "once"); !errors.Is(err, client.ErrFailed) && !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("heartbeat without retries, Redis down: %v", err)
+	}
+}

@@ -47,9 +47,14 @@ type Reply struct {
 	Accepted int `json:"accepted"`
 	// Rejected lists the ids that were not, with the reason.
 	Rejected []Rejection `json:"rejected"`
-	// Error is set when the whole message failed; Accepted is then 0.
-	// Heartbeat and Disconnect turn it into an error wrapping ErrFailed.
+	// Error is set when the message failed; Accepted then counts the ids
+	// stored before the failure, usually 0. Heartbeat and Disconnect turn
+	// it into an error wrapping ErrFailed.
 	Error string `json:"error,omitempty"`
+	// Retry is set with Error when the same message may succeed if sent
+	// again (presenced's store was unavailable, the replica overloaded or
+	// shutting down); Heartbeat and Disconnect then send it again.
+	Retry bool `json:"retry,omitempty"`
 }
 
 // Rejection is one id that was not accepted, with the reason.

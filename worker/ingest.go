@@ -14,6 +14,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/presence"
 )
 
 type op uint8
@@ -157,7 +158,7 @@ func (w *Worker) admit(batch, dropped []*nats.Msg) []*nats.Msg {
 			"dropped_total", w.in.dropped.Load(), "suppressed_since_last", suppressed)
 	}
 	for _, m := range dropped {
-		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded})
+		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded, Retry: true})
 	}
 	clear(dropped)
 	return dropped
@@ -196,7 +197,7 @@ func (w *Worker) handle(msg *nats.Msg, parts [][]string, abort <-chan struct{}) 
 	results := w.results(o)
 	select {
 	case <-abort:
-		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown})
+		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown, Retry: true})
 		return
 	default:
 	}
@@ -232,7 +233,7 @@ func (w *Worker) handle(msg *nats.Msg, parts [][]string, abort <-chan struct{}) 
 	cost := w.queued.take(len(req.IDs), abort)
 	if cost == 0 {
 		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
-		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown})
+		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
 		return
 	}
 	n := len(w.execQ)
@@ -314,7 +315,7 @@ func (w *Worker) finish(r *request, ids int, err error) {
 		return
 	}
 	if r.err != nil {
-		w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected, Error: "store unavailable: " + r.err.Error()})
+		w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected, Error: "store unavailable: " + r.err.Error(), Retry: presence.IsUnavailable(r.err)})
 		return
 	}
 	w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected})

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -105,5 +107,77 @@ func TestReconnectStormLosesNoUser(t *testing.T) {
 	t.Logf("intake held up to %d bytes (%.0f per message of the burst); %d now", high, float64(high)/float64(n), now)
 	if high == 0 || high > 256<<20 {
 		t.Fatalf("intake high-water mark %d bytes, want within (0, 256 MiB]", high)
+	}
+}
+
+// TestReplicaCutFromRedisLeavesQueueGroup: two replicas, one of them cut off
+// from Redis while NATS is fine. Users heartbeat every 0.5 s with a TTL of
+// 1.5 s, fire and forget (no reply, no retry). The cut replica fails the
+// first heartbeats it takes, then leaves the queue group, so the healthy
+// one gets all of them: nobody who kept heartbeating goes offline. When
+// Redis answers again the replica rejoins and takes its share.
+func TestReplicaCutFromRedisLeavesQueueGroup(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 1500*time.Millisecond)
+	proxy := testenv.StartProxy(t, e.redis.Addr)
+	e.startReplica()
+	mb := metrics.New()
+	b := e.startReplicaVia("redis://"+proxy.Addr+"/0", e.nats.URL(), func(o *worker.Options, _ *presence.Options) { o.Metrics = mb })
+	users := ids("cut", 60)
+	nc := e.nats.Conn(t)
+	beat := func() {
+		for _, u := range users {
+			if err := nc.Publish(e.subjects.Heartbeat(), []byte(`{"userId":"`+u+`"}`)); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			beat()
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-done
+	}()
+	e.waitEvents(len(users), 10*time.Second)
+
+	proxy.Cut()
+	testenv.Eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(mb.QueueGroupLeaves) > 0 }, "the cut replica did not leave the queue group")
+	if err := b.w.Ready(); err == nil {
+		t.Fatal("a replica out of the queue group reports ready")
+	}
+	time.Sleep(8 * time.Second) // the issue's observation window: flaps would show here
+	if n := e.offline.Len(); n != 0 {
+		t.Fatalf("%d offline events for users who kept heartbeating while one replica was cut from Redis: %v", n, summaryOf(e))
+	}
+
+	proxy.Restore()
+	testenv.Eventually(t, 10*time.Second, func() bool { return b.w.Ready() == nil }, "the replica did not rejoin: %v", b.w.Ready())
+	before := testutil.ToFloat64(mb.Heartbeats.WithLabelValues("accepted"))
+	testenv.Eventually(t, 10*time.Second, func() bool { return testutil.ToFloat64(mb.Heartbeats.WithLabelValues("accepted")) > before },
+		"the rejoined replica stores no heartbeats")
+	close(stop)
+	<-done
+	if n := e.offline.Len(); n != 0 {
+		t.Fatalf("%d offline events: %v", n, summaryOf(e))
+	}
+	if n := e.online.Len(); n != len(users) {
+		t.Fatalf("%d online events, want %d (one per user)", n, len(users))
 	}
 }

@@ -71,7 +71,7 @@ func (w *Worker) storeFailed(err error) {
 
 // rejoin leaves the queue group each time the store is found unavailable
 // and rejoins once Redis answers, pinging with backoff (50ms doubling to
-// 2s), until ctx is done.
+// 1s), until ctx is done.
 func (w *Worker) rejoin(ctx context.Context) {
 	for {
 		select {
@@ -84,7 +84,7 @@ func (w *Worker) rejoin(ctx context.Context) {
 		w.log.Warn("redis unavailable: left the queue group until it answers")
 		b := backoff.NewExponentialBackOff()
 		b.InitialInterval = 50 * time.Millisecond
-		b.MaxInterval = 2 * time.Second
+		b.MaxInterval = time.Second
 		b.MaxElapsedTime = 0
 		err := backoff.Retry(func() error {
 			pctx, cancel := context.WithTimeout(ctx, time.Second)

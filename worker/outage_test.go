@@ -3,11 +3,13 @@ package worker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -40,7 +42,9 @@ func (e *env) keepAlive(every time.Duration, users ...string) *heartbeater {
 		for {
 			msg, err := nc.Request(e.subjects.Heartbeat(), payload, max(every, 3*time.Second))
 			h.sent.Add(1)
-			if err == nil && strings.Contains(string(msg.Data), `"error"`) {
+			// A failure the gateway sees: an error reply, or no replica in
+			// the queue group (a replica leaves it while Redis is down).
+			if errors.Is(err, nats.ErrNoResponders) || err == nil && strings.Contains(string(msg.Data), `"error"`) {
 				h.errors.Add(1)
 			}
 			select {
@@ -75,14 +79,16 @@ func TestRedisUnreachableForTenSeconds(t *testing.T) {
 	outage := time.Now()
 	// Not ready: the readiness check pings Redis through the same path.
 	testenv.Eventually(t, 5*time.Second, func() bool { return rep.rdb.Ping(ctx).Err() != nil }, "redis still answers through a cut proxy")
-	// Heartbeats that cannot be stored are answered with an error and counted,
-	// for the whole 10 s, while the worker keeps running.
+	// The replica leaves the queue group (counted, not ready), so heartbeats
+	// fail at the gateway (an error reply for those it took before leaving,
+	// no responders after) for the whole 10 s, while the worker keeps running.
+	testenv.Eventually(t, 5*time.Second, func() bool { return testutil.ToFloat64(m.QueueGroupLeaves) > 0 }, "the replica did not leave the queue group")
+	if rep.w.Ready() == nil {
+		t.Fatal("ready while Redis is unreachable")
+	}
 	testenv.Eventually(t, 20*time.Second, func() bool { return time.Since(outage) >= 10*time.Second }, "")
 	if hb.errors.Load() == 0 {
-		t.Fatalf("no heartbeat got an error reply during the outage (%d sent)", hb.sent.Load())
-	}
-	if got := testutil.ToFloat64(m.Heartbeats.WithLabelValues("failed")); got == 0 {
-		t.Fatal("failed heartbeats not counted")
+		t.Fatalf("no heartbeat failed at the gateway during the outage (%d sent)", hb.sent.Load())
 	}
 	if n := e.count(); n != 20 {
 		t.Fatalf("%d events during the outage, want none beyond the 20 onlines", n)

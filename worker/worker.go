@@ -356,9 +356,11 @@ func (w *Worker) IntakeBytes() (now, high int64) { return w.in.held() }
 // held Options.IntakeBytes already.
 func (w *Worker) IntakeDropped() int64 { return w.in.dropped.Load() }
 
-// canClaim: a replica that cannot receive heartbeats must not declare
-// anyone offline (they may be heartbeating into the void).
-func (w *Worker) canClaim() bool { return w.bus.Connected() }
+// canClaim: a replica that cannot receive heartbeats (NATS disconnected, or
+// out of the queue group while Redis was unavailable) must not declare
+// anyone offline: they may be heartbeating into the void. Once it is back,
+// its first sweep sees the gap and grants grace (see presence.Store.Sweep).
+func (w *Worker) canClaim() bool { return w.bus.Connected() && !w.storeDown.Load() }
 
 // Ready reports whether the worker can do its job now: NATS connected and,
 // when configured, the expiry subscription up.

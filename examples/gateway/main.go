@@ -42,6 +42,7 @@ func run(log *slog.Logger) error {
 		interval = flag.Duration("interval", 20*time.Second, "heartbeat period, about a third of presenced's TTL")
 		batch    = flag.Int("batch", client.DefaultBatchSize, "most ids per request (presenced's PRESENCE_MAX_BATCH or less)")
 		timeout  = flag.Duration("timeout", 5*time.Second, "timeout of each request")
+		retries  = flag.Int("retries", client.DefaultRetries, "times a failed heartbeat batch is sent again (error reply marked retry, timeout, no responders); negative: never")
 	)
 	flag.Parse()
 	if *users <= 0 || *interval <= 0 {
@@ -56,7 +57,7 @@ func run(log *slog.Logger) error {
 		return fmt.Errorf("connect to %s: %w", *url, err)
 	}
 	defer nc.Close()
-	c := client.New(nc, client.WithPrefix(*prefix), client.WithTimeout(*timeout), client.WithBatchSize(*batch))
+	c := client.New(nc, client.WithPrefix(*prefix), client.WithTimeout(*timeout), client.WithBatchSize(*batch), client.WithRetries(*retries))
 
 	ids := make([]string, *users)
 	for i := range ids {
