@@ -34,6 +34,8 @@ const (
 	MaxMaxBatch = 1_000_000
 	// MaxInFlight is the largest PRESENCE_INFLIGHT accepted.
 	MaxInFlight = 64
+	// MaxIntakeMB is the largest PRESENCE_INTAKE_MB accepted.
+	MaxIntakeMB = 1 << 16
 	// MaxShards is the largest PRESENCE_SHARDS accepted.
 	MaxShards = 1 << 22
 )
@@ -136,6 +138,12 @@ type Config struct {
 	// InFlight is the number of Redis batches in flight per replica
 	// (PRESENCE_INFLIGHT, --inflight). Default 8; 1 to 64.
 	InFlight int
+	// IntakeMB bounds, in MiB, the heartbeat and disconnect messages a
+	// replica has received and not yet decoded (payload, subject, reply and
+	// 256 bytes per message) (PRESENCE_INTAKE_MB, --intake-mb). Beyond it
+	// messages are dropped, counted and answered "overloaded". Default 256
+	// (about a million single-id heartbeats); 1 to 65536.
+	IntakeMB int
 	// Shards is the number of sessions shards in Redis, fixed when the data
 	// set is created (the first write to an empty Redis; later the value
 	// recorded in Redis wins) (PRESENCE_SHARDS, --shards). About the peak
@@ -452,6 +460,14 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "intake-mb", Env: "PRESENCE_INTAKE_MB", Default: "256",
+		Usage: "MiB of received heartbeats and disconnects a replica holds before dropping (1 to 65536)",
+		set:   intSetter(func(c *Config) *int { return &c.IntakeMB }),
+		check: func(c Config, name func(string) string) error {
+			return checkIntRange(name("PRESENCE_INTAKE_MB"), c.IntakeMB, 1, MaxIntakeMB)
+		},
+	},
+	{
 		Flag: "shards", Env: "PRESENCE_SHARDS", Default: "16384",
 		Usage: "sessions shards in Redis when creating the data set: about peak users online / 64 (1 to 4194304)",
 		set:   intSetter(func(c *Config) *int { return &c.Shards }),
@@ -735,6 +751,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("outage-threshold", c.OutageThreshold),
 		slog.Duration("outbox-claim-after", c.OutboxClaimAfter),
 		slog.Int("inflight", c.InFlight),
+		slog.Int("intake-mb", c.IntakeMB),
 		slog.Int("shards", c.Shards),
 		slog.Bool("query-view", c.QueryView),
 		slog.Duration("outbox-retention", c.OutboxRetention),

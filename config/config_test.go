@@ -36,6 +36,7 @@ func TestDefault(t *testing.T) {
 		OutageThreshold:   5 * time.Second,
 		OutboxClaimAfter:  15 * time.Second,
 		InFlight:          8,
+		IntakeMB:          256,
 		Shards:            16384,
 		QueryView:         true,
 		OutboxRetention:   30 * time.Second,

@@ -46,6 +46,7 @@ func NewFromConfig(d Deps) *Worker {
 		Queue:             cfg.QueueGroup,
 		MaxBatch:          cfg.MaxBatch,
 		InFlight:          cfg.InFlight,
+		IntakeBytes:       int64(cfg.IntakeMB) << 20,
 		ReconcileInterval: cfg.ReconcileInterval,
 		ClaimAfter:        cfg.OutboxClaimAfter,
 		Logger:            log.With("component", "worker"),
