@@ -176,20 +176,19 @@ func (w *Worker) dispatch(abort <-chan struct{}) {
 			close(q)
 		}
 	}()
-	parts := make([][]string, len(w.execQ))
 	for {
 		m, ok := w.in.pop()
 		if !ok {
 			return
 		}
-		w.handle(m, parts, abort)
+		w.handle(m, abort)
 	}
 }
 
 // handle decodes one message, answers or counts what is invalid, and queues
 // the valid ids. Queueing blocks while the executors are busy: the intake
 // holds what arrives meanwhile, up to its byte limit.
-func (w *Worker) handle(msg *nats.Msg, parts [][]string, abort <-chan struct{}) {
+func (w *Worker) handle(msg *nats.Msg, abort <-chan struct{}) {
 	o := opHeartbeat
 	if msg.Subject == w.disconnectSubject {
 		o = opDisconnect
@@ -242,27 +241,36 @@ func (w *Worker) handle(msg *nats.Msg, parts [][]string, abort <-chan struct{}) 
 		w.execQ[w.owner(req.IDs[0])] <- job{req: r, op: o, ids: req.IDs, cost: cost}
 		return
 	}
-	for i := range parts {
-		parts[i] = nil
-	}
+	// Split by owner into one backing array: count, then place.
+	owners := w.owners[:0]
+	counts := make([]int, n+1)
 	for _, id := range req.IDs {
 		k := w.owner(id)
-		if parts[k] == nil {
-			parts[k] = make([]string, 0, len(req.IDs)/n+8)
-		}
-		parts[k] = append(parts[k], id)
+		owners = append(owners, uint16(k))
+		counts[k+1]++
 	}
+	w.owners = owners
 	used := 0
-	for _, p := range parts {
-		if p != nil {
+	for k := 1; k <= n; k++ {
+		if counts[k] > 0 {
 			used++
 		}
+		counts[k] += counts[k-1]
+	}
+	split := make([]string, len(req.IDs))
+	next := make([]int, n)
+	copy(next, counts[:n])
+	for i, id := range req.IDs {
+		k := owners[i]
+		split[next[k]] = id
+		next[k]++
 	}
 	r.parts = used
-	// The cost goes back with the last part queued (any split is fine: the
-	// budget only needs the total back).
-	for k, p := range parts {
-		if p == nil {
+	// The cost goes back with the parts (any split is fine: the budget only
+	// needs the total back), the remainder with the last one queued.
+	for k := range n {
+		p := split[counts[k]:counts[k+1]]
+		if len(p) == 0 {
 			continue
 		}
 		c := min(len(p), cost)

@@ -166,6 +166,7 @@ type Worker struct {
 	disconnectSubject string
 	execQ             []chan job // one queue per executor; a user's ids always go to the same one
 	seed              maphash.Seed
+	owners            []uint16      // the dispatcher's scratch: owner of each id of a message
 	queued            *budget       // ids queued for and held by the executors
 	closing           chan struct{} // closed when the subscriptions are drained
 	abort             chan struct{} // closed when Stop runs out of time: answer the rest "shutting down"
