@@ -117,9 +117,13 @@ func (e Event) MsgID() string {
 }
 
 // StatusReset is the Status of the event on <prefix>.reset: Redis lost the
-// presence data set (or presenced started on an empty one). Consumers clear
-// their online set; within one TTL every connected user is online again
-// through presence.online as their heartbeats arrive.
+// presence data set (or presenced started on an empty one). The sessions
+// whose versions are below the reset's Version were lost without offline
+// events: consumers remove the users whose last applied version is below it
+// (not everyone: a reset republished late arrives after newer events), and
+// drop later events below it for users they hold nothing for. Within one
+// TTL every connected user is online again through presence.online as their
+// heartbeats arrive.
 const StatusReset = "reset"
 
 // Rejection is one id that was not accepted, with the reason.

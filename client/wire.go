@@ -35,9 +35,11 @@ const (
 	StatusOnline  = "online"
 	StatusOffline = "offline"
 	// StatusReset: presenced's Redis lost the presence data (or presenced
-	// started on an empty one). Every session it knew is gone without
-	// offline events: clear what you hold; users still connected come
-	// back online through their next heartbeats, within one TTL.
+	// started on an empty one). Every session with a version below the
+	// reset's Version is gone without offline events: remove the users
+	// whose last applied version is below it and keep the others (see
+	// Subscribe); users still connected come back online through their
+	// next heartbeats, within one TTL.
 	StatusReset = "reset"
 )
 
