@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -96,7 +95,7 @@ func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func(
 					continue // `presenced check` testing its publish permission
 				}
 				var ev Event
-				if err := json.Unmarshal(m.Data, &ev); err != nil || !valid(ev) {
+				if err := ev.decode(m.Data); err != nil || !valid(ev) {
 					c.log.Warn("dropped an undecodable presence event", "subject", m.Subject, "err", err, "data", truncate(m.Data))
 					continue
 				}
