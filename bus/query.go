@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/presenced/presenced/internal/jsonobject"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -368,16 +369,12 @@ func encode(v any) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
-// decode unmarshals a request body, which must be a JSON object.
-func decode(data []byte, v any) error {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 {
-		return badRequest("%v: empty body", ErrMalformed)
-	}
-	if data[0] != '{' {
-		return badRequest("%v: expected a JSON object", ErrMalformed)
-	}
-	if err := json.Unmarshal(data, v); err != nil {
+// decode unmarshals a request body, which must be one strict JSON object
+// (see jsonobject: JSON white space only, exact member names, none
+// repeated), into fields: member name -> destination; other members are
+// ignored.
+func decode(data []byte, fields map[string]any) error {
+	if err := jsonobject.Decode(data, fields); err != nil {
 		return badRequest("%v: %v", ErrMalformed, err)
 	}
 	return nil
@@ -385,7 +382,7 @@ func decode(data []byte, v any) error {
 
 func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 	var req StatusRequest
-	if err := decode(data, &req); err != nil {
+	if err := decode(data, map[string]any{"userId": &req.UserID}); err != nil {
 		return nil, err
 	}
 	if err := presence.ValidateUserID(req.UserID); err != nil {
@@ -414,9 +411,9 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 		// Anything unusual (escapes, more ids than allowed, other fields)
 		// goes through encoding/json, which words the errors.
 		var req struct {
-			UserIDs *[]string `json:"userIds"`
+			UserIDs *[]string
 		}
-		if err := decode(data, &req); err != nil {
+		if err := decode(data, map[string]any{"userIds": &req.UserIDs}); err != nil {
 			return nil, err
 		}
 		if req.UserIDs == nil {
@@ -446,7 +443,7 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 
 func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 	var req ListRequest
-	if err := decode(data, &req); err != nil {
+	if err := decode(data, map[string]any{"cursor": &req.Cursor, "limit": &req.Limit}); err != nil {
 		return nil, err
 	}
 	switch {

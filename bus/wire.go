@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/presenced/presenced/internal/jsonobject"
 	"github.com/presenced/presenced/internal/uniq"
 	"github.com/presenced/presenced/presence"
 )
@@ -93,10 +94,11 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// UnmarshalJSON decodes an event published by presenced.
+// UnmarshalJSON decodes an event published by presenced, as strictly as
+// requests (JSON white space only, exact member names, none repeated).
 func (e *Event) UnmarshalJSON(data []byte) error {
 	var j eventJSON
-	if err := json.Unmarshal(data, &j); err != nil {
+	if err := jsonobject.Decode(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
 		return err
 	}
 	at, err := time.Parse(time.RFC3339Nano, j.At)
@@ -117,9 +119,13 @@ func (e Event) MsgID() string {
 }
 
 // StatusReset is the Status of the event on <prefix>.reset: Redis lost the
-// presence data set (or presenced started on an empty one). Consumers clear
-// their online set; within one TTL every connected user is online again
-// through presence.online as their heartbeats arrive.
+// presence data set (or presenced started on an empty one). The sessions
+// whose versions are below the reset's Version were lost without offline
+// events: consumers remove the users whose last applied version is below it
+// (not everyone: a reset republished late arrives after newer events), and
+// drop later events below it for users they hold nothing for. Within one
+// TTL every connected user is online again through presence.online as their
+// heartbeats arrive.
 const StatusReset = "reset"
 
 // Rejection is one id that was not accepted, with the reason.
@@ -164,7 +170,9 @@ type Request struct {
 const maxShown = 64
 
 // DecodeRequest decodes {"userId":"u-1"} or {"userIds":["u-1",...]} (both
-// may appear; their ids are merged). Invalid ids are rejected one by one
+// may appear; their ids are merged; other members are ignored). The body is
+// strict JSON: only JSON white space around the object, the member names
+// exactly as written here, and a repeated member makes it malformed. Invalid ids are rejected one by one
 // without costing the valid ones. The message fails as a whole (ErrMalformed,
 // ErrTooMany) only when it is not such an object or holds more than max ids.
 func DecodeRequest(data []byte, max int) (Request, error) {
@@ -174,20 +182,24 @@ func DecodeRequest(data []byte, max int) (Request, error) {
 	return decodeSlow(data, max)
 }
 
-// decodeSlow is the general decoder: encoding/json, element by element.
+// decodeSlow is the general decoder: one strict JSON object (JSON white
+// space only around it, member names exact, none repeated; other members
+// ignored), then encoding/json element by element.
 func decodeSlow(data []byte, max int) (Request, error) {
 	var raw struct {
-		UserID  json.RawMessage   `json:"userId"`
-		UserIDs []json.RawMessage `json:"userIds"`
+		UserID  json.RawMessage
+		UserIDs []json.RawMessage
 	}
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 {
-		return Request{}, fmt.Errorf("%w: empty message", ErrMalformed)
-	}
-	if data[0] != '{' {
-		return Request{}, fmt.Errorf("%w: expected a JSON object", ErrMalformed)
-	}
-	if err := json.Unmarshal(data, &raw); err != nil {
+	err := jsonobject.Members(data, func(name string, v json.RawMessage) error {
+		switch name {
+		case "userId":
+			raw.UserID = v
+		case "userIds":
+			return json.Unmarshal(v, &raw.UserIDs)
+		}
+		return nil
+	})
+	if err != nil {
 		return Request{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	n := len(raw.UserIDs)

@@ -11,7 +11,11 @@ import (
 // exactly as the general one.
 func FuzzDecodeFastMatchesSlow(f *testing.F) {
 	for _, s := range []string{`{"userId":"u"}`, `{"userIds":["a","b","a"]}`, ` { "userIds" : [ "a" , "*" ] } `, `{"userIds":["a"],"x":1}`,
-		`{"userId":""}`, `{"userIds":["a b","ok"]}`, `{"userIds":[]}`, `{"userIds":["a","b","c","d"]}`} {
+		`{"userId":""}`, `{"userIds":["a b","ok"]}`, `{"userIds":[]}`, `{"userIds":["a","b","c","d"]}`,
+		// Strictness both decoders share: JSON white space only, exact
+		// names, no repeated name.
+		"\v{\"userId\":\"u\"}", "\u00a0{\"userId\":\"u\"}", "{\"userId\":\"u\"}\u0085", "{\"userId\":\"u\"}\f",
+		`{"USERIDS":["a"]}`, `{"UserId":"a"}`, `{"userId":"a","userId":"b"}`, `{"userIds":["a"],"userIds":["b"]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

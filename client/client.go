@@ -321,7 +321,7 @@ func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, err
 }
 
 // query calls a query service endpoint.
-func (c *Client) query(ctx context.Context, endpoint string, req, out any) error {
+func (c *Client) query(ctx context.Context, endpoint string, req any, out reply) error {
 	if err := c.call(ctx, c.prefix+".query."+endpoint, req, out); err != nil {
 		return fmt.Errorf("presence %s: %w", endpoint, err)
 	}
@@ -330,7 +330,7 @@ func (c *Client) query(ctx context.Context, endpoint string, req, out any) error
 
 // call sends req to subject, waits at most the timeout for the reply and
 // decodes it into out; micro error headers become a *ServiceError.
-func (c *Client) call(ctx context.Context, subject string, req, out any) error {
+func (c *Client) call(ctx context.Context, subject string, req any, out reply) error {
 	var data []byte
 	if r, ok := req.(interface{ appendJSON([]byte) []byte }); ok {
 		data = r.appendJSON(nil)
@@ -352,7 +352,7 @@ func (c *Client) call(ctx context.Context, subject string, req, out any) error {
 	if r, ok := out.(interface{ decodeFast([]byte) bool }); ok && r.decodeFast(msg.Data) {
 		return nil
 	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
+	if err := out.decode(msg.Data); err != nil {
 		return fmt.Errorf("decode reply from %s: %w", subject, err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -268,6 +269,79 @@ func TestSubscribeReset(t *testing.T) {
 	}
 	if want := []string{"u-1:online:10", ":reset:100", "u-1:online:150"}; !slices.Equal(got, want) {
 		t.Fatalf("handled %q, want %q", got, want)
+	}
+}
+
+// TestSubscribeLateReset needs only NATS: events are published by hand. A
+// reset whose outbox entry was republished late, after newer events, must
+// not wipe the users those events brought online, and must not let an old
+// republished event of the lost data set bring a user back. The handler
+// keeps the online set as Subscribe's documentation says: on a reset it
+// clears only the users whose last version is below the reset's.
+func TestSubscribeLateReset(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	subjects := bus.Subjects{Prefix: testenv.Prefix(t)}
+	c := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix))
+	var (
+		handled []string
+		online  = map[string]int64{} // the handler's view: user -> version of the online event
+		done    = make(chan struct{})
+	)
+	stop, err := c.Subscribe(context.Background(), func(ev client.Event) {
+		handled = append(handled, fmt.Sprintf("%s:%s:%d", ev.UserID, ev.Status, ev.Version))
+		switch ev.Status {
+		case client.StatusOnline:
+			online[ev.UserID] = ev.Version
+		case client.StatusOffline:
+			delete(online, ev.UserID)
+		case client.StatusReset:
+			maps.DeleteFunc(online, func(_ string, v int64) bool { return v < ev.Version })
+		}
+		if ev.UserID == "marker" {
+			close(done)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+
+	pub := n.Conn(t)
+	at := time.Now()
+	ev := func(id, status string, v int64) bus.Event {
+		reason := map[string]string{"online": "heartbeat", "offline": "disconnect", "reset": "data_loss"}[status]
+		return bus.Event{UserID: id, Status: status, Reason: reason, At: at, Version: v}
+	}
+	for _, e := range []bus.Event{
+		ev("u-0", "online", 2),   // a session of the data set that is lost
+		ev("u-1", "online", 10),  // a session after the loss
+		ev("u-4", "online", 11),  // another, already ended
+		ev("u-4", "offline", 12), //
+		ev("", "reset", 5),       // the reset, republished after the events above
+		ev("u-2", "online", 3),   // a lost session's online, republished late: below the reset
+		ev("u-4", "online", 11),  // u-4's online again, late: below its offline
+		ev("u-1", "online", 10),  // a duplicate
+		ev("", "reset", 5),       // the reset again
+		ev("u-0", "offline", 4),  // the lost session's offline, late
+		ev("marker", "online", 20),
+	} {
+		publish(t, pub, subjects, e)
+	}
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatalf("marker not handled within %v; handled %q", wait, handled)
+	}
+	if err := stop(); err != nil { // the handler's last call has returned
+		t.Fatal(err)
+	}
+	want := []string{"u-0:online:2", "u-1:online:10", "u-4:online:11", "u-4:offline:12", ":reset:5", "marker:online:20"}
+	if !slices.Equal(handled, want) {
+		t.Errorf("handled %q, want %q", handled, want)
+	}
+	if want := map[string]int64{"u-1": 10, "marker": 20}; !maps.Equal(online, want) {
+		t.Errorf("online after the late reset = %v, want %v", online, want)
 	}
 }
 

@@ -2,9 +2,10 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,10 +25,20 @@ import (
 // than the offline one arriving after that is applied. A user's online
 // version is kept while they are online.
 //
-// A reset (Status StatusReset) is passed on once (a repeat of it is
-// dropped) and clears the versions kept: the handler should clear its state
-// too. Events older than the last reset are dropped, since the sessions they
-// describe were lost with the data.
+// A reset (Status StatusReset) carries the version at which presenced's
+// data set was replaced: every session whose events have a lower version
+// was lost with the data, without offline events; sessions with a higher
+// version are live. A reset can arrive after newer events (its outbox entry
+// republished late by another replica), so the handler must clear only the
+// users whose last applied version is below the reset's Version and keep
+// the others; clearing everything would drop users who came online just
+// before it arrived, and no further event brings them back while their
+// session lasts. Subscribe forgets the versions below the reset the same
+// way, and passes each reset on once (a repeat, or a reset older than one
+// already passed, is dropped). The highest reset version passed on is a
+// floor: an event of a user Subscribe holds no version for whose version is
+// below the floor describes a lost session (a late republish) and is
+// dropped, so it cannot bring that user back.
 //
 // Events that arrive while the handler is busy are buffered (65536); beyond
 // that NATS drops them and reports nats.ErrSlowConsumer to the connection's
@@ -84,7 +95,7 @@ func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func(
 					continue // `presenced check` testing its publish permission
 				}
 				var ev Event
-				if err := json.Unmarshal(m.Data, &ev); err != nil || !valid(ev) {
+				if err := ev.decode(m.Data); err != nil || !valid(ev) {
 					c.log.Warn("dropped an undecodable presence event", "subject", m.Subject, "err", err, "data", truncate(m.Data))
 					continue
 				}
@@ -126,7 +137,7 @@ func truncate(b []byte) string {
 // concurrent use.
 type versionFilter struct {
 	ttl   time.Duration
-	reset int64 // version of the last reset applied
+	reset int64 // the highest reset version applied: the floor
 	last  map[string]int64
 	// tombs are the offline events applied, oldest first; each is forgotten
 	// after ttl unless a later event replaced it.
@@ -145,17 +156,23 @@ func newVersionFilter(ttl time.Duration) *versionFilter {
 
 // apply records ev and reports whether it is newer than what was applied.
 func (f *versionFilter) apply(ev Event, now time.Time) bool {
-	if ev.Version <= f.reset {
-		return false
-	}
 	if ev.Status == StatusReset {
+		if ev.Version <= f.reset {
+			return false // a repeat, or older than a reset already applied
+		}
 		f.reset = ev.Version
-		clear(f.last)
-		f.tombs = nil
+		// The sessions below the reset were lost with the data; later ones
+		// (applied before a late reset arrived) are live.
+		maps.DeleteFunc(f.last, func(_ string, v int64) bool { return v < ev.Version })
+		f.tombs = slices.DeleteFunc(f.tombs, func(t tombstone) bool { return t.version < ev.Version })
 		return true
 	}
-	if v, ok := f.last[ev.UserID]; ok && ev.Version <= v {
+	v, ok := f.last[ev.UserID]
+	switch {
+	case ok && ev.Version <= v:
 		return false
+	case !ok && ev.Version <= f.reset:
+		return false // a session lost with the data, republished late
 	}
 	f.last[ev.UserID] = ev.Version
 	if ev.Status == StatusOffline {

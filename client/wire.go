@@ -2,12 +2,15 @@ package client
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/presenced/presenced/internal/jsonobject"
 )
 
 // The wire types, with the same JSON as presenced's bus package. They are
@@ -35,9 +38,11 @@ const (
 	StatusOnline  = "online"
 	StatusOffline = "offline"
 	// StatusReset: presenced's Redis lost the presence data (or presenced
-	// started on an empty one). Every session it knew is gone without
-	// offline events: clear what you hold; users still connected come
-	// back online through their next heartbeats, within one TTL.
+	// started on an empty one). Every session with a version below the
+	// reset's Version is gone without offline events: remove the users
+	// whose last applied version is below it and keep the others (see
+	// Subscribe); users still connected come back online through their
+	// next heartbeats, within one TTL.
 	StatusReset = "reset"
 )
 
@@ -95,6 +100,51 @@ type ServiceError struct {
 
 func (e *ServiceError) Error() string {
 	return fmt.Sprintf("presence service error %s: %s", e.Code, e.Description)
+}
+
+// reply is a reply body: decode reads it strictly (see jsonobject: JSON
+// white space only, exact member names, none repeated; other members
+// ignored), as presenced reads requests.
+type reply interface {
+	decode(data []byte) error
+}
+
+func (r *Reply) decode(data []byte) error {
+	var rejected []json.RawMessage
+	if err := jsonobject.Decode(data, map[string]any{"accepted": &r.Accepted, "rejected": &rejected, "error": &r.Error}); err != nil {
+		return err
+	}
+	if rejected == nil {
+		return nil
+	}
+	r.Rejected = make([]Rejection, len(rejected))
+	for i, raw := range rejected {
+		if err := jsonobject.Decode(raw, map[string]any{"userId": &r.Rejected[i].UserID, "error": &r.Rejected[i].Error}); err != nil {
+			return fmt.Errorf("rejected[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (r *statusReply) decode(data []byte) error {
+	return jsonobject.Decode(data, map[string]any{"userId": &r.UserID, "online": &r.Online, "since": &r.Since, "expiresAt": &r.ExpiresAt, "version": &r.Version})
+}
+
+func (r *onlineReply) decode(data []byte) error {
+	return jsonobject.Decode(data, map[string]any{"online": &r.Online})
+}
+
+func (r *listReply) decode(data []byte) error {
+	return jsonobject.Decode(data, map[string]any{"userIds": &r.UserIDs, "cursor": &r.Cursor})
+}
+
+func (r *countReply) decode(data []byte) error {
+	return jsonobject.Decode(data, map[string]any{"online": &r.Online})
+}
+
+// decode reads an event strictly, as reply.decode does.
+func (e *Event) decode(data []byte) error {
+	return jsonobject.Decode(data, map[string]any{"userId": &e.UserID, "status": &e.Status, "reason": &e.Reason, "at": &e.At, "version": &e.Version})
 }
 
 // ErrFailed is wrapped by the error of a heartbeat or disconnect that

@@ -45,8 +45,8 @@ func FuzzIDsRequestAppendJSON(f *testing.F) {
 }
 
 // FuzzReplyDecodeFast: wherever the fast decoder answers, it answers as
-// encoding/json, for replies as presenced writes them and as encoding/json
-// writes them.
+// encoding/json and as the strict decoder, for replies as presenced writes
+// them and as encoding/json writes them.
 func FuzzReplyDecodeFast(f *testing.F) {
 	for _, s := range seedIDs {
 		f.Add(s, "u-2", "123")
@@ -56,18 +56,24 @@ func FuzzReplyDecodeFast(f *testing.F) {
 		online, _ := json.Marshal(bus.OnlineReply{Online: ids})
 		list, _ := json.Marshal(bus.ListReply{UserIDs: ids, Cursor: cursor})
 		for _, data := range [][]byte{bus.OnlineReply{Online: ids}.AppendJSON(nil), online} {
-			var fast, std onlineReply
+			var fast, std, strict onlineReply
 			if fast.decodeFast(data) {
 				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {
 					t.Fatalf("%q: fast %q, encoding/json %q (%v)", data, fast.Online, std.Online, err)
 				}
+				if err := strict.decode(data); err != nil || !reflect.DeepEqual(fast, strict) {
+					t.Fatalf("%q: fast %q, strict %q (%v)", data, fast.Online, strict.Online, err)
+				}
 			}
 		}
 		for _, data := range [][]byte{bus.ListReply{UserIDs: ids, Cursor: cursor}.AppendJSON(nil), list} {
-			var fast, std listReply
+			var fast, std, strict listReply
 			if fast.decodeFast(data) {
 				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {
 					t.Fatalf("%q: fast %+v, encoding/json %+v (%v)", data, fast, std, err)
+				}
+				if err := strict.decode(data); err != nil || !reflect.DeepEqual(fast, strict) {
+					t.Fatalf("%q: fast %+v, strict %+v (%v)", data, fast, strict, err)
 				}
 			}
 		}
@@ -99,5 +105,53 @@ func TestReplyDecodeFast(t *testing.T) {
 	}
 	if page.decodeFast([]byte(`{"userIds":["a","b"],"cursor":"x\"y"}`)) {
 		t.Error("a cursor with an escape decoded fast")
+	}
+}
+
+// TestStrictDecoders: replies and events are read as presenced reads
+// requests: JSON white space only, exact member names, a repeated member
+// is an error.
+func TestStrictDecoders(t *testing.T) {
+	for _, tt := range []struct {
+		data string
+		ok   bool
+	}{
+		{`{"online":["a"]}`, true},
+		{" \t\r\n{\"online\":[\"a\"]} \n", true},
+		{`{"online":["a"],"other":1}`, true},
+		{"\v{\"online\":[\"a\"]}", false},
+		{"\u00a0{\"online\":[\"a\"]}", false},
+		{"{\"online\":[\"a\"]}\u0085", false},
+		{`{"online":["a"],"online":["b"]}`, false},
+	} {
+		var r onlineReply
+		if err := r.decode([]byte(tt.data)); (err == nil) != tt.ok {
+			t.Errorf("%q: %v, want ok %v", tt.data, err, tt.ok)
+		}
+	}
+	var r onlineReply
+	if err := r.decode([]byte(`{"ONLINE":["a"]}`)); err != nil || r.Online != nil {
+		t.Errorf(`{"ONLINE":["a"]} decoded as %q, %v; want the member ignored`, r.Online, err)
+	}
+	var rep Reply
+	if err := rep.decode([]byte(`{"accepted":1,"rejected":[{"userId":"a b","error":"x","ERROR":"y"}]}`)); err != nil ||
+		rep.Accepted != 1 || len(rep.Rejected) != 1 || rep.Rejected[0] != (Rejection{UserID: "a b", Error: "x"}) {
+		t.Errorf("reply %+v, %v", rep, err)
+	}
+	if err := rep.decode([]byte(`{"accepted":1,"rejected":[{"userId":"a","userId":"b"}]}`)); err == nil {
+		t.Error("a rejection with a repeated member decoded")
+	}
+	for _, data := range []string{
+		`{"userId":"u","status":"online","reason":"heartbeat","at":"2026-11-25T19:41:43.206340Z","version":1}`,
+		`{"userId":"u","status":"online","STATUS":"offline","reason":"heartbeat","at":"2026-11-25T19:41:43.206340Z","version":1}`,
+	} {
+		var ev Event
+		if err := ev.decode([]byte(data)); err != nil || ev.Status != StatusOnline || ev.Version != 1 {
+			t.Errorf("%s: %+v, %v", data, ev, err)
+		}
+	}
+	var ev Event
+	if err := ev.decode([]byte(`{"userId":"u","status":"online","status":"offline","version":1}`)); err == nil {
+		t.Errorf("an event with a repeated status decoded: %+v", ev)
 	}
 }

@@ -167,11 +167,18 @@ type Config struct {
 	// LogFormat is json or text (LOG_FORMAT, --log-format). Default "json".
 	LogFormat string
 	// HTTPAddr is the listen address of the health and metrics endpoint
-	// (HTTP_ADDR, --http-addr). Default ":8080"; empty disables it (write
-	// "off" in the variable or the flag, which Load turns into "").
+	// (HTTP_ADDR, --http-addr): /healthz, /readyz and /metrics, nothing
+	// else. Default ":8080"; empty disables it (write "off" in the variable
+	// or the flag, which Load turns into "").
 	HTTPAddr string
-	// Pprof mounts net/http/pprof on the HTTP endpoint (PPROF_ENABLED,
-	// --pprof). Default false.
+	// StatusAddr is the listen address of the status page (/, /events: user
+	// ids, without authentication) and, with Pprof, of /debug/pprof
+	// (STATUS_ADDR, --status-addr). Default "off" (empty, as for HTTPAddr):
+	// served only where the operator asks, such as 127.0.0.1:8081.
+	StatusAddr string
+	// Pprof mounts net/http/pprof on the status address, except
+	// /debug/pprof/cmdline, which would show secrets given as flags
+	// (PPROF_ENABLED, --pprof). Default false; needs StatusAddr.
 	Pprof bool
 }
 
@@ -543,11 +550,39 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "status-addr", Env: "STATUS_ADDR", Default: "off",
+		Usage: `listen address for the status page (user ids, no authentication) and pprof, e.g. 127.0.0.1:8081; "off" or empty disables`,
+		set: func(c *Config, v string) error {
+			if v == "off" {
+				v = ""
+			}
+			c.StatusAddr = v
+			return nil
+		},
+		check: func(c Config, name func(string) string) error {
+			if c.StatusAddr == "" {
+				return nil
+			}
+			if err := checkListenAddr(c.StatusAddr); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("STATUS_ADDR"), c.StatusAddr, err)
+			}
+			if _, port, _ := net.SplitHostPort(c.StatusAddr); c.StatusAddr == c.HTTPAddr && port != "0" {
+				return fmt.Errorf("%s and %s are both %q: the status page must not share the health and metrics address", name("STATUS_ADDR"), name("HTTP_ADDR"), c.StatusAddr)
+			}
+			return nil
+		},
+	},
+	{
 		Flag: "pprof", Env: "PPROF_ENABLED", Default: "false",
-		Usage:  "serve net/http/pprof on the HTTP address",
+		Usage:  "serve net/http/pprof (not cmdline) on the status address",
 		isBool: true,
 		set:    boolSetter(func(c *Config) *bool { return &c.Pprof }),
-		check:  func(Config, func(string) string) error { return nil },
+		check: func(c Config, name func(string) string) error {
+			if c.Pprof && c.StatusAddr == "" {
+				return fmt.Errorf("%s needs %s: pprof is served only on the status address", name("PPROF_ENABLED"), name("STATUS_ADDR"))
+			}
+			return nil
+		},
 	},
 }
 
@@ -758,6 +793,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("log-level", c.LogLevel),
 		slog.String("log-format", c.LogFormat),
 		slog.String("http-addr", c.HTTPAddr),
+		slog.String("status-addr", c.StatusAddr),
 		slog.Bool("pprof", c.Pprof),
 	)
 }

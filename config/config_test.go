@@ -208,9 +208,18 @@ func TestLoad(t *testing.T) {
 		{name: "http addr no port", env: env("HTTP_ADDR", "localhost"), wantErr: `invalid HTTP_ADDR "localhost": address localhost: missing port in address`},
 		{name: "http addr bad port", env: env("HTTP_ADDR", ":http"), wantErr: `invalid HTTP_ADDR ":http": port "http": want a number from 0 to 65535`},
 
+		// STATUS_ADDR
+		{name: "status addr off by default", want: func(c *Config) { c.StatusAddr = "" }},
+		{name: "status addr env", env: env("STATUS_ADDR", "127.0.0.1:8081"), want: func(c *Config) { c.StatusAddr = "127.0.0.1:8081" }},
+		{name: "status addr flag beats env", args: []string{"--status-addr=off"}, env: env("STATUS_ADDR", "127.0.0.1:8081"), want: func(c *Config) { c.StatusAddr = "" }},
+		{name: "status addr no port", env: env("STATUS_ADDR", "localhost"), wantErr: `invalid STATUS_ADDR "localhost": address localhost: missing port in address`},
+		{name: "status addr same as http addr", env: env("STATUS_ADDR", ":8080"), wantErr: `STATUS_ADDR and HTTP_ADDR are both ":8080": the status page must not share the health and metrics address`},
+		{name: "status addr and http addr both any port", env: env("STATUS_ADDR", "127.0.0.1:0", "HTTP_ADDR", "127.0.0.1:0"), want: func(c *Config) { c.StatusAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0" }},
+
 		// PPROF_ENABLED
-		{name: "pprof env", env: env("PPROF_ENABLED", "true"), want: func(c *Config) { c.Pprof = true }},
-		{name: "pprof bare flag", args: []string{"--pprof"}, want: func(c *Config) { c.Pprof = true }},
+		{name: "pprof without status addr", env: env("PPROF_ENABLED", "true"), wantErr: `PPROF_ENABLED needs STATUS_ADDR: pprof is served only on the status address`},
+		{name: "pprof env", env: env("PPROF_ENABLED", "true", "STATUS_ADDR", "127.0.0.1:8081"), want: func(c *Config) { c.Pprof, c.StatusAddr = true, "127.0.0.1:8081" }},
+		{name: "pprof bare flag", args: []string{"--pprof", "--status-addr=127.0.0.1:0"}, want: func(c *Config) { c.Pprof, c.StatusAddr = true, "127.0.0.1:0" }},
 		{name: "pprof flag beats env", args: []string{"--pprof=false"}, env: env("PPROF_ENABLED", "1"), want: func(c *Config) { c.Pprof = false }},
 		{name: "pprof env invalid", env: env("PPROF_ENABLED", "yes"), wantErr: `invalid PPROF_ENABLED "yes": invalid syntax`},
 

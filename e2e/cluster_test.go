@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -31,7 +32,8 @@ type cluster struct {
 	err      error
 	out      *testenv.Buffer // stdout and stderr
 	natsURL  string
-	replicas []string // http://127.0.0.1:port of presenced-1..3
+	replicas []string // http://127.0.0.1:port of presenced-1..3 (HTTP_ADDR)
+	status   []string // their status pages (STATUS_ADDR)
 }
 
 var readyLine = regexp.MustCompile(`^\s+(\S+)\s+((?:redis|nats|http)://\S+)`)
@@ -71,7 +73,7 @@ func startCluster(t *testing.T) *cluster {
 			c.out.Write([]byte(line + "\n"))
 			if m := readyLine.FindStringSubmatch(line); m != nil {
 				found[m[1]] = m[2]
-				if len(found) == 5 {
+				if len(found) == 8 { // redis, nats, presenced-1..3, status-1..3
 					urls <- found
 				}
 			}
@@ -97,7 +99,10 @@ func startCluster(t *testing.T) *cluster {
 	select {
 	case u := <-urls:
 		c.natsURL = u["nats"]
-		c.replicas = []string{strings.TrimSuffix(u["presenced-1"], "/"), strings.TrimSuffix(u["presenced-2"], "/"), strings.TrimSuffix(u["presenced-3"], "/")}
+		for i := 1; i <= 3; i++ {
+			c.replicas = append(c.replicas, strings.TrimSuffix(u[fmt.Sprintf("presenced-%d", i)], "/"))
+			c.status = append(c.status, strings.TrimSuffix(u[fmt.Sprintf("status-%d", i)], "/"))
+		}
 	case <-c.exited:
 		t.Fatalf("local-cluster exited (%v) before it was ready:\n%s", c.err, c.out.String())
 	case <-time.After(3 * time.Minute): // it builds three binaries first: slow on a cold build cache
@@ -155,9 +160,13 @@ func TestLocalCluster(t *testing.T) {
 			return err == nil && code == 200
 		}, "%s/readyz is not 200", r)
 	}
-	// The status page (status.PageModule) is served next to the metrics.
-	if code, body, err := get(c.replicas[0] + "/"); err != nil || code != 200 || !strings.Contains(body, `id="online"`) {
-		t.Fatalf("GET %s/: %d %v, want the status page", c.replicas[0], code, err)
+	// The status page (status.PageModule) is served on the status address,
+	// not next to the metrics.
+	if code, body, err := get(c.status[0] + "/"); err != nil || code != 200 || !strings.Contains(body, `id="online"`) {
+		t.Fatalf("GET %s/: %d %v, want the status page", c.status[0], code, err)
+	}
+	if code, _, err := get(c.replicas[0] + "/"); err != nil || code != 404 {
+		t.Fatalf("GET %s/ (HTTP_ADDR): %d %v, want 404", c.replicas[0], code, err)
 	}
 	if n := len(groupPIDs(t, pgid)); n < 6 { // script, redis, nats, 3 workers (+ gateway)
 		t.Fatalf("%d processes in the cluster's group, want at least 6:\n%s", n, c.out.String())

@@ -41,11 +41,14 @@ type Metrics struct {
 	// Republished counts outbox entries taken over from a dead replica.
 	Republished prometheus.Counter
 	// IntakeDropped counts heartbeat and disconnect messages dropped because
-	// the intake held its byte limit (PRESENCE_INTAKE_BYTES).
+	// the intake held its byte limit (PRESENCE_INTAKE_MB).
 	IntakeDropped prometheus.Counter
 	// QueueGroupLeaves counts the times this replica left the queue group
 	// because Redis was unavailable.
 	QueueGroupLeaves prometheus.Counter
+	// ConsumersRemoved counts outbox consumers removed because they had
+	// nothing pending and were idle (left by replicas that stopped).
+	ConsumersRemoved prometheus.Counter
 }
 
 // New returns fresh collectors registered on a new registry, with the Go and
@@ -68,10 +71,11 @@ func New() *Metrics {
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}, []string{"command"})
 	m.OutboxDepth = prometheus.NewGauge(prometheus.GaugeOpts{Name: "presenced_outbox_depth", Help: "Outbox entries not yet trimmed: batches of events waiting to be published, plus those kept for PRESENCE_OUTBOX_RETENTION (or at most one without)."})
 	m.Republished = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_reclaimed_total", Help: "Outbox entries taken over from a replica that did not acknowledge them."})
-	m.IntakeDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_intake_dropped_total", Help: "Heartbeat and disconnect messages dropped because the intake held PRESENCE_INTAKE_BYTES (answered \"overloaded\" when they had a reply subject)."})
+	m.IntakeDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_intake_dropped_total", Help: "Heartbeat and disconnect messages dropped because the intake held PRESENCE_INTAKE_MB (answered \"overloaded\" when they had a reply subject)."})
 	m.QueueGroupLeaves = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_queue_group_leaves_total", Help: "Times this replica left the queue group because Redis was unavailable (it rejoins when Redis answers)."})
+	m.ConsumersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_consumers_removed_total", Help: "Outbox consumers removed with nothing pending after being idle (left by replicas that stopped without leaving the group)."})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
-		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves} {
+		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves, m.ConsumersRemoved} {
 		f(c)
 	}
 	return m

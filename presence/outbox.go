@@ -135,6 +135,21 @@ func (o *Outbox) Trim(ctx context.Context) (int64, error) {
 	return n, nil
 }
 
+// RemoveIdleConsumers removes from the group the consumers with nothing
+// pending that have been idle longer than idle (those left by replicas that
+// stopped without Leave: one per crash otherwise) and returns how many. A
+// consumer with pending entries is kept. A live consumer removed (on Redis
+// 7.0, reads that return nothing do not count as activity) is created again
+// by its next read that returns entries; it had nothing pending, so nothing
+// is lost. See lua/reap.lua.
+func (o *Outbox) RemoveIdleConsumers(ctx context.Context, idle time.Duration) (int64, error) {
+	n, err := scriptReap.Run(ctx, o.rdb, []string{o.key}, OutboxGroup, idle.Milliseconds()).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("remove idle outbox consumers: %w", err)
+	}
+	return n, nil
+}
+
 // Len returns the number of entries in the outbox: the unpublished events,
 // plus those kept for the retention (or at most one already published when
 // there is none; see Trim).

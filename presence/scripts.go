@@ -42,3 +42,8 @@ var (
 var luaTrim string
 
 var scriptTrim = redis.NewScript(luaTrim)
+
+//go:embed lua/reap.lua
+var luaReap string
+
+var scriptReap = redis.NewScript(luaReap)

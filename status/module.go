@@ -21,7 +21,7 @@ var Module = fx.Module("status",
 // "off" it returns a Server that never listens.
 // A serving failure after start shuts the application down with exit code 1.
 func NewFromConfig(lc fx.Lifecycle, sd fx.Shutdowner, cfg config.Config, m *metrics.Metrics, log *slog.Logger, checks []Check) *Server {
-	s := New(Options{Addr: cfg.HTTPAddr, Pprof: cfg.Pprof, Checks: checks, Metrics: m, Logger: log.With("component", "status"),
+	s := New(Options{Addr: cfg.HTTPAddr, Checks: checks, Metrics: m, Logger: log.With("component", "status"),
 		OnFatal: func(error) { _ = sd.Shutdown(fx.ExitCode(1)) }})
 	if cfg.HTTPAddr != "" && cfg.HTTPAddr != "off" {
 		lc.Append(fx.StartStopHook(s.Start, s.Stop))

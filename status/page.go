@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -122,19 +124,54 @@ func NewPage(nc *nats.Conn, subjects bus.Subjects, count func(context.Context) (
 	}
 }
 
-// PageModule mounts the status page on the status endpoint (status.Module):
-// it needs the *bus.Bus and the *presence.Store. With HTTP_ADDR "off" it
-// does nothing.
+// PageModule serves the status page, and pprof when enabled, on the status
+// address (STATUS_ADDR; see PageServer): it needs the *bus.Bus and the
+// *presence.Store. With STATUS_ADDR "off" it does nothing.
 var PageModule = fx.Module("statuspage",
-	fx.Provide(NewPageFromConfig),
-	fx.Invoke(func(s *Server, p *Page) { s.Handle("/", p.Handler()) }),
+	fx.Provide(NewPageServerFromConfig, NewPageFromConfig),
+	fx.Invoke(func(s *PageServer, p *Page) { s.Handle("/", p.Handler()) }),
 )
+
+// NewPageServerFromConfig returns the status address's server for cfg tied
+// to lc; with STATUS_ADDR "off" it returns one that never listens. A
+// serving failure after start shuts the application down with exit code 1.
+func NewPageServerFromConfig(lc fx.Lifecycle, sd fx.Shutdowner, cfg config.Config, log *slog.Logger) *PageServer {
+	log = log.With("component", "statuspage")
+	s := NewPageServer(PageOptions{Addr: cfg.StatusAddr, Pprof: cfg.Pprof, Logger: log,
+		OnFatal: func(error) { _ = sd.Shutdown(fx.ExitCode(1)) }})
+	if cfg.StatusAddr != "" {
+		lc.Append(fx.Hook{
+			OnStart: func(ctx context.Context) error {
+				if err := s.Start(ctx); err != nil {
+					return err
+				}
+				if !isLoopback(s.Addr()) {
+					log.Warn("the status page shows user ids without authentication and listens beyond loopback; keep STATUS_ADDR private", "addr", s.Addr(), "pprof", cfg.Pprof)
+				}
+				return nil
+			},
+			OnStop: s.Stop,
+		})
+	}
+	return s
+}
+
+// isLoopback reports whether addr (host:port, as listened on) is on a
+// loopback interface only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
 
 // NewPageFromConfig returns the page for cfg, started after the bus has
 // connected (it uses the bus's connection) and stopped before it drains.
 func NewPageFromConfig(lc fx.Lifecycle, cfg config.Config, b *bus.Bus, store *presence.Store, log *slog.Logger) *Page {
 	p := NewPage(nil, bus.SubjectsFromConfig(cfg), store.Count, log.With("component", "statuspage"))
-	if cfg.HTTPAddr == "" || cfg.HTTPAddr == "off" {
+	if cfg.StatusAddr == "" {
 		return p
 	}
 	lc.Append(fx.Hook{

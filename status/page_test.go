@@ -29,15 +29,19 @@ import (
 const chromiumPath = "/usr/bin/chromium"
 
 // pageApp is the worker as cmd/presenced wires it, plus PageModule,
-// on real Redis and NATS, with HTTP on a loopback port.
+// on real Redis and NATS, with HTTP on loopback ports.
 type pageApp struct {
 	app      *fx.App
-	url      string // http://127.0.0.1:port
+	url      string // the status address, http://127.0.0.1:port ("" when off)
+	health   string // the health and metrics address (HTTP_ADDR)
+	page     *PageServer
 	nc       *nats.Conn
 	subjects bus.Subjects
 }
 
-func startPageApp(t *testing.T) *pageApp {
+// startPageApp starts it with the status page on a loopback port; opts
+// change the configuration first.
+func startPageApp(t *testing.T, opts ...func(*config.Config)) *pageApp {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t)
@@ -46,9 +50,19 @@ func startPageApp(t *testing.T) *pageApp {
 	cfg.NATSURL, cfg.RedisURL = n.URL(), r.URL()
 	cfg.KeyPrefix, cfg.SubjectPrefix = p+":", p
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.StatusAddr = "127.0.0.1:0"
 	cfg.ReconcileInterval = 50 * time.Millisecond
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	log := slog.New(slog.DiscardHandler)
-	var srv *Server
+	var (
+		srv  *Server
+		page *PageServer
+	)
 	app := fx.New(
 		config.Module(cfg),
 		fx.Supply(log),
@@ -58,7 +72,7 @@ func startPageApp(t *testing.T) *pageApp {
 		worker.Module,
 		Module,
 		PageModule,
-		fx.Populate(&srv),
+		fx.Populate(&srv, &page),
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -70,7 +84,11 @@ func startPageApp(t *testing.T) *pageApp {
 		defer cancel()
 		_ = app.Stop(ctx)
 	})
-	return &pageApp{app: app, url: "http://" + srv.Addr(), nc: n.Conn(t), subjects: bus.Subjects{Prefix: p}}
+	a := &pageApp{app: app, health: "http://" + srv.Addr(), page: page, nc: n.Conn(t), subjects: bus.Subjects{Prefix: p}}
+	if page.Addr() != "" {
+		a.url = "http://" + page.Addr()
+	}
+	return a
 }
 
 // stop stops the app and fails the test unless it stopped cleanly within
@@ -216,8 +234,8 @@ func TestPageStreamAndShutdown(t *testing.T) {
 	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /: %s %s", res.Status, res.Header.Get("Content-Type"))
 	}
-	for _, path := range []string{"/healthz", "/metrics"} { // still served next to the page
-		res, err := http.Get(a.url + path)
+	for _, path := range []string{"/healthz", "/metrics"} { // served on the health address
+		res, err := http.Get(a.health + path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,11 @@
-// Package status serves presenced's operational HTTP endpoint on one
-// address: Prometheus /metrics, /healthz (the process is alive), /readyz
-// (Redis, NATS and the expiry subscription are up) and, when enabled,
-// /debug/pprof.
+// Package status serves presenced's HTTP endpoints on two addresses. The
+// health and metrics endpoint (Server, HTTP_ADDR) serves Prometheus
+// /metrics, /healthz (the process is alive) and /readyz (Redis, NATS and
+// the expiry subscription are up), and nothing else: it may listen on every
+// interface for probes and scrapes. The status address (PageServer,
+// STATUS_ADDR) serves the status page, which shows user ids, and, when
+// enabled, /debug/pprof (never /debug/pprof/cmdline, which would show
+// secrets given as flags): only where the operator asks.
 package status
 
 import (
@@ -25,59 +29,92 @@ type Check struct {
 	Fn   func(ctx context.Context) error
 }
 
-// Options configures a Server.
+// Options configures the health and metrics endpoint.
 type Options struct {
-	Addr    string // listen address, e.g. ":8080"
-	Pprof   bool
+	Addr    string  // listen address, e.g. ":8080"
 	Checks  []Check // all must pass for /readyz
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 	// OnFatal, if set, is called when serving fails after Start (the process
 	// should shut down rather than run without health and metrics).
 	OnFatal func(error)
-	// Extra mounts more handlers (e.g. the status page) on the same mux.
+	// Extra mounts more handlers on the same mux.
 	Extra map[string]http.Handler
 }
 
-// Server is the HTTP endpoint. Start listens (failing fast if the address
+// Server is an HTTP endpoint. Start listens (failing fast if the address
 // is taken) and serves on its own goroutine; Stop shuts down gracefully.
 type Server struct {
-	opts Options
-	mux  *http.ServeMux
-	srv  *http.Server
-	ln   net.Listener
-	done chan struct{}
+	setting string // the setting naming the address, for errors
+	addr    string
+	log     *slog.Logger
+	onFatal func(error)
+	checks  []Check
+	mux     *http.ServeMux
+	srv     *http.Server
+	ln      net.Listener
+	done    chan struct{}
 	// cancelRequests cancels the context of every request, so long-lived
 	// streams (the status page's /events) end when Stop is called instead
 	// of holding Shutdown until its deadline.
 	cancelRequests context.CancelFunc
 }
 
-// New returns a Server; it does no I/O until Start.
+// New returns the health and metrics endpoint: /metrics, /healthz and
+// /readyz. It does no I/O until Start.
 func New(opts Options) *Server {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	s := newServer("HTTP_ADDR", opts.Addr, opts.Logger, opts.OnFatal)
+	s.checks = opts.Checks
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics.Registry, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	s := &Server{opts: opts, mux: mux}
-	mux.HandleFunc("GET /readyz", s.ready)
-	if opts.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
+	s.mux.HandleFunc("GET /readyz", s.ready)
 	for p, h := range opts.Extra {
-		mux.Handle(p, h)
+		s.mux.Handle(p, h)
 	}
+	return s
+}
+
+// PageOptions configures the status address.
+type PageOptions struct {
+	Addr   string // listen address, e.g. "127.0.0.1:8081"
+	Pprof  bool   // serve /debug/pprof (except cmdline)
+	Logger *slog.Logger
+	// OnFatal, if set, is called when serving fails after Start.
+	OnFatal func(error)
+}
+
+// PageServer is the status address: the status page is mounted on it with
+// Handle (PageModule), and with PageOptions.Pprof the profiles of
+// net/http/pprof. /debug/pprof/cmdline is always 404: the command line
+// may hold passwords given as flags.
+type PageServer struct {
+	*Server
+}
+
+// NewPageServer returns the status address's server. It does no I/O until
+// Start.
+func NewPageServer(opts PageOptions) *PageServer {
+	s := newServer("STATUS_ADDR", opts.Addr, opts.Logger, opts.OnFatal)
+	if opts.Pprof {
+		s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+		s.mux.Handle("/debug/pprof/cmdline", http.NotFoundHandler())
+		s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return &PageServer{Server: s}
+}
+
+func newServer(setting, addr string, log *slog.Logger, onFatal func(error)) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{setting: setting, addr: addr, log: log, onFatal: onFatal, mux: http.NewServeMux()}
 	base, cancel := context.WithCancel(context.Background())
 	s.cancelRequests = cancel
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second,
 		BaseContext: func(net.Listener) context.Context { return base }}
 	return s
 }
@@ -91,7 +128,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	var failed []error
-	for _, c := range s.opts.Checks {
+	for _, c := range s.checks {
 		if err := c.Fn(ctx); err != nil {
 			failed = append(failed, fmt.Errorf("%s: %w", c.Name, err))
 		}
@@ -113,24 +150,24 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Start listens on Addr and serves until Stop.
+// Start listens on its address and serves until Stop.
 func (s *Server) Start(context.Context) error {
-	ln, err := net.Listen("tcp", s.opts.Addr)
+	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
-		return fmt.Errorf("listen on HTTP_ADDR %s: %w", s.opts.Addr, err)
+		return fmt.Errorf("listen on %s %s: %w", s.setting, s.addr, err)
 	}
 	s.ln = ln
 	s.done = make(chan struct{})
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.opts.Logger.Error("http server failed", "err", err)
-			if s.opts.OnFatal != nil {
-				s.opts.OnFatal(err)
+			s.log.Error("http server failed", "setting", s.setting, "err", err)
+			if s.onFatal != nil {
+				s.onFatal(err)
 			}
 		}
 	}()
-	s.opts.Logger.Info("http listening", "addr", ln.Addr().String())
+	s.log.Info("http listening", "setting", s.setting, "addr", ln.Addr().String())
 	return nil
 }
 

@@ -187,6 +187,12 @@ func (w *Worker) trim(ctx context.Context) {
 		w.debugf("trim outbox", "err", err)
 		return
 	}
+	if n, err := w.outbox.RemoveIdleConsumers(ctx, w.opts.ConsumerIdleAfter); err != nil {
+		w.debugf("remove idle outbox consumers", "err", err)
+	} else if n > 0 {
+		w.m.ConsumersRemoved.Add(float64(n))
+		w.log.Info("removed idle outbox consumers with nothing pending (left by stopped replicas)", "count", n)
+	}
 	if n, err := w.outbox.Len(ctx); err == nil {
 		w.m.OutboxDepth.Set(float64(n))
 	}

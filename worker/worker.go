@@ -45,6 +45,7 @@ type Outbox interface {
 	Reclaim(ctx context.Context, minIdle time.Duration, count int) ([]presence.Event, error)
 	Ack(ctx context.Context, ids ...string) error
 	Trim(ctx context.Context) (int64, error)
+	RemoveIdleConsumers(ctx context.Context, idle time.Duration) (int64, error)
 	Len(ctx context.Context) (int64, error)
 	Leave(ctx context.Context) error
 }
@@ -101,6 +102,10 @@ type Options struct {
 	// ClaimAfter is how long an outbox entry may stay unacknowledged on
 	// another replica before this one republishes it; zero means 15s.
 	ClaimAfter time.Duration
+	// ConsumerIdleAfter: an outbox consumer with nothing pending that has
+	// been idle this long (one a replica left when it crashed) is removed
+	// from the group; zero means 4*ClaimAfter, at least a minute.
+	ConsumerIdleAfter time.Duration
 	// Hooks are test seams; nil in production.
 	Hooks   *Hooks
 	Logger  *slog.Logger
@@ -142,6 +147,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ClaimAfter <= 0 {
 		o.ClaimAfter = 15 * time.Second
+	}
+	if o.ConsumerIdleAfter <= 0 {
+		o.ConsumerIdleAfter = max(4*o.ClaimAfter, time.Minute)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

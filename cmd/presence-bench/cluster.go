@@ -310,11 +310,19 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 				"--key-prefix", im.keys, "--subject-prefix", im.subjects.Prefix, "--queue-group", "presenced",
 				"--http-addr", addr, "--log-level", c.cfg.workerLogLevel,
 			}
+			var pprofAddr string
 			if c.cfg.pprofDir != "" {
-				args = append(args, "--pprof")
+				// presenced serves pprof on its status address only.
+				if pprofAddr, err = freeAddr(); err != nil {
+					return err
+				}
+				args = append(args, "--pprof", "--status-addr", pprofAddr)
 			}
 			args = append(args, c.cfg.presencedFlags...)
 			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)
+			if p != nil {
+				p.pprof = pprofAddr
+			}
 		} else {
 			args := []string{"seed-worker",
 				"--nats-url", c.natsURL, "--redis-url", c.redisURL, "--ttl", ttl.String(),
@@ -322,6 +330,9 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 				"--concurrency", strconv.Itoa(c.cfg.seedConcurrency), "--http-addr", addr,
 			}
 			p, err = startProc(name, c.selfBin, args, cleanEnv(), addr)
+			if p != nil {
+				p.pprof = addr
+			}
 		}
 		if err != nil {
 			return err

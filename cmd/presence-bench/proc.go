@@ -112,6 +112,9 @@ type proc struct {
 	err  error // the exit status, valid once done is closed
 	log  *tailBuffer
 	http string // host:port of its HTTP endpoint, or ""
+	// pprof is the host:port serving /debug/pprof, or "": presenced's
+	// status address (STATUS_ADDR), the seed worker's HTTP endpoint.
+	pprof string
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
@@ -240,7 +243,7 @@ func cleanEnv(extra ...string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case strings.HasPrefix(k, "PRESENCE_"), strings.HasPrefix(k, "NATS_"), strings.HasPrefix(k, "REDIS_"),
-			k == "LOG_LEVEL", k == "LOG_FORMAT", k == "HTTP_ADDR", k == "PPROF_ENABLED", k == "GOMAXPROCS":
+			k == "LOG_LEVEL", k == "LOG_FORMAT", k == "HTTP_ADDR", k == "STATUS_ADDR", k == "PPROF_ENABLED", k == "GOMAXPROCS":
 			continue
 		}
 		env = append(env, kv)

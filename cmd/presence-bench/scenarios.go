@@ -1152,11 +1152,11 @@ func mib(n int) string {
 // report.
 func (b *bench) profile(im impl, label string, stop <-chan struct{}) <-chan struct{} {
 	done := make(chan struct{})
-	if len(b.c.workers) == 0 || b.c.workers[0].http == "" {
+	if len(b.c.workers) == 0 || b.c.workers[0].pprof == "" {
 		close(done)
 		return done
 	}
-	addr := b.c.workers[0].http
+	addr := b.c.workers[0].pprof
 	limit := b.cfg.pprofSeconds
 	go func() {
 		defer close(done)

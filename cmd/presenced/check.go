@@ -261,6 +261,7 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 			return rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: k, Group: "check", Consumer: "check", Start: "0", Count: 1}).Err()
 		}},
 		{"XINFO GROUPS", func() error { return rdb.XInfoGroups(ctx, k).Err() }},
+		{"XINFO CONSUMERS", func() error { return rdb.XInfoConsumers(ctx, k, "check").Err() }},
 		{"XACK", func() error { return rdb.XAck(ctx, k, "check", "0-1").Err() }},
 		{"XLEN", func() error { return rdb.XLen(ctx, k).Err() }},
 		{"XREAD", func() error {

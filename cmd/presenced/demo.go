@@ -90,6 +90,7 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 	cfg.ReconcileInterval = 100 * time.Millisecond
 	cfg.OutageThreshold = 2 * time.Second
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.StatusAddr = "127.0.0.1:0" // the status page shows user ids: loopback only
 	cfg.LogLevel = "warn"
 	if lvl := getenv("LOG_LEVEL"); lvl != "" {
 		cfg.LogLevel = lvl
@@ -98,8 +99,11 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 		return err
 	}
 	log := NewLogger(cfg, stderr)
-	var srv *status.Server
-	app := fx.New(App(cfg, log, fx.Populate(&srv)), fx.NopLogger)
+	var (
+		srv  *status.Server
+		page *status.PageServer
+	)
+	app := fx.New(App(cfg, log, fx.Populate(&srv, &page)), fx.NopLogger)
 	startCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := app.Start(startCtx); err != nil {
@@ -111,7 +115,7 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 		_ = app.Stop(stopCtx)
 	}()
 	fmt.Fprintf(stdout, "presenced demo: NATS %s, Redis %s, TTL %v, %d simulated users; status page http://%s/ , metrics http://%s/metrics. Ctrl-C to stop.\n",
-		cfg.NATSURL, config.RedactURL(redisURL), ttl, users, srv.Addr(), srv.Addr())
+		cfg.NATSURL, config.RedactURL(redisURL), ttl, users, page.Addr(), srv.Addr())
 
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("presenced-demo"))
 	if err != nil {

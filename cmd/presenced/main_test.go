@@ -82,7 +82,7 @@ func TestDemoPrintsOnlineAndOffline(t *testing.T) {
 		t.Fatalf("exit %d; stderr:\n%s", code, errOut.String())
 	}
 	s := out.String()
-	for _, want := range []string{"online  user-", "offline user-", "demo stopped:"} {
+	for _, want := range []string{"status page http://127.0.0.1:", "online  user-", "offline user-", "demo stopped:"} {
 		if !strings.Contains(s, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, s)
 		}

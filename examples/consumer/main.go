@@ -5,7 +5,11 @@
 // events that arrive while the listing runs win over it (a user listed but
 // reported offline meanwhile stays out). Afterwards the events alone keep
 // the set. If NATS drops events for this consumer (slow consumer), it lists
-// again. On a reset (presenced lost its data) it clears the set.
+// again. On a reset (presenced lost its data) it removes the users whose
+// online version is below the reset's (their sessions were lost) and keeps
+// the others: a reset republished late arrives after newer onlines. Users
+// known only from a listing have no version, so a reset removes them too
+// and the consumer lists again to bring back those still online.
 //
 //	go run ./examples/consumer --nats-url nats://127.0.0.1:4222
 package main
@@ -16,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/signal"
 	"sync"
@@ -38,8 +43,12 @@ func main() {
 // onlineSet is the users online. The Subscribe handler and the listing
 // update it from different goroutines.
 type onlineSet struct {
-	mu     sync.Mutex
-	online map[string]struct{}
+	mu sync.Mutex
+	// online maps each user online to the version of their online event,
+	// 0 when the user is known from a listing only.
+	online map[string]int64
+	// relist is signalled when a reset removed users, so run lists again.
+	relist chan struct{}
 	// during holds, while a listing runs, the users whose events arrived
 	// meanwhile (true: last event online); nil otherwise.
 	during map[string]bool
@@ -52,18 +61,23 @@ func (s *onlineSet) apply(ev client.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ev.Status == client.StatusReset {
-		// presenced lost its data: the users still connected come back
-		// through their next heartbeats, within one TTL.
-		clear(s.online)
+		// presenced lost the sessions below ev.Version: users still
+		// connected come back through their next heartbeats, within one
+		// TTL. The client already drops late events below it.
+		maps.DeleteFunc(s.online, func(_ string, v int64) bool { return v < ev.Version })
 		if s.during != nil {
 			s.during = map[string]bool{}
 			s.reset = true
+		}
+		select {
+		case s.relist <- struct{}{}:
+		default:
 		}
 		return
 	}
 	on := ev.Status == client.StatusOnline
 	if on {
-		s.online[ev.UserID] = struct{}{}
+		s.online[ev.UserID] = ev.Version
 	} else {
 		delete(s.online, ev.UserID)
 	}
@@ -94,7 +108,7 @@ func (s *onlineSet) resync(ctx context.Context, c *client.Client) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.reset {
-		return nil
+		return nil // the listing may predate the reset; relist has another queued
 	}
 	// Users missing from the listing went offline (or their offline event
 	// was among those dropped), unless an event said otherwise meanwhile.
@@ -104,8 +118,11 @@ func (s *onlineSet) resync(ctx context.Context, c *client.Client) error {
 		}
 	}
 	for id := range listed {
+		if _, known := s.online[id]; known {
+			continue
+		}
 		if on, seen := s.during[id]; !seen || on {
-			s.online[id] = struct{}{}
+			s.online[id] = 0
 		}
 	}
 	return nil
@@ -149,7 +166,7 @@ func run(log *slog.Logger) error {
 	defer nc.Close()
 	c := client.New(nc, client.WithPrefix(*prefix), client.WithLogger(log))
 
-	set := &onlineSet{online: map[string]struct{}{}}
+	set := &onlineSet{online: map[string]int64{}, relist: make(chan struct{}, 1)}
 	stop, err := c.Subscribe(ctx, set.apply)
 	if err != nil {
 		return err
@@ -169,6 +186,11 @@ func run(log *slog.Logger) error {
 			return nil
 		case <-dropped:
 			log.Warn("events were dropped; listing again")
+			if err := set.resync(ctx, c); err != nil && ctx.Err() == nil {
+				log.Warn("resync failed", "err", err)
+			}
+		case <-set.relist:
+			log.Warn("presenced reset its data set; listing again")
 			if err := set.resync(ctx, c); err != nil && ctx.Err() == nil {
 				log.Warn("resync failed", "err", err)
 			}
