@@ -41,6 +41,7 @@ type cluster struct {
 	tmp string
 
 	natsURL  string
+	natsMon  string // http://host:port of nats-server's monitoring, or ""
 	redisURL string
 	natsProc *proc
 	natsEmb  *server.Server
@@ -175,13 +176,18 @@ func (c *cluster) startNATS(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	host, port, _ := net.SplitHostPort(addr)
-	progress("starting nats-server process on %s", addr)
-	p, err := startProc("nats-server", c.natsBin, []string{"-a", host, "-p", port}, cleanEnv(), "")
+	mon, err := freeAddr()
 	if err != nil {
 		return err
 	}
-	c.natsProc, c.natsURL = p, "nats://"+addr
+	host, port, _ := net.SplitHostPort(addr)
+	_, monPort, _ := net.SplitHostPort(mon)
+	progress("starting nats-server process on %s (monitoring on %s)", addr, mon)
+	p, err := startProc("nats-server", c.natsBin, []string{"-a", host, "-p", port, "-m", monPort}, cleanEnv(), "")
+	if err != nil {
+		return err
+	}
+	c.natsProc, c.natsURL, c.natsMon = p, "nats://"+addr, "http://"+mon
 	for {
 		nc, err := nats.Connect(c.natsURL, nats.Timeout(time.Second))
 		if err == nil {
@@ -327,7 +333,7 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 			args := []string{"seed-worker",
 				"--nats-url", c.natsURL, "--redis-url", c.redisURL, "--ttl", ttl.String(),
 				"--key-prefix", im.keys, "--subject-prefix", im.subjects.Prefix, "--queue-group", "seed",
-				"--concurrency", strconv.Itoa(c.cfg.seedConcurrency), "--http-addr", addr,
+				"--concurrency", strconv.Itoa(c.cfg.seedConcurrency), "--pending-limit", strconv.Itoa(c.cfg.seedPending), "--http-addr", addr,
 			}
 			p, err = startProc(name, c.selfBin, args, cleanEnv(), addr)
 			if p != nil {

@@ -72,8 +72,12 @@ type config struct {
 	queryReps, query10k   int
 	queryIDs              int
 
+	stormUsers int
+	stormBound time.Duration
+
 	ceilingN        int
 	seedConcurrency int
+	seedPending     int
 	scanCount       int
 
 	pprofDir       string
@@ -85,7 +89,7 @@ type config struct {
 	presencedFlags []string
 }
 
-var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query"}
+var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query", "storm"}
 
 func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, `presence-bench: end-to-end benchmark of presenced, with the seed's algorithm beside it.
@@ -101,6 +105,9 @@ Scenarios (--scenarios, comma-separated; default all):
   idle        CPU of idle replicas with the largest --users online (long TTL), Redis memory per user
               (the memory target is judged only from this scenario)
   query       one id, --query-ids ids, full paged listing (with the idle scenario's users online)
+  storm       a reconnect storm: --storm-users single-id first heartbeats (new users, no reply subject)
+              published as fast as one NATS connection can; users stored and online by --storm-bound and
+              at the end, messages each replica dropped, peak RSS of each replica
 
 Flags:
 `)
@@ -144,8 +151,11 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.queryReps, "query-reps", 0, "query: one-id queries (default: small 200, full 1000)")
 	fs.IntVar(&c.query10k, "query-batch-reps", 0, "query: --query-ids queries (default: small 100, full 300: enough that p99 is not the slowest one)")
 	fs.IntVar(&c.queryIDs, "query-ids", 10000, "query: ids per multi-id query (half online)")
+	fs.IntVar(&c.stormUsers, "storm-users", 0, "storm: single-id first heartbeats, one per new user (default: small 200000, full 1000000)")
+	fs.DurationVar(&c.stormBound, "storm-bound", 90*time.Second, "storm: a user not stored, or without its online event, this long after the first publish is missing; the wait goes on to --timeout (or until nothing moves for 15s past the bound) to tell late from lost")
 	fs.IntVar(&c.ceilingN, "ceiling-n", 0, "ceiling: redis-benchmark -n (default: small 200000, full 1000000)")
 	fs.IntVar(&c.seedConcurrency, "seed-concurrency", 32, "seed: messages each seed worker handles at once (the seed's async handlers)")
+	fs.IntVar(&c.seedPending, "seed-pending-limit", 0, "seed: messages each seed subscription holds before NATS drops them (0: the port's 65536 with 64 MiB; -1: no limit, as the Node seed's client)")
 	fs.IntVar(&c.scanCount, "seed-scan-count", 100, "seed: SCAN COUNT of its listing (the seed's: 100)")
 	fs.StringVar(&c.pprofDir, "pprof-dir", "", "profile replica 0 of each implementation during the refresh scenarios; profiles and `go tool pprof -top` go here")
 	fs.IntVar(&c.pprofSeconds, "pprof-seconds", 10, "most seconds of each CPU profile; a shorter phase is profiled for its own length, rounded up to a second (one-second pieces, merged)")
@@ -183,6 +193,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	pick(&c.queryReps, 200, 1000)
 	pick(&c.query10k, 100, 300)
 	pick(&c.ceilingN, 200000, 1000000)
+	pick(&c.stormUsers, 200000, 1000000)
 	pickD(&c.offTTL, 5*time.Second, 60*time.Second)
 	pickD(&c.offDuration, 15*time.Second, 2*time.Minute)
 	pickD(&c.offGrace, 10*time.Second, 60*time.Second)
@@ -238,6 +249,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.natsMode != "process" && c.natsMode != "embedded" {
 		return nil, fmt.Errorf("--nats %q: want process or embedded", c.natsMode)
+	}
+	if c.stormUsers < 1 || c.stormBound <= 0 {
+		return nil, errors.New("--storm-users and --storm-bound must be positive")
 	}
 	if c.replicas < 1 || c.batchSize < 1 || c.window < 1 || c.batchWindow < 1 || c.rounds < 1 || c.replyEvery < 1 {
 		return nil, errors.New("--replicas, --batch-size, --window, --batch-window, --rounds and --reply-every must be at least 1")

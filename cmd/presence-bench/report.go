@@ -27,6 +27,7 @@ type Report struct {
 	Offline    []OfflineRow    `json:"offline,omitempty"`
 	Idle       []IdleRow       `json:"idle,omitempty"`
 	Query      []QueryRow      `json:"query,omitempty"`
+	Storm      []StormRow      `json:"storm,omitempty"`
 	Profiles   []Profile       `json:"profiles,omitempty"`
 	Targets    []Target        `json:"targets,omitempty"`
 	Notes      []string        `json:"notes,omitempty"`
@@ -392,6 +393,7 @@ func targets(r *Report, cfg *config) []Target {
 	add(t)
 	add(idleCPUTarget(r))
 	add(memoryTarget(r))
+	add(stormTarget(r))
 	return ts
 }
 
@@ -811,6 +813,8 @@ func printReport(w io.Writer, r *Report) {
 		table(w, "lrrrrrll", fmt.Sprintf("Query latency (presenced via %s; seed via %s); a listing is one timed run", paths["presenced"], paths["seed"]), rows)
 	}
 
+	printStorm(w, r)
+
 	var cmdRows [][]string
 	addCmds := func(label string, u usage) {
 		if len(u.RedisCommands) == 0 {
@@ -831,6 +835,9 @@ func printReport(w io.Writer, r *Report) {
 	}
 	for _, o := range r.Offline {
 		addCmds(fmt.Sprintf("%s offline %d steady", o.Impl, o.Users), o.Usage)
+	}
+	for _, s := range r.Storm {
+		addCmds(fmt.Sprintf("%s storm %d", s.Impl, s.Users), s.Usage)
 	}
 	if len(cmdRows) > 0 {
 		table(w, "ll", "Redis time by command (INFO commandstats per second of the phase; a script's commands count inside EVALSHA and again on their own)",

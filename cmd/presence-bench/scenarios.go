@@ -86,6 +86,13 @@ func (b *bench) run(ctx context.Context) error {
 			}
 		}
 	}
+	if b.cfg.scenarios["storm"] {
+		for _, im := range b.c.impls() {
+			if err := b.storm(ctx, im, b.cfg.stormUsers); err != nil {
+				return fmt.Errorf("%s storm of %d users: %w", im.name, b.cfg.stormUsers, err)
+			}
+		}
+	}
 	return b.c.stopWorkers()
 }
 
@@ -104,7 +111,8 @@ func (b *bench) settings() map[string]any {
 		"offline_grace": c.offGrace.String(), "leave_pct_per_min": c.leavePct, "background_keys": c.bgKeys,
 		"idle_ttl": c.idleTTL.String(), "idle_duration": c.idleDuration.String(),
 		"query_reps": c.queryReps, "query_batch_reps": c.query10k, "query_ids": c.queryIDs,
-		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount,
+		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount, "seed_pending_limit": c.seedPending,
+		"storm_users": c.stormUsers, "storm_bound": c.stormBound.String(),
 		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
 	}
 }

@@ -24,7 +24,8 @@ import (
 // runSeedWorker is the hidden "seed-worker" mode: the seed's algorithm
 // (internal/seedbaseline) as a process of its own, started by the bench
 // like a presenced replica, so the two are measured alike. It serves
-// /readyz and /debug/pprof on --http-addr and stops on SIGTERM.
+// /readyz, /metrics (messages NATS dropped, online events published, Redis
+// or NATS failures) and /debug/pprof on --http-addr and stops on SIGTERM.
 func runSeedWorker(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("seed-worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -35,19 +36,20 @@ func runSeedWorker(args []string, stderr io.Writer) int {
 	queue := fs.String("queue-group", "seed", "queue group")
 	ttl := fs.Duration("ttl", 60*time.Second, "presence TTL (rounded up to seconds)")
 	concurrency := fs.Int("concurrency", 32, "messages handled at once")
-	httpAddr := fs.String("http-addr", "", "listen address for /readyz and /debug/pprof")
+	pending := fs.Int("pending-limit", 0, "messages a subscription holds before NATS drops (0: 65536; negative: no limit)")
+	httpAddr := fs.String("http-addr", "", "listen address for /readyz, /metrics and /debug/pprof")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if err := seedWorker(*natsURL, *redisURL, *keyPrefix, *subjectPrefix, *queue, *ttl, *concurrency, *httpAddr, log); err != nil {
+	if err := seedWorker(*natsURL, *redisURL, *keyPrefix, *subjectPrefix, *queue, *ttl, *concurrency, *pending, *httpAddr, log); err != nil {
 		fmt.Fprintf(stderr, "seed-worker: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func seedWorker(natsURL, redisURL, keyPrefix, subjectPrefix, queue string, ttl time.Duration, concurrency int, httpAddr string, log *slog.Logger) error {
+func seedWorker(natsURL, redisURL, keyPrefix, subjectPrefix, queue string, ttl time.Duration, concurrency, pending int, httpAddr string, log *slog.Logger) error {
 	opts, err := redis.ParseURL(redisURL)
 	if err != nil {
 		return err
@@ -66,7 +68,7 @@ func seedWorker(natsURL, redisURL, keyPrefix, subjectPrefix, queue string, ttl t
 	defer nc.Close()
 	w := seedbaseline.New(rdb, sub, nc, seedbaseline.Options{
 		KeyPrefix: keyPrefix, Subjects: bus.Subjects{Prefix: subjectPrefix}, Queue: queue,
-		TTL: ttl, Concurrency: concurrency, DB: opts.DB, Logger: log,
+		TTL: ttl, Concurrency: concurrency, PendingLimit: pending, DB: opts.DB, Logger: log,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err = w.Start(ctx)
@@ -84,6 +86,11 @@ func seedWorker(natsURL, redisURL, keyPrefix, subjectPrefix, queue string, ttl t
 				return
 			}
 			_, _ = io.WriteString(rw, "ok\n")
+		})
+		// The bench reads these like presenced's /metrics (Prometheus text).
+		mux.HandleFunc("/metrics", func(rw http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(rw, "seed_nats_dropped_total %d\nseed_online_events_total %d\nseed_failures_total %d\n",
+				w.Dropped(), w.Online.Load(), w.Failures.Load())
 		})
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

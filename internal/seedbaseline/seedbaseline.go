@@ -56,6 +56,11 @@ type Options struct {
 	// own Redis round trips. The seed is a Node.js service whose message
 	// handlers are async, so many are in flight at once; zero means 32.
 	Concurrency int
+	// PendingLimit is how many received messages each subscription holds
+	// while the handlers are busy before NATS drops the next ones (and
+	// Dropped counts them). Zero means 65536 (with 64 MiB); negative means
+	// no limit, as the Node seed, whose client buffered without bound.
+	PendingLimit int
 	// DB is the Redis database of the presence keys (for the keyevent
 	// channel name).
 	DB     int
@@ -126,6 +131,20 @@ func New(rdb, sub *redis.Client, nc *nats.Conn, opts Options) *Worker {
 // Key is a user's presence key.
 func (w *Worker) Key(id string) string { return w.opts.KeyPrefix + "user:" + id }
 
+// Dropped returns how many messages NATS dropped because a subscription
+// held PendingLimit messages, summed over the heartbeat and disconnect
+// subscriptions while they are open (0 before Start and after Stop). Call
+// it only after Start returned.
+func (w *Worker) Dropped() int64 {
+	var n int64
+	for _, s := range w.subs {
+		if d, err := s.Dropped(); err == nil {
+			n += int64(d)
+		}
+	}
+	return n
+}
+
 // Ready reports whether Start completed and Stop has not begun.
 func (w *Worker) Ready() bool { return w.ready.Load() }
 
@@ -178,7 +197,14 @@ func (w *Worker) Start(ctx context.Context) error {
 			_ = w.Stop(ctx)
 			return fmt.Errorf("subscribe %s: %w", subject, err)
 		}
-		if err := s.SetPendingLimits(65536, 64<<20); err != nil {
+		msgs, bytes := w.opts.PendingLimit, 64<<20
+		switch {
+		case msgs == 0:
+			msgs = 65536
+		case msgs < 0:
+			msgs, bytes = -1, -1
+		}
+		if err := s.SetPendingLimits(msgs, bytes); err != nil {
 			_ = w.Stop(ctx)
 			return fmt.Errorf("set pending limits on %s: %w", subject, err)
 		}
