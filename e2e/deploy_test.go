@@ -23,7 +23,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	m := metrics.New()
 	zero := func() int64 { return 0 }
-	m.Observe(metrics.Sources{NATSReconnects: zero, SubscriberReconnects: zero, SlowConsumerDrops: zero, ExpiryDropped: zero})
+	m.Observe(metrics.Sources{NATSReconnects: zero, SubscriberReconnects: zero, SlowConsumerDrops: zero, ExpiryDropped: zero, IntakeBytes: zero, IntakeHighWater: zero})
 	names := map[string]bool{}
 	// Vectors without children are not gathered: describe the fields.
 	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)

@@ -87,6 +87,8 @@ type Sources struct {
 	SubscriberReconnects func() int64 // re-established Redis expiry subscriptions
 	SlowConsumerDrops    func() int64 // NATS slow-consumer errors (messages dropped)
 	ExpiryDropped        func() int64 // expired ids left to the sweep because the claimer was behind
+	IntakeBytes          func() int64 // bytes of received messages waiting in the intake
+	IntakeHighWater      func() int64 // most bytes the intake held at once since start
 }
 
 // Observe registers the connection counters. Call it once.
@@ -98,8 +100,16 @@ func (m *Metrics) Observe(s Sources) {
 	reconn := "Re-established connections, by connection (nats, redis_subscriber)."
 	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "nats"}, s.NATSReconnects)
 	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "redis_subscriber"}, s.SubscriberReconnects)
-	counter("presenced_nats_slow_consumer_total", "NATS slow-consumer errors: messages dropped because a subscription's pending limit was reached.", nil, s.SlowConsumerDrops)
+	counter("presenced_nats_slow_consumer_total", "NATS slow-consumer errors: times a subscription started dropping messages because its buffer was full (one error per episode, not per message).", nil, s.SlowConsumerDrops)
 	counter("presenced_expiry_events_dropped_total", "Expired keyspace events left to the sweep because the claimer was behind.", nil, s.ExpiryDropped)
+	gauge := func(name, help string, f func() int64) {
+		if f == nil {
+			return
+		}
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return float64(f()) }))
+	}
+	gauge("presenced_intake_bytes", "Bytes of received heartbeats and disconnects waiting in the intake to be decoded (bounded by PRESENCE_INTAKE_MB).", s.IntakeBytes)
+	gauge("presenced_intake_bytes_max", "Most bytes the intake held at once since the replica started.", s.IntakeHighWater)
 }
 
 // ViewSources are the query view's figures, read at scrape time.

@@ -57,6 +57,8 @@ func NewFromConfig(d Deps) *Worker {
 		SubscriberReconnects: expiry.Reconnects,
 		SlowConsumerDrops:    b.SlowConsumerDrops,
 		ExpiryDropped:        expiry.Dropped,
+		IntakeBytes:          func() int64 { now, _ := w.IntakeBytes(); return now },
+		IntakeHighWater:      func() int64 { _, high := w.IntakeBytes(); return high },
 	})
 	lc.Append(fx.StartStopHook(w.Start, w.Stop))
 	return w
