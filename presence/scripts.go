@@ -42,3 +42,8 @@ var (
 var luaTrim string
 
 var scriptTrim = redis.NewScript(luaTrim)
+
+//go:embed lua/own.lua
+var luaOwn string
+
+var scriptOwn = redis.NewScript(luaOwn)

@@ -39,6 +39,7 @@ type Outbox interface {
 	ReadNew(ctx context.Context, count int, block time.Duration) ([]presence.Event, error)
 	ReadPending(ctx context.Context, count int) ([]presence.Event, error)
 	Reclaim(ctx context.Context, minIdle time.Duration, count int) ([]presence.Event, error)
+	Own(ctx context.Context, ids []string) ([]string, error)
 	Ack(ctx context.Context, ids ...string) error
 	Trim(ctx context.Context) (int64, error)
 	Len(ctx context.Context) (int64, error)
@@ -48,7 +49,7 @@ type Outbox interface {
 // Bus is what the worker needs from NATS.
 type Bus interface {
 	QueueSubscribe(subject, queue string, handler nats.MsgHandler) (*nats.Subscription, error)
-	Publish(subjects bus.Subjects, ev bus.Event) error
+	PublishBatch(ctx context.Context, subjects bus.Subjects, evs []bus.Event, sendBy time.Time) []error
 	Flush(ctx context.Context) error
 	Connected() bool
 }
