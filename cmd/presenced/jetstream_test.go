@@ -285,8 +285,16 @@ func TestPausedReplicaDoesNotRepublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := streamIDs(t, ctx, stream)
-	if got := countStatus(ids, "online"); got != 1 {
-		t.Fatalf("the stream holds %d onlines for one session, want 1 (the paused replica republished it): %v\nreplica A:\n%s", got, ids, aLogs.String())
+	for id, k := range ids {
+		if k != 1 {
+			t.Errorf("%s is in the stream %d times (the paused replica republished it)", id, k)
+		}
+	}
+	if got := len(ids); got != 2 || countStatus(ids, "online") != 1 {
+		t.Errorf("the stream holds %v; want one reset and one online", ids)
+	}
+	if t.Failed() {
+		t.Fatalf("replica A:\n%s", aLogs.String())
 	}
 }
 

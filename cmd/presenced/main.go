@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -193,8 +194,14 @@ func testHooks(getenv func(string) string, log *slog.Logger) fx.Option {
 				select {} // the signal is on its way
 			case stop != "" && e.Status == stop && stopped.CompareAndSwap(false, true):
 				log.Warn("test hook: stopping after reading outbox entries", "entries", len(events))
+				// The kernel stops the process's threads soon after kill
+				// returns, not at once: wait for the SIGCONT, so that this
+				// goroutine does not go on before the stop.
+				cont := make(chan os.Signal, 1)
+				signal.Notify(cont, syscall.SIGCONT)
 				_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
-				// Runs on after SIGCONT.
+				<-cont
+				signal.Stop(cont)
 				return nil
 			}
 		}
