@@ -322,3 +322,38 @@ func processState(pid int) string {
 	}
 	return s[i+2 : i+3]
 }
+
+// TestStartFailsOnUnfitStream: an existing stream that would also store
+// heartbeats, or that keeps message ids for less than twice the claim time,
+// stops start-up with an error naming the setting.
+func TestStartFailsOnUnfitStream(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartNATS(t, testenv.WithJetStream(""))
+	p := testenv.Prefix(t)
+	ctx := context.Background()
+	js, err := jetstream.New(n.Conn(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg  jetstream.StreamConfig
+		want string
+	}{
+		{jetstream.StreamConfig{Name: "WIDE_" + p, Subjects: []string{p + ".>"}}, "also capture " + p + ".heartbeat"},
+		{jetstream.StreamConfig{Name: "SHORT_" + p, Subjects: []string{p + ".online", p + ".offline", p + ".reset"}, Duplicates: 10 * time.Second},
+			"at least twice PRESENCE_OUTBOX_CLAIM_AFTER (15s)"},
+	} {
+		if _, err := js.CreateStream(ctx, tc.cfg); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(binary(t), "--http-addr", "off", "--subject-prefix", p, "--key-prefix", p+":")
+		cmd.Env = append(os.Environ(), "NATS_URL="+n.URL(), "REDIS_URL="+r.URL(), "PRESENCE_STREAM="+tc.cfg.Name)
+		out, err := cmd.CombinedOutput()
+		if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "PRESENCE_STREAM") || !strings.Contains(string(out), tc.want) {
+			t.Fatalf("stream %s: %v; want exit 1 and an error naming PRESENCE_STREAM with %q:\n%s", tc.cfg.Name, err, tc.want, out)
+		}
+		if err := js.DeleteStream(ctx, tc.cfg.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
