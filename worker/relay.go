@@ -20,7 +20,8 @@ const (
 )
 
 // relay publishes outbox entries to NATS and acknowledges them only after the
-// publish is flushed, so an event is never lost between Redis and NATS: an
+// server confirmed the publish (a flush, or with a stream a PubAck per
+// event), so an event is never lost between Redis and NATS: an
 // entry this replica read but could not publish is retried (ReadPending), and
 // one left by a replica that died is republished by another (Reclaim) after
 // ClaimAfter. A republish carries the same Nats-Msg-Id.
@@ -116,18 +117,20 @@ func (w *Worker) relay(ctx context.Context) {
 // them for ClaimAfter; nothing is sent later than half of that after it
 // (monotonic clock): the rest is confirmed again first. So a replica paused
 // between reading and publishing does not publish entries another replica
-// reclaimed and published meanwhile. The publish waits and the ack do not
-// use ctx's cancellation, so a stopping worker still acknowledges what it
-// published.
+// reclaimed and published meanwhile. The confirmation, the publish and the
+// ack do not use ctx's cancellation (each batch is bounded by publishLimit),
+// so a stopping worker still publishes and acknowledges what it read.
 func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	if h := w.opts.Hooks; h != nil && h.AfterOutboxRead != nil {
 		if err := h.AfterOutboxRead(events); err != nil {
 			return err
 		}
 	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
+	defer cancel()
 	ids := entryIDs(events)
 	confirmed := time.Now()
-	owned, err := w.outbox.Own(ctx, ids)
+	owned, err := w.outbox.Own(fctx, ids)
 	if err != nil {
 		return err
 	}
@@ -152,8 +155,6 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 		out = append(out, bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
 		sent = append(sent, i)
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
-	defer cancel()
 	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, out, sendBy)
 	now := time.Now()
 	var (
