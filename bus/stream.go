@@ -33,8 +33,8 @@ var (
 	ErrStreamConfig     = errors.New("cannot take acknowledged publishes")
 )
 
-// ErrSendDeadline is reported for events PublishBatch did not send because
-// its sendBy had passed.
+// ErrSendDeadline is reported for groups of events PublishBatch did not send
+// because its sendBy had passed.
 var ErrSendDeadline = errors.New("not sent: send deadline passed")
 
 // asyncWindow is the most PubAcks PublishBatch waits for at once. The
@@ -148,64 +148,94 @@ func subjectMatches(filter, subject string) bool {
 	return len(ft) == len(st)
 }
 
-// PublishBatch sends evs in order to their subjects, each with its
-// Nats-Msg-Id, sends none once sendBy has passed, and waits (bounded by ctx)
-// until the server confirmed them. With a stream (Options.Stream) an event
-// is confirmed by its PubAck, a duplicate the stream dropped included; on
-// core NATS by a flush, which confirms everything sent before it. It returns
-// one error per event, nil for each confirmed one. Only one goroutine may
-// call it at a time.
-func (b *Bus) PublishBatch(ctx context.Context, subjects Subjects, evs []Event, sendBy time.Time) []error {
-	errs := make([]error, len(evs))
-	fail := func(from int, err error) {
-		for i := from; i < len(errs); i++ {
-			if errs[i] == nil {
-				errs[i] = err
-			}
+// PublishBatch sends the groups of events in order to their subjects, each
+// event with its Nats-Msg-Id, and waits (bounded by ctx) until the server
+// confirmed them. A group is sent whole or not at all: none is started once
+// sendBy has passed (zero: no limit). With a stream (Options.Stream) an
+// event is confirmed by its PubAck, a duplicate the stream dropped
+// included; on core NATS by a flush, which confirms everything sent before
+// it. It returns one error per group: nil when every event of the group is
+// confirmed, else the first error. Only one goroutine may call it at a time.
+func (b *Bus) PublishBatch(ctx context.Context, subjects Subjects, groups [][]Event, sendBy time.Time) []error {
+	errs := make([]error, len(groups))
+	set := func(g int, err error) {
+		if errs[g] == nil {
+			errs[g] = err
+		}
+	}
+	// The rest of the groups are not sent: record why.
+	skip := func(from int, err error) {
+		for g := from; g < len(groups); g++ {
+			set(g, err)
 		}
 	}
 	if b.js == nil {
-		sent := len(evs)
-		for i, ev := range evs {
-			if err := b.send(subjects, ev, sendBy); err != nil {
-				fail(i, err)
-				sent = i
+		sent := len(groups)
+	core:
+		for g, evs := range groups {
+			if late(sendBy) {
+				skip(g, ErrSendDeadline)
+				sent = g
 				break
+			}
+			for _, ev := range evs {
+				if err := b.send(subjects, ev); err != nil {
+					skip(g, err)
+					sent = g + 1
+					break core
+				}
 			}
 		}
 		if err := b.Flush(ctx); err != nil {
-			for i := range sent {
-				errs[i] = err
+			for g := range sent {
+				set(g, err)
 			}
 		}
 		return errs
 	}
-	pafs := make([]jetstream.PubAckFuture, len(evs))
-	waited := 0 // pafs before this have their outcome in errs
-	for i, ev := range evs {
-		for ; waited <= i-asyncWindow; waited++ {
-			errs[waited] = waitAck(ctx, pafs[waited])
-		}
-		if err := ctx.Err(); err != nil {
-			fail(i, err)
-			break
-		}
-		m, err := b.message(subjects, ev, sendBy)
-		if err == nil {
-			pafs[i], err = b.js.PublishMsgAsync(m)
-		}
-		if err != nil {
-			fail(i, fmt.Errorf("publish %s: %w", subjects.Event(ev.Status), err))
-			break
+	type pending struct {
+		g   int
+		paf jetstream.PubAckFuture
+	}
+	var (
+		pafs   []pending
+		waited int // pafs before this have their outcome in errs
+	)
+	wait := func(upTo int) {
+		for ; waited < upTo; waited++ {
+			if err := waitAck(ctx, pafs[waited].paf); err != nil {
+				set(pafs[waited].g, err)
+			}
 		}
 	}
-	for ; waited < len(pafs); waited++ {
-		if pafs[waited] != nil {
-			errs[waited] = waitAck(ctx, pafs[waited])
+jet:
+	for g, evs := range groups {
+		if late(sendBy) {
+			skip(g, ErrSendDeadline)
+			break
+		}
+		for _, ev := range evs {
+			wait(len(pafs) - asyncWindow + 1)
+			m, err := b.message(subjects, ev)
+			if err == nil {
+				err = ctx.Err()
+			}
+			var paf jetstream.PubAckFuture
+			if err == nil {
+				paf, err = b.js.PublishMsgAsync(m)
+			}
+			if err != nil {
+				skip(g, fmt.Errorf("publish %s: %w", subjects.Event(ev.Status), err))
+				break jet
+			}
+			pafs = append(pafs, pending{g, paf})
 		}
 	}
+	wait(len(pafs))
 	return errs
 }
+
+func late(sendBy time.Time) bool { return !sendBy.IsZero() && !time.Now().Before(sendBy) }
 
 func waitAck(ctx context.Context, paf jetstream.PubAckFuture) error {
 	select {
@@ -218,11 +248,8 @@ func waitAck(ctx context.Context, paf jetstream.PubAckFuture) error {
 	}
 }
 
-// message returns ev as a message, unless sendBy has passed.
-func (b *Bus) message(subjects Subjects, ev Event, sendBy time.Time) (*nats.Msg, error) {
-	if !sendBy.IsZero() && !time.Now().Before(sendBy) {
-		return nil, ErrSendDeadline
-	}
+// message returns ev as a message to its subject with its Nats-Msg-Id.
+func (b *Bus) message(subjects Subjects, ev Event) (*nats.Msg, error) {
 	data, err := ev.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
@@ -232,8 +259,8 @@ func (b *Bus) message(subjects Subjects, ev Event, sendBy time.Time) (*nats.Msg,
 	return m, nil
 }
 
-func (b *Bus) send(subjects Subjects, ev Event, sendBy time.Time) error {
-	m, err := b.message(subjects, ev, sendBy)
+func (b *Bus) send(subjects Subjects, ev Event) error {
+	m, err := b.message(subjects, ev)
 	if err != nil {
 		return err
 	}

@@ -143,36 +143,43 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 		return nil
 	}
 	sendBy := confirmed.Add(w.opts.ClaimAfter / 2)
-	// Decode failures are dropped (their entries acknowledged); the others
-	// are published, and sent[i] is the index in events of out[i].
-	out := make([]bus.Event, 0, len(events))
-	sent := make([]int, 0, len(events))
-	for i, e := range events {
+	// One group per entry, so an entry is published whole or not at all
+	// (on core NATS a half-sent entry would be sent twice). Decode failures
+	// are dropped (their entries acknowledged).
+	var (
+		groups  [][]bus.Event
+		entries [][]presence.Event // the events of groups[g], for the logs and metrics
+		gids    []string           // the entry of groups[g]
+	)
+	for _, e := range events {
 		if err := e.Valid(); err != nil {
 			w.log.Error("dropping outbox entry", "err", err)
 			continue
 		}
-		out = append(out, bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
-		sent = append(sent, i)
+		if len(gids) == 0 || gids[len(gids)-1] != e.ID {
+			groups, entries, gids = append(groups, nil), append(entries, nil), append(gids, e.ID)
+		}
+		g := len(groups) - 1
+		groups[g] = append(groups[g], bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
+		entries[g] = append(entries[g], e)
 	}
-	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, out, sendBy)
+	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, groups, sendBy)
 	now := time.Now()
 	var (
-		failed   = map[string]bool{} // entries with an event not confirmed
+		failed   = map[string]bool{} // entries not confirmed
 		firstErr error
-		nFailed  int
 	)
-	for k, err := range errs {
-		e := events[sent[k]]
+	for g, err := range errs {
 		if err != nil {
-			failed[e.ID] = true
-			nFailed++
+			failed[gids[g]] = true
 			if firstErr == nil {
 				firstErr = err
 			}
 			continue
 		}
-		w.published(e, now)
+		for _, e := range entries[g] {
+			w.published(e, now)
+		}
 	}
 	done := ids[:0:0]
 	for _, id := range owned {
@@ -184,7 +191,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 		return &ackError{ids: done, err: err}
 	}
 	if firstErr != nil {
-		return fmt.Errorf("%d of %d events not confirmed (their %d outbox entries stay pending): %w", nFailed, len(errs), len(failed), firstErr)
+		return fmt.Errorf("%d of %d outbox entries not confirmed (they stay pending): %w", len(failed), len(groups), firstErr)
 	}
 	return nil
 }

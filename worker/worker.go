@@ -49,7 +49,7 @@ type Outbox interface {
 // Bus is what the worker needs from NATS.
 type Bus interface {
 	QueueSubscribe(subject, queue string, handler nats.MsgHandler) (*nats.Subscription, error)
-	PublishBatch(ctx context.Context, subjects bus.Subjects, evs []bus.Event, sendBy time.Time) []error
+	PublishBatch(ctx context.Context, subjects bus.Subjects, groups [][]bus.Event, sendBy time.Time) []error
 	Flush(ctx context.Context) error
 	Connected() bool
 }
