@@ -160,7 +160,11 @@ func (c *cluster) buildBinaries(ctx context.Context) error {
 func (c *cluster) startNATS(ctx context.Context) error {
 	if c.cfg.natsMode == "embedded" {
 		progress("starting embedded nats-server (its CPU counts as the bench's)")
-		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+		o := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
+		if c.cfg.stream != "" {
+			o.JetStream, o.StoreDir = true, filepath.Join(c.tmp, "jetstream")
+		}
+		s, err := server.NewServer(o)
 		if err != nil {
 			return fmt.Errorf("nats-server: %w", err)
 		}
@@ -177,7 +181,11 @@ func (c *cluster) startNATS(ctx context.Context) error {
 	}
 	host, port, _ := net.SplitHostPort(addr)
 	progress("starting nats-server process on %s", addr)
-	p, err := startProc("nats-server", c.natsBin, []string{"-a", host, "-p", port}, cleanEnv(), "")
+	nargs := []string{"-a", host, "-p", port}
+	if c.cfg.stream != "" {
+		nargs = append(nargs, "-js", "-sd", filepath.Join(c.tmp, "jetstream"))
+	}
+	p, err := startProc("nats-server", c.natsBin, nargs, cleanEnv(), "")
 	if err != nil {
 		return err
 	}
@@ -312,6 +320,9 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 			}
 			if c.cfg.pprofDir != "" {
 				args = append(args, "--pprof")
+			}
+			if c.cfg.stream != "" {
+				args = append(args, "--stream", c.cfg.stream)
 			}
 			args = append(args, c.cfg.presencedFlags...)
 			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)

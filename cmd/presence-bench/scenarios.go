@@ -106,6 +106,7 @@ func (b *bench) settings() map[string]any {
 		"query_reps": c.queryReps, "query_batch_reps": c.query10k, "query_ids": c.queryIDs,
 		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount,
 		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
+		"stream": c.stream,
 	}
 }
 
