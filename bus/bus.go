@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Subjects names presenced's subjects under one prefix ("presence").
@@ -39,6 +40,12 @@ func (s Subjects) Reset() string { return s.Prefix + ".reset" }
 // Event returns the subject of an event with the given status.
 func (s Subjects) Event(status string) string { return s.Prefix + "." + status }
 
+// InboxPrefix prefixes the subjects replies to presenced's own requests
+// come back on: JetStream API calls and PubAcks, with Options.Stream. A
+// NATS account that restricts the worker allows it to subscribe to
+// InboxPrefix+".>" (not every client's _INBOX.>).
+const InboxPrefix = "_INBOX_presenced"
+
 // Options configures a Bus.
 type Options struct {
 	// URL is a NATS URL or a comma-separated list of them.
@@ -57,7 +64,12 @@ type Options struct {
 	// PingInterval is how often the client pings the server; 3 unanswered
 	// pings mark a half-open connection dead. Zero means 5s.
 	PingInterval time.Duration
-	Logger       *slog.Logger
+	// Stream, when its Name is set, makes Start create or verify that
+	// JetStream stream and PublishBatch wait for a PubAck per event.
+	Stream StreamOptions
+	// PubAckTimeout bounds the wait for one PubAck; zero means 5s.
+	PubAckTimeout time.Duration
+	Logger        *slog.Logger
 }
 
 // Bus is the NATS connection and what goes over it. Safe for concurrent use.
@@ -65,6 +77,7 @@ type Bus struct {
 	opts     Options
 	log      *slog.Logger
 	nc       *nats.Conn
+	js       jetstream.JetStream // nil without Options.Stream
 	slow     atomic.Int64
 	reconn   atomic.Int64
 	disconns atomic.Int64
@@ -90,6 +103,9 @@ func New(opts Options) *Bus {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 5 * time.Second
 	}
+	if opts.PubAckTimeout <= 0 {
+		opts.PubAckTimeout = 5 * time.Second
+	}
 	return &Bus{opts: opts, log: opts.Logger}
 }
 
@@ -106,6 +122,7 @@ func (b *Bus) Start(ctx context.Context) error {
 		// the outbox keeps the event instead of a buffer that may be lost.
 		nats.ReconnectBufSize(-1),
 		nats.PingInterval(b.opts.PingInterval),
+		nats.CustomInboxPrefix(InboxPrefix),
 		nats.MaxPingsOutstanding(3),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err == nil {
@@ -157,6 +174,13 @@ func (b *Bus) Start(ctx context.Context) error {
 		return fmt.Errorf("connect to nats: %w", ctx.Err())
 	}
 	b.log.Info("nats connected", "server", b.nc.ConnectedUrlRedacted())
+	if b.opts.Stream.Name != "" {
+		if err := b.startStream(ctx); err != nil {
+			b.nc.Close()
+			b.nc = nil
+			return err
+		}
+	}
 	return nil
 }
 
@@ -220,21 +244,6 @@ func (b *Bus) ChanQueueSubscribe(subject, queue string, ch chan *nats.Msg) (*nat
 		return nil, fmt.Errorf("subscribe %s: %w", subject, err)
 	}
 	return sub, nil
-}
-
-// Publish sends ev to its subject with the Nats-Msg-Id header. It fails at
-// once while disconnected; delivery is only known after Flush.
-func (b *Bus) Publish(subjects Subjects, ev Event) error {
-	data, err := ev.MarshalJSON()
-	if err != nil {
-		return fmt.Errorf("encode event: %w", err)
-	}
-	m := &nats.Msg{Subject: subjects.Event(ev.Status), Data: data, Header: nats.Header{}}
-	m.Header.Set(nats.MsgIdHdr, ev.MsgID())
-	if err := b.nc.PublishMsg(m); err != nil {
-		return fmt.Errorf("publish %s: %w", m.Subject, err)
-	}
-	return nil
 }
 
 // Flush waits until the server has received everything published so far.

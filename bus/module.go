@@ -2,6 +2,8 @@ package bus
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -33,10 +35,26 @@ func NewFromConfig(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*Bus, 
 		Name:           "presenced@" + host,
 		ConnectTimeout: cfg.ConnectTimeout,
 		Extra:          extra,
+		Stream:         StreamOptions{Name: cfg.Stream, Subjects: SubjectsFromConfig(cfg), Duplicates: 2 * cfg.OutboxClaimAfter},
 		Logger:         log.With("component", "bus"),
 	})
-	lc.Append(fx.Hook{OnStart: b.Start, OnStop: b.Stop})
+	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error { return StreamSettingError(b.Start(ctx), cfg) }, OnStop: b.Stop})
 	return b, nil
+}
+
+// StreamSettingError adds to an error about the stream the settings that
+// decide what the stream must be; other errors it returns as they are.
+func StreamSettingError(err error, cfg config.Config) error {
+	switch {
+	case errors.Is(err, ErrStreamDuplicates):
+		return fmt.Errorf("PRESENCE_STREAM: %w: the duplicate window must be at least twice PRESENCE_OUTBOX_CLAIM_AFTER (%s); raise it (nats stream edit %s --dupe-window) or lower PRESENCE_OUTBOX_CLAIM_AFTER",
+			err, cfg.OutboxClaimAfter, cfg.Stream)
+	case errors.Is(err, ErrStreamSubjects):
+		return fmt.Errorf("PRESENCE_STREAM: %w (PRESENCE_SUBJECT_PREFIX %q)", err, cfg.SubjectPrefix)
+	case errors.Is(err, ErrStreamConfig):
+		return fmt.Errorf("PRESENCE_STREAM: %w", err)
+	}
+	return err
 }
 
 // StartQueryFromConfig runs the query service (presence.query.*) on b for

@@ -135,6 +135,16 @@ type Config struct {
 	// are reclaimed by another (PRESENCE_OUTBOX_CLAIM_AFTER,
 	// --outbox-claim-after). Default 15s; greater than zero.
 	OutboxClaimAfter time.Duration
+	// Stream is the name of a JetStream stream the events are published
+	// to, each acknowledged by the stream (a PubAck) before its outbox
+	// entry is (PRESENCE_STREAM, --stream). Default empty: core NATS
+	// publish and flush. presenced creates the stream on the event subjects
+	// (<prefix>.online, .offline, .reset) with a duplicate window of twice
+	// OutboxClaimAfter, or verifies an existing one: it must capture the
+	// three event subjects and none of the heartbeat, disconnect or query
+	// subjects, with a duplicate window of at least twice OutboxClaimAfter.
+	// A JetStream stream name: no whitespace, '.', '*', '>', '/' or '\\'.
+	Stream string
 	// InFlight is the number of Redis batches in flight per replica
 	// (PRESENCE_INFLIGHT, --inflight). Default 8; 1 to 64.
 	InFlight int
@@ -454,6 +464,23 @@ var settings = []Setting{
 		check: func(c Config, name func(string) string) error {
 			if c.OutboxClaimAfter <= 0 {
 				return fmt.Errorf("%s must be greater than 0, got %s", name("PRESENCE_OUTBOX_CLAIM_AFTER"), c.OutboxClaimAfter)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "stream", Env: "PRESENCE_STREAM", Default: "",
+		Usage: "JetStream stream to publish events to, each confirmed by a PubAck before its outbox entry is acknowledged (empty: core NATS)",
+		set:   func(c *Config, v string) error { c.Stream = v; return nil },
+		check: func(c Config, name func(string) string) error {
+			if c.Stream == "" {
+				return nil
+			}
+			if r, ok := findSpaceOrControl(c.Stream); ok {
+				return fmt.Errorf("invalid %s %q: contains whitespace or control character %q", name("PRESENCE_STREAM"), c.Stream, r)
+			}
+			if strings.ContainsAny(c.Stream, ".*>/\\") {
+				return fmt.Errorf("invalid %s %q: a stream name has no '.', '*', '>', '/' or '\\'", name("PRESENCE_STREAM"), c.Stream)
 			}
 			return nil
 		},
@@ -785,6 +812,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("connect-timeout", c.ConnectTimeout),
 		slog.Duration("outage-threshold", c.OutageThreshold),
 		slog.Duration("outbox-claim-after", c.OutboxClaimAfter),
+		slog.String("stream", c.Stream),
 		slog.Int("inflight", c.InFlight),
 		slog.Int("intake-mb", c.IntakeMB),
 		slog.Int("shards", c.Shards),

@@ -174,6 +174,12 @@ func TestLoad(t *testing.T) {
 		{name: "claim after env", env: env("PRESENCE_OUTBOX_CLAIM_AFTER", "1m"), want: func(c *Config) { c.OutboxClaimAfter = time.Minute }},
 		{name: "claim after flag beats env", args: []string{"--outbox-claim-after=3s"}, env: env("PRESENCE_OUTBOX_CLAIM_AFTER", "1m"), want: func(c *Config) { c.OutboxClaimAfter = 3 * time.Second }},
 		{name: "claim after zero flag", args: []string{"--outbox-claim-after=0s"}, wantErr: `--outbox-claim-after (PRESENCE_OUTBOX_CLAIM_AFTER) must be greater than 0, got 0s`},
+		// PRESENCE_STREAM
+		{name: "stream env", env: env("PRESENCE_STREAM", "PRESENCE_EVENTS"), want: func(c *Config) { c.Stream = "PRESENCE_EVENTS" }},
+		{name: "stream flag", args: []string{"--stream", "ev-1"}, want: func(c *Config) { c.Stream = "ev-1" }},
+		{name: "stream with dot", env: env("PRESENCE_STREAM", "presence.events"), wantErr: `invalid PRESENCE_STREAM "presence.events": a stream name has no '.', '*', '>', '/' or '\'`},
+		{name: "stream wildcard flag", args: []string{"--stream=EV>"}, wantErr: `invalid --stream (PRESENCE_STREAM) "EV>": a stream name has no '.', '*', '>', '/' or '\'`},
+		{name: "stream space", env: env("PRESENCE_STREAM", "a b"), wantErr: `invalid PRESENCE_STREAM "a b": contains whitespace or control character ' '`},
 
 		// PRESENCE_INFLIGHT
 		{name: "inflight env", env: env("PRESENCE_INFLIGHT", "64"), want: func(c *Config) { c.InFlight = 64 }},

@@ -114,6 +114,29 @@ func (o *Outbox) Reclaim(ctx context.Context, minIdle time.Duration, count int) 
 	return appendEvents(nil, msgs), nil
 }
 
+// Own returns the entries of ids still pending on this consumer, in the
+// order given, and resets their idle time, in one atomic step: for
+// ClaimAfter from the moment it was called, no other consumer can reclaim
+// the entries it returned. Entries acknowledged meanwhile, or reclaimed by
+// another consumer, are left out and left alone. The relay calls it before
+// publishing entries it read, so a replica that was paused for longer than
+// the claim time does not publish what another replica published already.
+func (o *Outbox) Own(ctx context.Context, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, 2+len(ids))
+	args = append(args, OutboxGroup, o.consumer)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	owned, err := scriptOwn.Run(ctx, o.rdb, []string{o.key}, args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("confirm %d outbox entries: %w", len(ids), err)
+	}
+	return owned, nil
+}
+
 // Ack acknowledges published entries.
 func (o *Outbox) Ack(ctx context.Context, ids ...string) error {
 	if len(ids) == 0 {

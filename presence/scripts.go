@@ -47,3 +47,8 @@ var scriptTrim = redis.NewScript(luaTrim)
 var luaReap string
 
 var scriptReap = redis.NewScript(luaReap)
+
+//go:embed lua/own.lua
+var luaOwn string
+
+var scriptOwn = redis.NewScript(luaOwn)

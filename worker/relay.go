@@ -20,7 +20,8 @@ const (
 )
 
 // relay publishes outbox entries to NATS and acknowledges them only after the
-// publish is flushed, so an event is never lost between Redis and NATS: an
+// server confirmed the publish (a flush, or with a stream a PubAck per
+// event), so an event is never lost between Redis and NATS: an
 // entry this replica read but could not publish is retried (ReadPending), and
 // one left by a replica that died is republished by another (Reclaim) after
 // ClaimAfter. A republish carries the same Nats-Msg-Id.
@@ -107,53 +108,136 @@ func (w *Worker) relay(ctx context.Context) {
 	}
 }
 
-// publish sends events in outbox order, flushes, then acknowledges them.
-// The flush and ack do not use ctx's cancellation, so a stopping worker
-// still acknowledges what it published.
+// publish confirms that this replica still owns the entries the events
+// came from, publishes the events of those it owns in outbox order, and
+// acknowledges each entry once the server confirmed all of its events (a
+// flush on core NATS, a PubAck per event with a stream). An entry with an
+// event not confirmed stays pending, to be published again. The confirmation
+// (Outbox.Own) resets the entries' idle time, so no other replica reclaims
+// them for ClaimAfter; nothing is sent later than half of that after it
+// (monotonic clock): the rest is confirmed again first. So a replica paused
+// between reading and publishing does not publish entries another replica
+// reclaimed and published meanwhile. The confirmation, the publish and the
+// ack do not use ctx's cancellation (each batch is bounded by publishLimit),
+// so a stopping worker still publishes and acknowledges what it read.
 func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	if h := w.opts.Hooks; h != nil && h.AfterOutboxRead != nil {
 		if err := h.AfterOutboxRead(events); err != nil {
 			return err
 		}
 	}
-	ids := make([]string, 0, relayBatch)
-	now := time.Now()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
+	defer cancel()
+	ids := entryIDs(events)
+	confirmed := time.Now()
+	owned, err := w.outbox.Own(fctx, ids)
+	if err != nil {
+		return err
+	}
+	if len(owned) < len(ids) {
+		w.log.Warn("skipping outbox entries this replica no longer owns (acknowledged or reclaimed by another replica while it was paused)",
+			"entries", len(ids)-len(owned))
+		events = keepEntries(events, owned)
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	sendBy := confirmed.Add(w.opts.ClaimAfter / 2)
+	// One group per entry, so an entry is published whole or not at all
+	// (on core NATS a half-sent entry would be sent twice). Decode failures
+	// are dropped (their entries acknowledged).
+	var (
+		groups  [][]bus.Event
+		entries [][]presence.Event // the events of groups[g], for the logs and metrics
+		gids    []string           // the entry of groups[g]
+	)
 	for _, e := range events {
-		if len(ids) == 0 || ids[len(ids)-1] != e.ID {
-			ids = append(ids, e.ID)
-		}
 		if err := e.Valid(); err != nil {
 			w.log.Error("dropping outbox entry", "err", err)
 			continue
 		}
-		ev := bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version}
-		if err := w.bus.Publish(w.opts.Subjects, ev); err != nil {
-			return err
+		if len(gids) == 0 || gids[len(gids)-1] != e.ID {
+			groups, entries, gids = append(groups, nil), append(entries, nil), append(gids, e.ID)
 		}
-		w.eventCounter(e.Status, e.Reason).Inc()
-		if !e.Deadline.IsZero() {
-			w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
+		g := len(groups) - 1
+		groups[g] = append(groups[g], bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
+		entries[g] = append(entries[g], e)
+	}
+	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, groups, sendBy)
+	now := time.Now()
+	var (
+		failed   = map[string]bool{} // entries not confirmed
+		firstErr error
+	)
+	for g, err := range errs {
+		if err != nil {
+			failed[gids[g]] = true
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
 		}
-		switch {
-		case e.Status == bus.StatusReset:
-			w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
-		case e.Status == "online":
-			w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
-		case e.Reason == "expired":
-			w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
-		default:
-			w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
+		for _, e := range entries[g] {
+			w.published(e, now)
 		}
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
-	defer cancel()
-	if err := w.bus.Flush(fctx); err != nil {
-		return err
+	done := ids[:0:0]
+	for _, id := range owned {
+		if !failed[id] {
+			done = append(done, id)
+		}
 	}
-	if err := w.outbox.Ack(fctx, ids...); err != nil {
-		return &ackError{ids: ids, err: err}
+	if err := w.outbox.Ack(fctx, done...); err != nil {
+		return &ackError{ids: done, err: err}
+	}
+	if firstErr != nil {
+		return fmt.Errorf("%d of %d outbox entries not confirmed (they stay pending): %w", len(failed), len(groups), firstErr)
 	}
 	return nil
+}
+
+// published counts and logs one event the server confirmed.
+func (w *Worker) published(e presence.Event, now time.Time) {
+	w.eventCounter(e.Status, e.Reason).Inc()
+	if !e.Deadline.IsZero() {
+		w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
+	}
+	switch {
+	case e.Status == bus.StatusReset:
+		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
+	case e.Status == "online":
+		w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
+	case e.Reason == "expired":
+		w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
+	default:
+		w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
+	}
+}
+
+// entryIDs returns the outbox entry ids of events, each once, in order.
+func entryIDs(events []presence.Event) []string {
+	ids := make([]string, 0, relayBatch)
+	for _, e := range events {
+		if len(ids) == 0 || ids[len(ids)-1] != e.ID {
+			ids = append(ids, e.ID)
+		}
+	}
+	return ids
+}
+
+// keepEntries returns the events of the entries in ids.
+func keepEntries(events []presence.Event, ids []string) []presence.Event {
+	keep := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		keep[id] = true
+	}
+	out := events[:0:0]
+	for _, e := range events {
+		if keep[e.ID] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // ackError: the events were published but their acknowledgement failed; the

@@ -43,6 +43,7 @@ type Outbox interface {
 	ReadNew(ctx context.Context, count int, block time.Duration) ([]presence.Event, error)
 	ReadPending(ctx context.Context, count int) ([]presence.Event, error)
 	Reclaim(ctx context.Context, minIdle time.Duration, count int) ([]presence.Event, error)
+	Own(ctx context.Context, ids []string) ([]string, error)
 	Ack(ctx context.Context, ids ...string) error
 	Trim(ctx context.Context) (int64, error)
 	RemoveIdleConsumers(ctx context.Context, idle time.Duration) (int64, error)
@@ -55,7 +56,7 @@ type Bus interface {
 	// ChanQueueSubscribe delivers subject's messages into ch, in the order
 	// the server sent them, sharing them with the rest of the queue group.
 	ChanQueueSubscribe(subject, queue string, ch chan *nats.Msg) (*nats.Subscription, error)
-	Publish(subjects bus.Subjects, ev bus.Event) error
+	PublishBatch(ctx context.Context, subjects bus.Subjects, groups [][]bus.Event, sendBy time.Time) []error
 	Flush(ctx context.Context) error
 	Connected() bool
 }

@@ -161,7 +161,11 @@ func (c *cluster) buildBinaries(ctx context.Context) error {
 func (c *cluster) startNATS(ctx context.Context) error {
 	if c.cfg.natsMode == "embedded" {
 		progress("starting embedded nats-server (its CPU counts as the bench's)")
-		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+		o := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
+		if c.cfg.stream != "" {
+			o.JetStream, o.StoreDir = true, filepath.Join(c.tmp, "jetstream")
+		}
+		s, err := server.NewServer(o)
 		if err != nil {
 			return fmt.Errorf("nats-server: %w", err)
 		}
@@ -183,7 +187,11 @@ func (c *cluster) startNATS(ctx context.Context) error {
 	host, port, _ := net.SplitHostPort(addr)
 	_, monPort, _ := net.SplitHostPort(mon)
 	progress("starting nats-server process on %s (monitoring on %s)", addr, mon)
-	p, err := startProc("nats-server", c.natsBin, []string{"-a", host, "-p", port, "-m", monPort}, cleanEnv(), "")
+	nargs := []string{"-a", host, "-p", port, "-m", monPort}
+	if c.cfg.stream != "" {
+		nargs = append(nargs, "-js", "-sd", filepath.Join(c.tmp, "jetstream"))
+	}
+	p, err := startProc("nats-server", c.natsBin, nargs, cleanEnv(), "")
 	if err != nil {
 		return err
 	}
@@ -323,6 +331,9 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 					return err
 				}
 				args = append(args, "--pprof", "--status-addr", pprofAddr)
+			}
+			if c.cfg.stream != "" {
+				args = append(args, "--stream", c.cfg.stream)
 			}
 			args = append(args, c.cfg.presencedFlags...)
 			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)

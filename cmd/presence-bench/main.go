@@ -87,6 +87,7 @@ type config struct {
 	keep           bool
 	workerLogLevel string
 	presencedFlags []string
+	stream         string // PRESENCE_STREAM of the presenced workers; JetStream on in the bench's nats-server
 }
 
 var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query", "storm"}
@@ -163,6 +164,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 0, "bound on each wait within a scenario (default: small 2m, full 15m)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (binaries, profiles)")
 	fs.StringVar(&c.workerLogLevel, "worker-log-level", "warn", "presenced workers' LOG_LEVEL")
+	fs.StringVar(&c.stream, "stream", "", "run presenced in JetStream mode: PRESENCE_STREAM of its workers (the bench's nats-server gets JetStream, file store in the temporary directory); empty: core NATS")
 	pflags := fs.String("presenced-flags", "", `more flags for every presenced worker, space-separated, e.g. "--inflight 1" (experiments; reported in the settings)`)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

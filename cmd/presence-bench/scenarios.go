@@ -114,6 +114,7 @@ func (b *bench) settings() map[string]any {
 		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount, "seed_pending_limit": c.seedPending,
 		"storm_users": c.stormUsers, "storm_bound": c.stormBound.String(),
 		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
+		"stream": c.stream,
 	}
 }
 

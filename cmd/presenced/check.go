@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
@@ -97,6 +98,9 @@ func runCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 	c := &checker{w: stdout}
 	checkRedis(ctx, cfg, c.report)
 	checkNATS(ctx, cfg, c.report)
+	if cfg.Stream != "" {
+		checkStream(ctx, cfg, c.report)
+	}
 	fmt.Fprintf(stdout, "presenced check: %d failed, %d warnings\n", c.failed, c.warned)
 	if c.failed > 0 {
 		return 1
@@ -259,6 +263,9 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 		}},
 		{"XAUTOCLAIM", func() error {
 			return rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: k, Group: "check", Consumer: "check", Start: "0", Count: 1}).Err()
+		}},
+		{"XCLAIM", func() error {
+			return rdb.XClaimJustID(ctx, &redis.XClaimArgs{Stream: k, Group: "check", Consumer: "check", Messages: []string{"0-1"}}).Err()
 		}},
 		{"XINFO GROUPS", func() error { return rdb.XInfoGroups(ctx, k).Err() }},
 		{"XINFO CONSUMERS", func() error { return rdb.XInfoConsumers(ctx, k, "check").Err() }},
@@ -448,4 +455,54 @@ func violation(errs []error, pub bool, subject string) error {
 		}
 	}
 	return nil
+}
+
+// checkStream checks, with PRESENCE_STREAM set, that the worker's NATS user
+// can reach the JetStream API for the stream (STREAM.INFO, the reply on the
+// worker's inbox prefix) and that an existing stream fits: the event subjects
+// and no others of presenced's, acknowledged publishes, a duplicate window of
+// at least twice PRESENCE_OUTBOX_CLAIM_AFTER. A missing stream is a warning:
+// the first replica creates it (which needs STREAM.CREATE).
+func checkStream(ctx context.Context, cfg config.Config, report func(checkLine)) {
+	name := "nats stream " + cfg.Stream
+	extra, err := bus.NATSOptions(cfg)
+	if err != nil {
+		report(checkLine{checkFail, name, err.Error()})
+		return
+	}
+	opts := append([]nats.Option{nats.Name("presenced-check"), nats.Timeout(cfg.ConnectTimeout), nats.NoReconnect(),
+		nats.CustomInboxPrefix(bus.InboxPrefix)}, extra...)
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		report(checkLine{checkFail, name, fmt.Sprintf("cannot connect to %s: %v", config.RedactURL(cfg.NATSURL), err)})
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		report(checkLine{checkFail, name, err.Error()})
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	s, err := js.Stream(sctx, cfg.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		report(checkLine{checkWarn, name, fmt.Sprintf("does not exist: the first replica creates it on %s, %s, %s (the worker's user needs $JS.API.STREAM.CREATE.%s)",
+			bus.SubjectsFromConfig(cfg).Online(), bus.SubjectsFromConfig(cfg).Offline(), bus.SubjectsFromConfig(cfg).Reset(), cfg.Stream)})
+		return
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+		report(checkLine{checkFail, name, fmt.Sprintf("JetStream is not enabled for the worker's account: %v", err)})
+		return
+	case err != nil:
+		report(checkLine{checkFail, name, fmt.Sprintf("stream info: %v (the worker's user needs to publish to $JS.API.STREAM.INFO.%s and subscribe to %s.>)", err, cfg.Stream, bus.InboxPrefix)})
+		return
+	}
+	c := s.CachedInfo().Config
+	err = bus.CheckStream(c, bus.StreamOptions{Name: cfg.Stream, Subjects: bus.SubjectsFromConfig(cfg), Duplicates: 2 * cfg.OutboxClaimAfter})
+	if err != nil {
+		report(checkLine{checkFail, name, bus.StreamSettingError(fmt.Errorf("stream %q: %w", cfg.Stream, err), cfg).Error()})
+		return
+	}
+	report(checkLine{checkOK, name, fmt.Sprintf("subjects %v, duplicate window %s", c.Subjects, c.Duplicates)})
 }

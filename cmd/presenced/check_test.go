@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/status"
@@ -149,5 +150,49 @@ func TestCheckRedisACL(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Fatalf("output:\n%s", out)
+	}
+}
+
+// TestCheckStream: with PRESENCE_STREAM set, check verifies the stream: a
+// missing one is a warning (the worker creates it), one that also captures
+// heartbeats or keeps message ids for less than twice the claim time fails
+// naming the setting, a fitting one passes.
+func TestCheckStream(t *testing.T) {
+	r := testenv.StartRedis(t, testenv.WithConfig("notify-keyspace-events", "Ex"))
+	n := testenv.StartNATS(t, testenv.WithJetStream(""))
+	p := testenv.Prefix(t)
+	ctx := context.Background()
+	js, err := jetstream.New(n.Conn(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "EV_" + p
+	env := map[string]string{"REDIS_URL": r.URL(), "NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":", "PRESENCE_STREAM": name}
+	events := []string{p + ".online", p + ".offline", p + ".reset"}
+	for _, tc := range []struct {
+		name     string
+		stream   *jetstream.StreamConfig
+		code     int
+		outcome  string
+		contains string
+	}{
+		{"missing", nil, 0, "WARN", "the first replica creates it"},
+		{"whole prefix", &jetstream.StreamConfig{Name: name, Subjects: []string{p + ".>"}, Duplicates: time.Minute}, 1, "FAIL", "PRESENCE_STREAM: stream \"" + name + "\": wrong subjects"},
+		{"short window", &jetstream.StreamConfig{Name: name, Subjects: events, Duplicates: 20 * time.Second}, 1, "FAIL", "at least twice PRESENCE_OUTBOX_CLAIM_AFTER (15s)"},
+		{"missing reset", &jetstream.StreamConfig{Name: name, Subjects: events[:2], Duplicates: time.Minute}, 1, "FAIL", "do not capture " + p + ".reset"},
+		{"fits", &jetstream.StreamConfig{Name: name, Subjects: events, Duplicates: 30 * time.Second}, 0, "ok", "duplicate window 30s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_ = js.DeleteStream(ctx, name)
+			if tc.stream != nil {
+				if _, err := js.CreateStream(ctx, *tc.stream); err != nil {
+					t.Fatal(err)
+				}
+			}
+			code, out := checkRun(t, env)
+			if code != tc.code || outcome(out, "nats stream "+name) != tc.outcome || !strings.Contains(out, tc.contains) {
+				t.Fatalf("exit %d, stream check %s; want exit %d, %s, and %q in:\n%s", code, outcome(out, "nats stream "+name), tc.code, tc.outcome, tc.contains, out)
+			}
+		})
 	}
 }
