@@ -117,9 +117,20 @@ func (s *Store) baseArgs(n int) []any {
 	return args
 }
 
+// KeyConflict is the per-id result of Heartbeat and Disconnect for an id
+// whose presence key holds another type than a string (another program's
+// hash, list, ... at Prefix+"user:"+id): presenced does not own that key,
+// so nothing of that id was written or deleted; the other ids of the call
+// were applied as usual. ErrKeyConflict describes it.
+const KeyConflict int64 = -1
+
+// ErrKeyConflict is what a KeyConflict result means, for replies and errors.
+var ErrKeyConflict = errors.New("the presence key holds another data type (not presenced's string); this id was not stored and the key was left as it is")
+
 // Heartbeat starts or refreshes the presence of ids (which must be valid and
-// unique; see ValidateUserID). It returns one version per id: the online
-// event's version when that user started a new session, 0 for a refresh.
+// unique; see ValidateUserID). It returns one result per id: the online
+// event's version when that user started a new session, 0 for a refresh,
+// KeyConflict when the id's key holds another type (nothing written for it).
 // The online events are in the outbox when Heartbeat returns.
 func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
@@ -138,8 +149,11 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	return res, nil
 }
 
-// Disconnect ends the sessions of ids now. It returns one version per id:
-// the offline event's version, or 0 when the user had no session.
+// Disconnect ends the sessions of ids now. It returns one result per id:
+// the offline event's version, 0 when the user had no session, or
+// KeyConflict when the id's key holds another type (the key is not deleted
+// and nothing of that id changes; the sweep ends a session still open on
+// such a key).
 func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
 	res, err := s.runChunks(ctx, scriptDisconnect, ids, func(chunk []string) ([]string, []any) {
 		keys := s.baseKeys(len(chunk))

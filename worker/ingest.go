@@ -12,6 +12,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/presence"
 )
 
 type op uint8
@@ -32,7 +33,10 @@ func (o op) String() string {
 type job struct {
 	op   op
 	ids  []string
-	done func(err error) // called once, after the store call
+	// done is called once, after the store call: err when the call failed
+	// as a whole; else conflicts holds the ids (of any job of the call) that
+	// were not stored because their key is not presenced's (nil if none).
+	done func(err error, conflicts map[string]struct{})
 	cost int             // taken from Worker.queued, given back once stored
 }
 
@@ -123,14 +127,28 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 			w.respond(msg, bus.Reply{Rejected: rejected})
 			return
 		}
-		j := job{op: o, ids: req.IDs, done: func(err error) {
+		j := job{op: o, ids: req.IDs, done: func(err error, conflicts map[string]struct{}) {
 			if err != nil {
 				results.WithLabelValues("failed").Add(float64(len(req.IDs)))
 				w.respond(msg, bus.Reply{Rejected: rejected, Error: "store unavailable: " + err.Error()})
 				return
 			}
-			results.WithLabelValues("accepted").Add(float64(len(req.IDs)))
-			w.respond(msg, bus.Reply{Accepted: len(req.IDs), Rejected: rejected})
+			accepted := len(req.IDs)
+			if len(conflicts) > 0 {
+				for _, id := range req.IDs {
+					if _, ok := conflicts[id]; ok {
+						rejected = append(rejected, bus.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
+						accepted--
+					}
+				}
+				if n := len(req.IDs) - accepted; n > 0 {
+					w.m.Rejections.WithLabelValues(reasonKeyConflict).Add(float64(n))
+					results.WithLabelValues("rejected").Add(float64(n))
+					w.debugf("rejected ids: their presence key holds another type", "op", o, "count", n, "first", rejected[len(rejected)-n].UserID)
+				}
+			}
+			results.WithLabelValues("accepted").Add(float64(accepted))
+			w.respond(msg, bus.Reply{Accepted: accepted, Rejected: rejected})
 		}}
 		// The queue is bounded in ids by the budget, then in messages by
 		// the channel; either wait yields to a stop.
@@ -148,6 +166,10 @@ func (w *Worker) handler(o op) nats.MsgHandler {
 }
 
 const errShuttingDown = "shutting down: not stored, send again"
+
+// reasonKeyConflict labels ids rejected because their presence key holds
+// another type (presence.KeyConflict), in presenced_rejections_total.
+const reasonKeyConflict = "key_conflict"
 
 func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
 	if msg.Reply == "" {
@@ -244,19 +266,27 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	if run[0].op == opHeartbeat {
 		versions, err = w.store.Heartbeat(ctx, ids)
 	} else {
-		_, err = w.store.Disconnect(ctx, ids)
+		versions, err = w.store.Disconnect(ctx, ids)
 	}
+	var conflicts map[string]struct{}
 	if err != nil {
 		w.log.Warn("store batch failed", "op", run[0].op, "ids", len(ids), "err", err)
-	} else if run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug) {
+	} else {
+		debug := run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug)
 		for i, v := range versions {
-			if v == 0 {
+			switch {
+			case v == presence.KeyConflict:
+				if conflicts == nil {
+					conflicts = map[string]struct{}{}
+				}
+				conflicts[ids[i]] = struct{}{}
+			case v == 0 && debug:
 				w.log.Debug("presence TTL refreshed for user", "user_id", ids[i])
 			}
 		}
 	}
 	for _, j := range run {
-		j.done(err)
+		j.done(err, conflicts)
 		w.queued.give(j.cost)
 	}
 }

@@ -21,16 +21,26 @@
 --                       caller ends each session. Shards hold ~64 users when
 --                       the shard count matches the load, so Redis keeps
 --                       them as compact listpacks.
---   <p>d:<slot>:<b>     deadline index bucket (HASH id -> deadline - slot
---                       start, ms). A slot is SLOT_MS of deadlines; a user is
---                       filed in the slot of its deadline when its session
---                       starts. A refresh does not move it (it only extends
---                       the key's TTL): when the slot comes due, the sweep
---                       reads the key's TTL and files a user still online
---                       again, in the slot of its current deadline, and ends
---                       the session of a user whose key is gone. So each open
---                       session is in the index at a slot no later than its
+--   <p>d:<slot>:<b>     deadline index bucket (HASH id -> the session's
+--                       version followed by two digits, the deadline's ms
+--                       into the slot: "<version><00..99>", an integer Redis
+--                       keeps in 8 bytes in a listpack). A slot is SLOT_MS of
+--                       deadlines; a user is filed in the slot of its
+--                       deadline when its session starts. A refresh does not
+--                       move it (it only extends the key's TTL): when the
+--                       slot comes due, the sweep drops an entry whose
+--                       version is not the user's open session's (the
+--                       session ended, or a later one has its own entry),
+--                       files a user still online again, in the slot of its
+--                       current deadline, and ends the session of a user
+--                       whose key is gone. So each open session has exactly
+--                       one entry once the slots of the sessions before it
+--                       have come due, at a slot no later than its
 --                       deadline, and a refresh costs one command.
+--
+-- A presence key that holds another type than a string (another program's
+-- hash under the prefix) is not presenced's: the scripts never write or
+-- delete it, refuse its id (KEY_CONFLICT), and the sweep treats it as gone.
 --   <p>dir              which buckets exist, scored by the end of their slot,
 --                       so a sweep reads only the buckets due.
 --
@@ -48,7 +58,11 @@ local FIRST_V = nil
 local EVENTS = {}
 local COUNT_DELTA = 0
 local FILED = {} -- slot -> {hash of its first id, id, ms, id, ms, ...}, written by flush
-local OFFSETS = {} -- offset into a slot (ms) -> its string, filled as used
+local OFFSETS = {} -- offset into a slot (ms) -> its two digits, filled as used
+
+-- KEY_CONFLICT is a per-id result of the heartbeat and disconnect scripts:
+-- the id's presence key holds another type, and nothing of that id changed.
+local KEY_CONFLICT = -1
 
 -- Event lines (see outbox.go): "<status> <reason> <userId>[ <deadline ms>]".
 local ONLINE = 'online heartbeat '
@@ -115,8 +129,11 @@ end
 -- compact listpack (17 runs, 4 standard deviations) is rare: such a bucket
 -- becomes a hash table until its slot comes due (more memory for a while,
 -- same behaviour).
+-- version is the session's version as the sessions shard holds it (a
+-- string of digits): the entry is that version followed by the two digits
+-- of the deadline's offset into the slot (see entry_version).
 local FILE_RUN = 8
-local function file(id, h, deadline)
+local function file(id, h, deadline, version)
   local slot = math.floor(deadline / SLOT_MS)
   local l = FILED[slot]
   if l == nil then
@@ -126,11 +143,27 @@ local function file(id, h, deadline)
   local off = deadline - slot * SLOT_MS
   local o = OFFSETS[off]
   if o == nil then
-    o = string.format('%d', off)
+    o = string.format('%02d', off)
     OFFSETS[off] = o
   end
   l[#l + 1] = id
-  l[#l + 1] = o
+  l[#l + 1] = version .. o
+end
+
+-- entry_version splits an index entry into the session version it was
+-- filed for (a string, as the sessions shard holds it) and the deadline's
+-- offset into the slot (ms).
+-- An entry of one or two digits (an offset alone) carries no version and
+-- stands for whichever session is open.
+local function entry_version(e)
+  if #e <= 2 then return nil, tonumber(e) end
+  return string.sub(e, 1, -3), tonumber(string.sub(e, -2))
+end
+
+-- key_type is the type of a presence key: 'none', 'string' (presenced's,
+-- or a string another program wrote), or another type (not presenced's).
+local function key_type(k)
+  return redis.call('TYPE', k)['ok']
 end
 
 -- flush writes the index entries, the clock, the count and the queued

@@ -1,7 +1,10 @@
 -- sweep.lua: the reconciler's step. Reads the index buckets whose slot has
--- ended, files users still online again at their current deadline, and
--- claims the sessions of users whose key is gone, or, after an outage,
--- grants grace instead. Requires lib.lua.
+-- ended, drops the entries that are not their user's open session's (see
+-- the layout in lib.lua), files users still online again at their current
+-- deadline, and claims the sessions of users whose key is gone, or, after
+-- an outage, grants grace instead. A key of another type than a string is
+-- not presenced's and counts as gone (its session is claimed, never
+-- graced: the key is left as it is). Requires lib.lua.
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
@@ -43,22 +46,32 @@ while i <= #buckets and read < limit do
   local e = redis.call('HGETALL', b)
   for j = 1, #e, 2 do
     local id = e[j]
-    local k = user_key(id)
-    local pttl = redis.call('PTTL', k)
-    if pttl > 0 then
-      file(id, hash(id), NOW_MS + pttl)
-    elseif pttl == -1 then
-      -- persisted by someone else: keep watching it at one TTL from now
-      file(id, hash(id), NOW_MS + ttl)
-    elseif cutoff then
-      local h = hash(id)
-      if redis.call('HGET', shard_key(h), id) then
+    local ev, off = entry_version(e[j + 1])
+    local h = hash(id)
+    local sv = redis.call('HGET', shard_key(h), id)
+    -- An entry of a session that ended, or of an earlier session of a user
+    -- whose later one has its own entry, is dropped with its bucket.
+    if sv and (ev == nil or ev == sv) then
+      local k = user_key(id)
+      local pttl = redis.call('PTTL', k)
+      if pttl ~= -2 and key_type(k) ~= 'string' then
+        -- another program's key of another type: not presenced's, so gone
+        -- (and never graced: SET would overwrite it)
+        if end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+          claimed = claimed + 1
+        end
+      elseif pttl > 0 then
+        file(id, h, NOW_MS + pttl, sv)
+      elseif pttl == -1 then
+        -- persisted by someone else: keep watching it at one TTL from now
+        file(id, h, NOW_MS + ttl, sv)
+      elseif cutoff then
         redis.call('SET', k, '1', 'PX', ARGV[5])
-        file(id, h, NOW_MS + ttl)
+        file(id, h, NOW_MS + ttl, sv)
         graced = graced + 1
+      elseif end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+        claimed = claimed + 1
       end
-    elseif end_session(id, hash(id), OFFLINE_EXPIRED, start + tonumber(e[j + 1])) ~= 0 then
-      claimed = claimed + 1
     end
   end
   read = read + #e / 2
