@@ -51,3 +51,8 @@ func (k Keys) GraceCutoff() string { return k.prefix + "grace" }
 // Epoch marks the presence data set ("<µs>:<shards>"); its disappearance
 // means Redis lost data.
 func (k Keys) Epoch() string { return k.prefix + "epoch" }
+
+// Resync is the cursor of the walk that re-announces the sessions that
+// survived a partial data loss ("<reset version>:<next shard>"); it exists
+// only while that walk is under way.
+func (k Keys) Resync() string { return k.prefix + "resync" }

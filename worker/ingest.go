@@ -31,13 +31,13 @@ func (o op) String() string {
 
 // job is one decoded message waiting to be stored.
 type job struct {
-	op   op
-	ids  []string
+	op  op
+	ids []string
 	// done is called once, after the store call: err when the call failed
 	// as a whole; else conflicts holds the ids (of any job of the call) that
 	// were not stored because their key is not presenced's (nil if none).
 	done func(err error, conflicts map[string]struct{})
-	cost int             // taken from Worker.queued, given back once stored
+	cost int // taken from Worker.queued, given back once stored
 }
 
 // budget is a counting semaphore of ids: the handlers take a message's ids

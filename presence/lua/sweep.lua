@@ -8,6 +8,8 @@
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
+-- KEYS[8]  re-announce cursor (STRING, present while the walk after a
+--          partial-loss reset is under way; see reannounce.lua)
 -- ARGV[3]  index entries to read in this call, at most (whole buckets are read)
 -- ARGV[4]  outage threshold in ms: a gap between sweeps longer than this
 --          means no replica could see heartbeats (NATS cut, Redis down,
@@ -22,8 +24,9 @@
 -- The cost of a call is O(log B + entries read), B the number of buckets:
 -- users whose slot has not ended are never read.
 --
--- Returns {claimed, graced, more}: more is 1 when the limit was reached and
--- the caller should call again at once.
+-- Returns {claimed, graced, more, walk}: more is 1 when the limit was
+-- reached and the caller should call again at once; walk is 1 while the
+-- re-announce walk is under way (the caller takes its steps).
 local err = check_epoch()
 if err then return err end
 local limit = tonumber(ARGV[3])
@@ -85,4 +88,4 @@ if cutoff and more == 0 then
   redis.call('DEL', KEYS[7])
 end
 flush()
-return {claimed, graced, more}
+return {claimed, graced, more, redis.call('EXISTS', KEYS[8])}
