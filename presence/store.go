@@ -323,7 +323,10 @@ const ReannounceShards = 64
 // ReannounceResult is what one Reannounce step did.
 type ReannounceResult struct {
 	Announced int  // sessions given a new online event (reason "resync")
-	More      bool // shards remain: call again
+	More      bool // shards remain: call again (unless Waiting)
+	// Waiting: the reset has not been published yet, so nothing was done;
+	// call again later (the next sweep reports the walk again).
+	Waiting bool
 }
 
 // Reannounce takes one step (ReannounceShards shards) of the walk a
@@ -331,16 +334,18 @@ type ReannounceResult struct {
 // new online event (reason "resync") with a version above the reset's, and
 // keeps that version. The walk's cursor is in Redis and moves in the same
 // script, so any replica may take any step and no shard is walked twice.
-// Without a walk under way it does nothing.
+// The walk starts once the reset has been published (acknowledged in the
+// outbox's consumer group), so that consumers get the reset before any
+// re-announcement. Without a walk under way it does nothing.
 func (s *Store) Reannounce(ctx context.Context) (ReannounceResult, error) {
 	keys := append(s.baseKeys(1), s.keys.Resync())
-	args := append(s.baseArgs(2), ReannounceShards, s.opts.TTL.Milliseconds())
+	args := append(s.baseArgs(3), ReannounceShards, s.opts.TTL.Milliseconds(), OutboxGroup)
 	vals, err := scriptReannounce.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: %w", err)
 	}
-	if len(vals) != 2 {
+	if len(vals) != 3 {
 		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: unexpected reply %v", vals)
 	}
-	return ReannounceResult{Announced: int(vals[0]), More: vals[1] == 1}, nil
+	return ReannounceResult{Announced: int(vals[0]), More: vals[1] == 1, Waiting: vals[2] == 1}, nil
 }

@@ -336,6 +336,13 @@ func TestViewAfterPartialLoss(t *testing.T) {
 	if again, err := s.ResetAfterLoss(ctx, published, top); err != nil || again != 0 {
 		t.Fatalf("second ResetAfterLoss = %d, %v; want 0 (announced)", again, err)
 	}
+	// The walk waits until the reset is published (read and acknowledged).
+	if res, err := s.Reannounce(ctx); err != nil || !res.Waiting || res.Announced != 0 {
+		t.Fatalf("Reannounce before the reset was published = %+v, %v; want it waiting", res, err)
+	}
+	if got := readOutbox(t, s); len(got) == 0 || got[len(got)-1].Status != "reset" || got[len(got)-1].Version != rv {
+		t.Fatalf("outbox after the reset: %+v", got)
+	}
 	announced := 0
 	for {
 		res, err := s.Reannounce(ctx)
@@ -343,6 +350,9 @@ func TestViewAfterPartialLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 		announced += res.Announced
+		if res.Waiting {
+			t.Fatalf("Reannounce waiting after the reset was published: %+v", res)
+		}
 		if !res.More {
 			break
 		}

@@ -71,9 +71,10 @@ func (w *Worker) sweepAll(ctx context.Context) error {
 }
 
 // reannounce takes the steps of the walk that re-announces the sessions
-// that survived a partial data loss, until it ends (or an error: the next
-// sweep reports the walk again). Every replica may take steps; the cursor
-// in Redis hands each shard to one of them.
+// that survived a partial data loss, until it ends, or waits for the reset
+// to be published, or fails (the next sweep reports the walk again). Every
+// replica may take steps; the cursor in Redis hands each shard to one of
+// them.
 func (w *Worker) reannounce(ctx context.Context) {
 	total := 0
 	for ctx.Err() == nil {
@@ -83,7 +84,7 @@ func (w *Worker) reannounce(ctx context.Context) {
 			return
 		}
 		total += res.Announced
-		if !res.More {
+		if !res.More || res.Waiting {
 			break
 		}
 	}

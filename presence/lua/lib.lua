@@ -56,6 +56,7 @@ local SHARDS = nil
 local CLOCK = nil
 local FIRST_V = nil
 local EVENTS = {}
+local OUTBOX_ID = nil -- the id of the outbox entry flush wrote, if any
 local COUNT_DELTA = 0
 local FILED = {} -- slot -> {hash of its first id, id, ms, id, ms, ...}, written by flush
 local OFFSETS = {} -- offset into a slot (ms) -> its two digits, filled as used
@@ -193,7 +194,7 @@ local function flush()
   end
   if FIRST_V ~= nil then
     redis.call('SET', KEYS[2], string.format('%d', CLOCK))
-    redis.call('XADD', KEYS[3], '*', 'v', string.format('%d', FIRST_V), 'e', table.concat(EVENTS, '\n'))
+    OUTBOX_ID = redis.call('XADD', KEYS[3], '*', 'v', string.format('%d', FIRST_V), 'e', table.concat(EVENTS, '\n'))
   end
   if COUNT_DELTA ~= 0 then
     redis.call('INCRBY', KEYS[4], string.format('%d', COUNT_DELTA))

@@ -3,8 +3,8 @@
 -- snapshot, or a failover to a replica that lagged), so events may have
 -- been published for transitions Redis no longer holds. Requires lib.lua.
 --
--- KEYS[6]    re-announce cursor (STRING "<reset version>:<next shard>", see
---            reannounce.lua)
+-- KEYS[6]    re-announce cursor (STRING "<reset version>:<next shard>:<the
+--            reset's outbox entry>", see reannounce.lua)
 -- KEYS[7]    outbox floor (STRING, the MINID of the latest trim; see trim.lua)
 -- ARGV[3]    outbox retention in ms (as the trims use it)
 -- ARGV[4]    the highest event version the caller has published
@@ -67,6 +67,6 @@ CLOCK = math.max(clock, published)
 local v = emit('reset data_loss ')
 local vs = string.format('%d', v)
 redis.call('SET', KEYS[1], vs .. ':' .. SHARDS)
-redis.call('SET', KEYS[6], vs .. ':0')
 flush()
+redis.call('SET', KEYS[6], vs .. ':0:' .. OUTBOX_ID)
 return v
