@@ -2,9 +2,11 @@
 -- ended, drops the entries that are not their user's open session's (see
 -- the layout in lib.lua), files users still online again at their current
 -- deadline, and claims the sessions of users whose key is gone, or, after
--- an outage, grants grace instead. A key of another type than a string is
--- not presenced's and counts as gone (its session is claimed, never
--- graced: the key is left as it is). Requires lib.lua.
+-- an outage, grants grace instead. A key of another type than a string
+-- without a TTL is not presenced's (presenced's keys always have one) and
+-- counts as gone: its session is claimed, never graced, and the key is
+-- left as it is. (One with a TTL keeps the session until it expires.)
+-- Requires lib.lua.
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
@@ -51,29 +53,38 @@ while i <= #buckets and read < limit do
     local id = e[j]
     local ev, off = entry_version(e[j + 1])
     local h = hash(id)
-    local sv = redis.call('HGET', shard_key(h), id)
-    -- An entry of a session that ended, or of an earlier session of a user
-    -- whose later one has its own entry, is dropped with its bucket.
-    if sv and (ev == nil or ev == sv) then
-      local k = user_key(id)
-      local pttl = redis.call('PTTL', k)
-      if pttl ~= -2 and key_type(k) ~= 'string' then
-        -- another program's key of another type: not presenced's, so gone
-        -- (and never graced: SET would overwrite it)
-        if end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+    local k = user_key(id)
+    local pttl = redis.call('PTTL', k)
+    if pttl == -1 and key_type(k) ~= 'string' then
+      -- another program's key of another type, without a TTL: not
+      -- presenced's (which always has one), so the session is gone
+      pttl = -2
+    end
+    if pttl == -2 and not cutoff then
+      -- removing the session is the claim (no session: nothing to do; the
+      -- user's key lapsed, so whichever entry comes due first ends it, as
+      -- the keyspace path does)
+      if end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+        claimed = claimed + 1
+      end
+    else
+      -- An entry of a session that ended, or of an earlier session of a
+      -- user whose later one has its own entry, is dropped with its bucket.
+      local sv = redis.call('HGET', shard_key(h), id)
+      if sv and (ev == nil or ev == sv) then
+        if pttl > 0 then
+          file(id, h, NOW_MS + pttl, sv)
+        elseif pttl == -1 then
+          -- a string persisted by someone else: keep watching it at one TTL from now
+          file(id, h, NOW_MS + ttl, sv)
+        elseif key_type(k) == 'none' then
+          redis.call('SET', k, '1', 'PX', ARGV[5])
+          file(id, h, NOW_MS + ttl, sv)
+          graced = graced + 1
+        elseif end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+          -- never graced: SET would overwrite another program's key
           claimed = claimed + 1
         end
-      elseif pttl > 0 then
-        file(id, h, NOW_MS + pttl, sv)
-      elseif pttl == -1 then
-        -- persisted by someone else: keep watching it at one TTL from now
-        file(id, h, NOW_MS + ttl, sv)
-      elseif cutoff then
-        redis.call('SET', k, '1', 'PX', ARGV[5])
-        file(id, h, NOW_MS + ttl, sv)
-        graced = graced + 1
-      elseif end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
-        claimed = claimed + 1
       end
     end
   end
