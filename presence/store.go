@@ -232,9 +232,11 @@ type SweepResult struct {
 	Reannounce bool
 }
 
-// Sweep reads up to about limit index entries whose slot has ended: users
-// still online are filed again at their current deadline, the sessions of
-// users whose key is gone are claimed (removing the session is the claim, so
+// Sweep reads up to about limit index entries whose slot has ended: entries
+// that are not their user's open session's are dropped, users still online
+// are filed again at their current deadline, the sessions of users whose
+// key is gone (or replaced by another program's key of another type without
+// a TTL) are claimed (removing the session is the claim, so
 // exactly one replica wins each user) and their offline events, reason
 // "expired", appended to the outbox. After an outage (no sweep by any
 // replica for longer than OutageThreshold) it grants grace instead; see

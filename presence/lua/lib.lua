@@ -4,7 +4,8 @@
 -- prefix; KEYS[1] and ARGV[1] mean the same in them.
 --
 -- Every script that includes it takes the same first five keys and two args:
---   KEYS[1]  epoch (STRING "<µs>:<shards>": marks the data set, fixes the shard count)
+--   KEYS[1]  epoch (STRING "<version>:<shards>": marks the data set with the
+--            version of the reset that announced it, fixes the shard count)
 --   KEYS[2]  version clock (STRING, the last version handed out)
 --   KEYS[3]  outbox (STREAM of event batches waiting to be published)
 --   KEYS[4]  online count (STRING, the number of open sessions)
@@ -206,8 +207,10 @@ end
 -- persistence, a failover to an empty replica): the sessions it held are
 -- unknowable, so instead of guessing, one "reset" event goes out before
 -- anything else, and consumers resynchronise. Exactly one script call sees
--- the epoch missing, so the reset is published once. The epoch also fixes
--- the shard count for the life of the data set.
+-- the epoch missing, so the reset is published once. The epoch records
+-- that reset's version (reset.lua rewrites it with the version of the reset
+-- that announces a partial loss) and fixes the shard count for the life of
+-- the data set.
 -- read_shards returns the shard count recorded in the epoch key, or nil
 -- when there is no data set (or it has no shard count).
 local function read_shards()
@@ -225,8 +228,8 @@ local function check_epoch()
     return nil
   end
   SHARDS = tonumber(ARGV[2])
-  redis.call('SET', KEYS[1], string.format('%d', NOW_US) .. ':' .. SHARDS)
-  emit('reset data_loss ')
+  local v = emit('reset data_loss ')
+  redis.call('SET', KEYS[1], string.format('%d', v) .. ':' .. SHARDS)
   return nil
 end
 

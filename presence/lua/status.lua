@@ -1,7 +1,7 @@
 -- status.lua: one user's presence, read-only. Requires lib.lua (read_shards,
 -- hash, shard_key, key_type only).
 --
--- KEYS[1]  epoch (STRING "<µs>:<shards>", see lib.lua)
+-- KEYS[1]  epoch (STRING "<version>:<shards>", see lib.lua)
 -- KEYS[2]  the user's presence key
 -- ARGV[1]  key prefix
 -- ARGV[2]  user id
