@@ -204,16 +204,20 @@ func TestPubsubKilledRepeatedlyDuringExpiry(t *testing.T) {
 // it published and announces it: exactly one reset, above every version
 // published before; then every session that survived in Redis is online
 // again through an event after the reset (re-announced, or opened again by
-// its user's heartbeats), and no second reset follows.
+// its user's heartbeats), and no second reset follows (two replicas check).
 func TestPartialDataLossResetsAndReannounces(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 3*time.Second)
 	resets := testenv.Collect(t, e.nats.Conn(t), e.subjects.Reset())
 	m := metrics.New()
-	e.startReplica(func(o *worker.Options, p *presence.Options) {
-		o.Metrics = m
-		p.OutboxRetention = 30 * time.Second // the default
-	})
+	// Two replicas share the events to publish; whichever published lost
+	// ones notices the loss, and one reset goes out.
+	for range 2 {
+		e.startReplica(func(o *worker.Options, p *presence.Options) {
+			o.Metrics = m
+			p.OutboxRetention = 30 * time.Second // the default
+		})
+	}
 	ctx := context.Background()
 	kept, later := ids("kept", 20), ids("later", 20)
 	e.keepAlive(300*time.Millisecond, kept...)
