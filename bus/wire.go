@@ -22,7 +22,9 @@ type Event struct {
 	UserID string `json:"userId"`
 	// Status is "online" or "offline".
 	Status string `json:"status"`
-	// Reason is "heartbeat" for online; "expired" or "disconnect" for offline.
+	// Reason is "heartbeat" for online ("resync" for an online that
+	// re-announces a session after a partial data loss); "expired" or
+	// "disconnect" for offline.
 	Reason string `json:"reason"`
 	// At is when the transition happened, Redis server time.
 	At time.Time `json:"-"`
@@ -119,13 +121,14 @@ func (e Event) MsgID() string {
 }
 
 // StatusReset is the Status of the event on <prefix>.reset: Redis lost the
-// presence data set (or presenced started on an empty one). The sessions
-// whose versions are below the reset's Version were lost without offline
-// events: consumers remove the users whose last applied version is below it
-// (not everyone: a reset republished late arrives after newer events), and
-// drop later events below it for users they hold nothing for. Within one
-// TTL every connected user is online again through presence.online as their
-// heartbeats arrive.
+// presence data set (or presenced started on an empty one), or lost its
+// latest writes. Its version is above every version published before it:
+// consumers remove the users whose last applied version is below it (not
+// everyone: a reset republished late arrives after newer events) and drop
+// later events below it for users they hold nothing for. Users still
+// connected are online again through presence.online: re-announced (reason
+// "resync") when their session survived in Redis, else at their next
+// heartbeat.
 const StatusReset = "reset"
 
 // Rejection is one id that was not accepted, with the reason.

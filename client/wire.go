@@ -24,8 +24,9 @@ type Event struct {
 	UserID string `json:"userId"`
 	// Status is StatusOnline, StatusOffline or StatusReset.
 	Status string `json:"status"`
-	// Reason is "heartbeat" for online; "expired" or "disconnect" for
-	// offline; "data_loss" for a reset.
+	// Reason is "heartbeat" for online ("resync" for an online that
+	// re-announces a session after a partial data loss); "expired" or
+	// "disconnect" for offline; "data_loss" for a reset.
 	Reason string `json:"reason"`
 	// At is when the transition happened (Redis server time).
 	At time.Time `json:"at"`
@@ -38,11 +39,12 @@ const (
 	StatusOnline  = "online"
 	StatusOffline = "offline"
 	// StatusReset: presenced's Redis lost the presence data (or presenced
-	// started on an empty one). Every session with a version below the
-	// reset's Version is gone without offline events: remove the users
-	// whose last applied version is below it and keep the others (see
-	// Subscribe); users still connected come back online through their
-	// next heartbeats, within one TTL.
+	// started on an empty one), or lost its latest writes. Every session
+	// with a version below the reset's Version may be gone without offline
+	// events: remove the users whose last applied version is below it and
+	// keep the others (see Subscribe); users still connected come back
+	// online, re-announced (reason "resync") when their session survived,
+	// else through their next heartbeats.
 	StatusReset = "reset"
 )
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -215,4 +216,83 @@ func BenchmarkListMillion(b *testing.B) {
 		}
 		b.ReportMetric(float64(pages), "pages")
 	}
+}
+
+// BenchmarkMemoryPerUser reports the Redis memory one online user costs:
+// 100000 sessions (TTL about 1 h, nothing expires) with the shard count at
+// users/64 as README recommends, and the index filled as users arriving
+// over time fill it (each 100 ms slot holding 64 entries per bucket, the
+// fill presence-bench measured at 1M users). "B/user" is used_memory after
+// minus before (the outbox deleted first: the relay trims it), divided by
+// the users; "index-B/user" and "sessions-B/user" are MEMORY USAGE of the
+// index buckets and directory, and of the sessions shards, per user. The
+// seed's bare key is the rest. One op loads and measures the whole set.
+func BenchmarkMemoryPerUser(b *testing.B) {
+	const users = 100_000
+	shards := users / 64
+	perSlot := 64 * ((shards + 255) / 256) // 64 entries in each of a slot's buckets
+	rdb := testenv.StartRedis(b).Client(b)
+	ctx := context.Background()
+	var total, index, sessions float64
+	for b.Loop() {
+		if err := rdb.FlushAll(ctx).Err(); err != nil {
+			b.Fatal(err)
+		}
+		before := usedMemory(b, rdb)
+		prefix := testenv.Prefix(b) + ":"
+		for start, slot := 0, 0; start < users; start, slot = start+perSlot, slot+1 {
+			// One call per slot: a TTL 100 ms longer than the last one's.
+			s := presence.NewStore(rdb, presence.Options{Prefix: prefix, TTL: time.Hour + time.Duration(slot)*100*time.Millisecond, Shards: shards})
+			if _, err := s.Heartbeat(ctx, ids("u", start, min(perSlot, users-start))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := rdb.Del(ctx, prefix+"outbox").Err(); err != nil {
+			b.Fatal(err)
+		}
+		total = float64(usedMemory(b, rdb)-before) / users
+		index = float64(keysMemory(b, rdb, prefix+"d:*")+keysMemory(b, rdb, prefix+"dir")) / users
+		sessions = float64(keysMemory(b, rdb, prefix+"s:*")) / users
+	}
+	b.ReportMetric(total, "B/user")
+	b.ReportMetric(index, "index-B/user")
+	b.ReportMetric(sessions, "sessions-B/user")
+}
+
+func usedMemory(b *testing.B, rdb *redis.Client) int64 {
+	b.Helper()
+	info, err := rdb.Info(context.Background(), "memory").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatal("no used_memory in INFO memory")
+	return 0
+}
+
+// keysMemory sums MEMORY USAGE (every element counted) of the keys matching pattern.
+func keysMemory(b *testing.B, rdb *redis.Client, pattern string) int64 {
+	b.Helper()
+	ctx := context.Background()
+	var sum int64
+	iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		n, err := rdb.MemoryUsage(ctx, iter.Val(), 0).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum += n
+	}
+	if err := iter.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return sum
 }

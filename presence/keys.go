@@ -48,6 +48,12 @@ func (k Keys) SweepMarker() string { return k.prefix + "sweep" }
 // GraceCutoff exists while a post-outage grace pass is running.
 func (k Keys) GraceCutoff() string { return k.prefix + "grace" }
 
-// Epoch marks the presence data set ("<µs>:<shards>"); its disappearance
-// means Redis lost data.
+// Epoch marks the presence data set ("<version>:<shards>", the version of
+// the reset that announced it); its disappearance means Redis lost the data
+// set, and a partial loss rewrites it (see Store.ResetAfterLoss).
 func (k Keys) Epoch() string { return k.prefix + "epoch" }
+
+// Resync is the cursor of the walk that re-announces the sessions that
+// survived a partial data loss ("<reset version>:<next shard>"); it exists
+// only while that walk is under way.
+func (k Keys) Resync() string { return k.prefix + "resync" }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,89 @@ func TestIndexRuns(t *testing.T) {
 		// A call of 1000 writes 125 runs of 8 round the slot's 64 buckets.
 		if nb > 64 || (entriesOf[slot] >= 1000 && nb != 64) {
 			t.Errorf("slot %s: %d entries in %d buckets; want at most 64 buckets, all 64 once a call of 1000 filed there", slot, entriesOf[slot], nb)
+		}
+	}
+}
+
+// An index entry belongs to one session and dies with it: users who
+// reconnect many times (disconnect, heartbeat) leave an entry per ended
+// session (300 users, 21 sessions each, in 21 slots), and once those entries' slots have come due the index holds
+// exactly one entry per open session, carrying that session's version.
+func TestIndexHoldsOneEntryPerSession(t *testing.T) {
+	t.Parallel()
+	const ttl = 500 * time.Millisecond
+	s, r := newStore(t, ttl)
+	rdb := r.Client(t)
+	ctx := context.Background()
+	users := ids("re", 0, 300)
+	for range 20 {
+		if _, err := s.Heartbeat(ctx, users); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Disconnect(ctx, users); err != nil {
+			t.Fatal(err)
+		}
+		// The next session's deadline falls in another 100 ms slot (entries
+		// of one slot and bucket would share a field).
+		time.Sleep(110 * time.Millisecond)
+	}
+	if _, err := s.Heartbeat(ctx, users); err != nil {
+		t.Fatal(err)
+	}
+	// Every entry filed so far is in a slot that ends by then (Redis clock).
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := now.Add(ttl + 100*time.Millisecond).UnixMilli()
+	// The users stay connected (heartbeats) while the sweep reads their slots.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		if _, err := s.Heartbeat(ctx, users); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Sweep(ctx, 100000); err != nil {
+			t.Fatal(err)
+		}
+		n, err := rdb.ZCount(ctx, s.Keys().Dir(), "-inf", strconv.FormatInt(due, 10)).Result()
+		return err == nil && n == 0
+	}, "the slots of the reconnects did not come due")
+	// Count the entries in every bucket under the prefix, listed or not.
+	var buckets []string
+	iter := rdb.Scan(ctx, 0, s.Keys().Prefix()+"d:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		buckets = append(buckets, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string][]string{}
+	total := 0
+	for _, b := range buckets {
+		kv, err := rdb.HGetAll(ctx, b).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for id, v := range kv {
+			entries[id] = append(entries[id], v)
+			total++
+		}
+	}
+	f, err := s.Footprint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Sessions != int64(len(users)) || total != len(users) || f.IndexEntries != int64(len(users)) {
+		t.Fatalf("%d index entries in %d buckets (directory: %d entries), %d open sessions; want one entry per session",
+			total, len(buckets), f.IndexEntries, f.Sessions)
+	}
+	for _, id := range users {
+		st, err := s.Status(ctx, id)
+		if err != nil || !st.Online {
+			t.Fatalf("status %s: %+v, %v", id, st, err)
+		}
+		want := strconv.FormatInt(st.Version, 10)
+		if e := entries[id]; len(e) != 1 || len(e[0]) != len(want)+2 || e[0][:len(want)] != want {
+			t.Fatalf("user %s: index entries %v, want one carrying the session's version %s", id, e, want)
 		}
 	}
 }

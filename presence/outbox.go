@@ -14,15 +14,23 @@ import (
 // OutboxGroup is the consumer group every replica reads the outbox through.
 const OutboxGroup = "presenced"
 
+// ReasonResync is the Reason of an online event that re-announces a
+// session that survived a partial data loss (see Store.Reannounce).
+const ReasonResync = "resync"
+
 // Event is one presence transition taken from the outbox.
 type Event struct {
 	// ID is the outbox entry id; Ack takes it. The events of one script
 	// call share one entry, so consecutive events may carry the same ID.
-	ID      string
-	UserID  string
-	Status  string // "online", "offline", or "reset" (UserID empty)
-	Reason  string // "heartbeat", "expired", "disconnect"; "data_loss" for reset
-	Version int64  // strictly increasing across one user's events
+	ID     string
+	UserID string
+	Status string // "online", "offline", or "reset" (UserID empty)
+	// Reason is "heartbeat" for online ("resync" for an online that
+	// re-announces a session after a partial data loss, see
+	// Store.Reannounce), "expired" or "disconnect" for offline, "data_loss"
+	// for reset.
+	Reason  string
+	Version int64 // strictly increasing across one user's events
 	// Deadline is the deadline that passed, for expired offlines (else zero).
 	Deadline time.Time
 }

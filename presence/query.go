@@ -20,27 +20,36 @@ import (
 
 // SetOnline marks id online (the seed's SET NX EX): it reports true when this
 // started a new session (an online event was queued), false for a refresh.
+// It fails with ErrKeyConflict when id's key holds another type.
 func (s *Store) SetOnline(ctx context.Context, id string) (bool, error) {
 	v, err := s.Heartbeat(ctx, []string{id})
 	if err != nil {
 		return false, err
 	}
+	if v[0] == KeyConflict {
+		return false, fmt.Errorf("set %q online: %w", id, ErrKeyConflict)
+	}
 	return v[0] != 0, nil
 }
 
 // RefreshOnline extends id's presence by one TTL (the seed's SET EX); if id
-// had no session it starts one.
+// had no session it starts one. It fails with ErrKeyConflict when id's key
+// holds another type.
 func (s *Store) RefreshOnline(ctx context.Context, id string) error {
-	_, err := s.Heartbeat(ctx, []string{id})
+	_, err := s.SetOnline(ctx, id)
 	return err
 }
 
 // DeleteOnline marks id offline now (the seed's DEL): it reports true when id
-// was online (an offline event was queued).
+// was online (an offline event was queued). It fails with ErrKeyConflict
+// (and deletes nothing) when id's key holds another type.
 func (s *Store) DeleteOnline(ctx context.Context, id string) (bool, error) {
 	v, err := s.Disconnect(ctx, []string{id})
 	if err != nil {
 		return false, err
+	}
+	if v[0] == KeyConflict {
+		return false, fmt.Errorf("delete %q: %w", id, ErrKeyConflict)
 	}
 	return v[0] != 0, nil
 }

@@ -20,11 +20,17 @@ var (
 	luaSweep string
 	//go:embed lua/claim.lua
 	luaClaim string
+	//go:embed lua/reset.lua
+	luaReset string
+	//go:embed lua/reannounce.lua
+	luaReannounce string
 
 	scriptHeartbeat  = redis.NewScript(luaLib + "\n" + luaHeartbeat)
 	scriptDisconnect = redis.NewScript(luaLib + "\n" + luaDisconnect)
 	scriptSweep      = redis.NewScript(luaLib + "\n" + luaSweep)
 	scriptClaim      = redis.NewScript(luaLib + "\n" + luaClaim)
+	scriptReset      = redis.NewScript(luaLib + "\n" + luaReset)
+	scriptReannounce = redis.NewScript(luaLib + "\n" + luaReannounce)
 )
 
 // Read-only scripts: lib.lua too, for the epoch's shard count and the hash.

@@ -94,7 +94,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
-	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptTrim, scriptStatus, scriptList} {
+	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptReset, scriptReannounce, scriptTrim, scriptStatus, scriptList} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load scripts: %w", err)
 		}
@@ -117,9 +117,20 @@ func (s *Store) baseArgs(n int) []any {
 	return args
 }
 
+// KeyConflict is the per-id result of Heartbeat and Disconnect for an id
+// whose presence key holds another type than a string (another program's
+// hash, list, ... at Prefix+"user:"+id): presenced does not own that key,
+// so nothing of that id was written or deleted; the other ids of the call
+// were applied as usual. ErrKeyConflict describes it.
+const KeyConflict int64 = -1
+
+// ErrKeyConflict is what a KeyConflict result means, for replies and errors.
+var ErrKeyConflict = errors.New("the presence key holds another data type (not presenced's string); this id was not stored and the key was left as it is")
+
 // Heartbeat starts or refreshes the presence of ids (which must be valid and
-// unique; see ValidateUserID). It returns one version per id: the online
-// event's version when that user started a new session, 0 for a refresh.
+// unique; see ValidateUserID). It returns one result per id: the online
+// event's version when that user started a new session, 0 for a refresh,
+// KeyConflict when the id's key holds another type (nothing written for it).
 // The online events are in the outbox when Heartbeat returns.
 func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
@@ -138,8 +149,11 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	return res, nil
 }
 
-// Disconnect ends the sessions of ids now. It returns one version per id:
-// the offline event's version, or 0 when the user had no session.
+// Disconnect ends the sessions of ids now. It returns one result per id:
+// the offline event's version, 0 when the user had no session, or
+// KeyConflict when the id's key holds another type (the key is not deleted
+// and nothing of that id changes; the sweep ends a session still open on
+// such a key).
 func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
 	res, err := s.runChunks(ctx, scriptDisconnect, ids, func(chunk []string) ([]string, []any) {
 		keys := s.baseKeys(len(chunk))
@@ -234,27 +248,32 @@ type SweepResult struct {
 	Claimed int  // users whose offline event was appended to the outbox
 	Graced  int  // users given one TTL of grace after an outage
 	More    bool // the limit was reached: call again at once
+	// Reannounce: the walk after a partial-loss reset is under way; the
+	// caller should take its steps (Store.Reannounce).
+	Reannounce bool
 }
 
-// Sweep reads up to about limit index entries whose slot has ended: users
-// still online are filed again at their current deadline, the sessions of
-// users whose key is gone are claimed (removing the session is the claim, so
+// Sweep reads up to about limit index entries whose slot has ended: entries
+// that are not their user's open session's are dropped, users still online
+// are filed again at their current deadline, the sessions of users whose
+// key is gone (or replaced by another program's key of another type without
+// a TTL) are claimed (removing the session is the claim, so
 // exactly one replica wins each user) and their offline events, reason
 // "expired", appended to the outbox. After an outage (no sweep by any
 // replica for longer than OutageThreshold) it grants grace instead; see
 // lua/sweep.lua. Its cost is proportional to the entries due, not to the
 // users online.
 func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
-	keys := append(s.baseKeys(2), s.keys.SweepMarker(), s.keys.GraceCutoff())
+	keys := append(s.baseKeys(3), s.keys.SweepMarker(), s.keys.GraceCutoff(), s.keys.Resync())
 	args := append(s.baseArgs(3), limit, s.opts.OutageThreshold.Milliseconds(), s.opts.TTL.Milliseconds())
 	vals, err := scriptSweep.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("sweep due users: %w", err)
 	}
-	if len(vals) != 3 {
+	if len(vals) != 4 {
 		return SweepResult{}, fmt.Errorf("sweep due users: unexpected reply %v", vals)
 	}
-	return SweepResult{Claimed: int(vals[0]), Graced: int(vals[1]), More: vals[2] == 1}, nil
+	return SweepResult{Claimed: int(vals[0]), Graced: int(vals[1]), More: vals[2] == 1, Reannounce: vals[3] == 1}, nil
 }
 
 // ErrClaimDeferred is returned by Claim when sweeps have stopped or a grace
@@ -282,4 +301,74 @@ func (s *Store) Claim(ctx context.Context, ids []string) (int, error) {
 		return 0, ErrClaimDeferred
 	}
 	return int(n), nil
+}
+
+// Published is an outbox entry a replica published: its id and the
+// highest event version in it. See ResetAfterLoss.
+type Published struct {
+	Entry   string
+	Version int64
+}
+
+// ResetAfterLoss checks whether Redis lost writes after the caller
+// published them, and announces it. entries are the outbox entries the
+// caller published since its previous call, plus the newest one before
+// them; version is the highest version it ever published. Redis loses a
+// suffix of its writes (a restart from an older RDB snapshot, a failover to
+// a replica that lagged), keeping the data set, so a published entry gone
+// from the outbox without having been trimmed means sessions whose onlines
+// were published may be gone without an offline. Then, in one script, it
+// queues one reset event (reason data_loss) whose version is above
+// version, rewrites the epoch with it, and starts the walk that
+// re-announces the surviving sessions (Reannounce). It returns the reset's
+// version, or 0 when nothing was lost or the loss was announced already
+// (by another replica). Safe to call from every replica: one reset per
+// loss. A trim never removes an entry younger than Options.OutboxRetention,
+// so a loss is told apart from a trim for certain while the entries are
+// younger than that; see lua/reset.lua.
+func (s *Store) ResetAfterLoss(ctx context.Context, entries []Published, version int64) (int64, error) {
+	keys := append(s.baseKeys(2), s.keys.Resync(), s.keys.OutboxFloor())
+	args := append(s.baseArgs(2+2*len(entries)), s.opts.OutboxRetention.Milliseconds(), strconv.FormatInt(version, 10))
+	for _, e := range entries {
+		args = append(args, e.Entry, strconv.FormatInt(e.Version, 10))
+	}
+	v, err := scriptReset.Run(ctx, s.rdb, keys, args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("check %d published outbox entries for lost writes: %w", len(entries), err)
+	}
+	return v, nil
+}
+
+// ReannounceShards is how many sessions shards one Reannounce call walks:
+// about 4096 sessions when the shard count matches the load.
+const ReannounceShards = 64
+
+// ReannounceResult is what one Reannounce step did.
+type ReannounceResult struct {
+	Announced int  // sessions given a new online event (reason "resync")
+	More      bool // shards remain: call again (unless Waiting)
+	// Waiting: the reset has not been published yet, so nothing was done;
+	// call again later (the next sweep reports the walk again).
+	Waiting bool
+}
+
+// Reannounce takes one step (ReannounceShards shards) of the walk a
+// partial-loss reset started: every session opened before the reset gets a
+// new online event (reason "resync") with a version above the reset's, and
+// keeps that version. The walk's cursor is in Redis and moves in the same
+// script, so any replica may take any step and no shard is walked twice.
+// The walk starts once the reset has been published (acknowledged in the
+// outbox's consumer group), so that consumers get the reset before any
+// re-announcement. Without a walk under way it does nothing.
+func (s *Store) Reannounce(ctx context.Context) (ReannounceResult, error) {
+	keys := append(s.baseKeys(1), s.keys.Resync())
+	args := append(s.baseArgs(3), ReannounceShards, s.opts.TTL.Milliseconds(), OutboxGroup)
+	vals, err := scriptReannounce.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	if err != nil {
+		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: %w", err)
+	}
+	if len(vals) != 3 {
+		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: unexpected reply %v", vals)
+	}
+	return ReannounceResult{Announced: int(vals[0]), More: vals[1] == 1, Waiting: vals[2] == 1}, nil
 }

@@ -2,6 +2,7 @@ package presence_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -144,5 +145,80 @@ func TestSweepClaimsOnlyDueUsersOnce(t *testing.T) {
 	}
 	if n, _ := s.Count(ctx); n != int64(len(stay)) {
 		t.Fatalf("Count = %d, want %d", n, len(stay))
+	}
+}
+
+// A presence key of another type (another program's hash under the prefix)
+// is not presenced's: a heartbeat or disconnect refuses that id alone
+// (KeyConflict) and leaves the key as it is, the other ids of the call are
+// applied whole, and a session whose key was replaced by a hash is not kept
+// alive by it: the sweep ends it when its slot is due, leaving the hash.
+func TestForeignTypedKeys(t *testing.T) {
+	t.Parallel()
+	s, r := newStore(t, 300*time.Millisecond)
+	ctx := context.Background()
+	rdb := r.Client(t)
+	if err := rdb.HSet(ctx, s.Keys().User("42:devices"), "phone", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := s.Heartbeat(ctx, []string{"a", "42:devices", "b"})
+	if err != nil {
+		t.Fatalf("heartbeat with a foreign key: %v", err)
+	}
+	if vs[0] <= 0 || vs[1] != presence.KeyConflict || vs[2] <= 0 {
+		t.Fatalf("results %v, want versions for a and b and KeyConflict for 42:devices", vs)
+	}
+	f, err := s.Footprint(ctx)
+	if err != nil || f.Sessions != 2 || f.Count != 2 || f.IndexEntries != 2 {
+		t.Fatalf("footprint %+v, %v; want 2 sessions, count 2, 2 index entries", f, err)
+	}
+	if _, err := s.SetOnline(ctx, "42:devices"); !errors.Is(err, presence.ErrKeyConflict) {
+		t.Fatalf("SetOnline on a foreign key: %v, want ErrKeyConflict", err)
+	}
+	if _, err := s.DeleteOnline(ctx, "42:devices"); !errors.Is(err, presence.ErrKeyConflict) {
+		t.Fatalf("DeleteOnline on a foreign key: %v, want ErrKeyConflict", err)
+	}
+	if typ := rdb.Type(ctx, s.Keys().User("42:devices")).Val(); typ != "hash" {
+		t.Fatalf("the foreign key is a %q after a disconnect, want the hash left alone", typ)
+	}
+	// b's key is replaced by a hash (another program's DEL and HSET): its
+	// session ends through the sweep, and the hash stays.
+	if err := rdb.Del(ctx, s.Keys().User("b")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, s.Keys().User("b"), "x", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Status(ctx, "b"); err != nil || st.Online {
+		t.Fatalf("status of b on a hash: %+v, %v; want offline", st, err)
+	}
+	stop := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := s.Heartbeat(ctx, []string{"a"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Sweep(ctx, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := s.Count(ctx); n == 1 {
+			break
+		}
+		if time.Now().After(stop) {
+			t.Fatal("b's session on a hash key was never ended")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if typ := rdb.Type(ctx, s.Keys().User("b")).Val(); typ != "hash" {
+		t.Fatalf("b's key is a %q after the sweep, want the hash left alone", typ)
+	}
+	var got []string
+	for _, e := range readOutbox(t, s) {
+		got = append(got, e.Status+":"+e.Reason+":"+e.UserID)
+	}
+	if want := []string{"reset:data_loss:", "online:heartbeat:a", "online:heartbeat:b", "offline:expired:b"}; !slices.Equal(got, want) {
+		t.Fatalf("outbox %v, want %v", got, want)
+	}
+	if all, err := s.GetAllOnlineUsers(ctx); err != nil || !slices.Equal(all, []string{"a"}) {
+		t.Fatalf("online %v, %v; want [a]", all, err)
 	}
 }

@@ -207,7 +207,7 @@ func (v *View) broadcast() {
 
 // follow applies outbox entries after last, in order, until an error.
 func (v *View) follow(ctx context.Context, last string) error {
-	floorKey, epochKey := v.keys.OutboxFloor(), v.keys.Epoch()
+	floorKey, epochKey, clockKey := v.keys.OutboxFloor(), v.keys.Epoch(), v.keys.Clock()
 	for {
 		res, err := v.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{v.keys.Outbox(), last}, Count: 64, Block: time.Second}).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -217,7 +217,7 @@ func (v *View) follow(ctx context.Context, last string) error {
 		// seen: the floor (the latest trim's MINID) tells. The floor only
 		// passes last when the view lags by the retention, so a trim just
 		// after this read does not look like a gap.
-		vals, err := v.rdb.MGet(ctx, floorKey, epochKey).Result()
+		vals, err := v.rdb.MGet(ctx, floorKey, epochKey, clockKey).Result()
 		if err != nil {
 			return fmt.Errorf("read the outbox floor: %w", err)
 		}
@@ -225,11 +225,19 @@ func (v *View) follow(ctx context.Context, last string) error {
 			return fmt.Errorf("%w: read up to %s, outbox trimmed up to %s", errResync, last, floor)
 		}
 		epoch, _ := vals[1].(string)
+		cs, _ := vals[2].(string)
+		clock, _ := strconv.ParseInt(cs, 10, 64)
 		v.mu.RLock()
-		known := v.epoch
+		known, applied := v.epoch, v.applied
 		v.mu.RUnlock()
 		if known != "" && epoch != known {
 			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, epoch)
+		}
+		if clock < applied {
+			// Every version applied was at most the clock when it was
+			// read, and the clock only moves up: Redis lost writes the view
+			// holds (restarted from an older snapshot).
+			return fmt.Errorf("%w: version clock %d below the version applied, %d: redis lost writes", errResync, clock, applied)
 		}
 		if known == "" && epoch != "" {
 			// The data set was created after the build: its reset entry is

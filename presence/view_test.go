@@ -280,3 +280,101 @@ func TestViewRebuildsBackOff(t *testing.T) {
 		t.Fatalf("GetOnlineUsers = %v, %v; want [a n299]", got, err)
 	}
 }
+
+// Redis restarted from an older RDB snapshot keeps the data set but loses
+// the writes after it: the view, which applied them, notices (the version
+// clock is below what it applied) and reads the sessions again; the reset
+// that announces the loss and the onlines that re-announce the surviving
+// sessions (already open in the view) leave it equal to Redis.
+func TestViewAfterPartialLoss(t *testing.T) {
+	t.Parallel()
+	r := testenv.StartRedis(t)
+	s := presence.NewStore(r.Client(t), presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, OutboxRetention: 30 * time.Second})
+	ctx := context.Background()
+	rdb := r.Client(t)
+	kept, lost := ids("kept", 0, 300), ids("lost", 0, 300)
+	if _, err := s.Heartbeat(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	v := presence.NewView(s, nil)
+	v.CatchUp = 10 * time.Second
+	runView(t, v)
+	if err := rdb.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Heartbeat(ctx, lost); err != nil {
+		t.Fatal(err)
+	}
+	// What a relay published: every entry so far.
+	evs := readOutbox(t, s)
+	var published []presence.Published
+	var top int64
+	for _, e := range evs {
+		if n := len(published); n == 0 || published[n-1].Entry != e.ID {
+			published = append(published, presence.Published{Entry: e.ID})
+		}
+		published[len(published)-1].Version = e.Version
+		top = max(top, e.Version)
+	}
+	all := append(slices.Clone(kept), lost...)
+	if got, err := v.GetOnlineUsers(ctx, all); err != nil || len(got) != len(all) {
+		t.Fatalf("before the restart: %d online, %v", len(got), err)
+	}
+	r.Restart(t) // reloads the snapshot: lost's sessions are gone
+	var held struct{ Users, Builds int64 }
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		held.Users, held.Builds = int64(v.Len()), v.Stats().Builds
+		return held.Users == int64(len(kept)) && held.Builds >= 2
+	}, "view after the restart holds %+v; want the %d sessions of the snapshot, rebuilt", &held, len(kept))
+	// The loss announced: a reset above everything published, a new
+	// epoch (the view reads the sessions again), and each surviving
+	// session re-announced; the view ends equal to Redis.
+	rv, err := s.ResetAfterLoss(ctx, published, top)
+	if err != nil || rv <= top {
+		t.Fatalf("ResetAfterLoss = %d, %v; want a reset above %d", rv, err, top)
+	}
+	if again, err := s.ResetAfterLoss(ctx, published, top); err != nil || again != 0 {
+		t.Fatalf("second ResetAfterLoss = %d, %v; want 0 (announced)", again, err)
+	}
+	// The walk waits until the reset is published (read and acknowledged).
+	if res, err := s.Reannounce(ctx); err != nil || !res.Waiting || res.Announced != 0 {
+		t.Fatalf("Reannounce before the reset was published = %+v, %v; want it waiting", res, err)
+	}
+	if got := readOutbox(t, s); len(got) == 0 || got[len(got)-1].Status != "reset" || got[len(got)-1].Version != rv {
+		t.Fatalf("outbox after the reset: %+v", got)
+	}
+	announced := 0
+	for {
+		res, err := s.Reannounce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		announced += res.Announced
+		if res.Waiting {
+			t.Fatalf("Reannounce waiting after the reset was published: %+v", res)
+		}
+		if !res.More {
+			break
+		}
+	}
+	if announced != len(kept) {
+		t.Fatalf("re-announced %d sessions, want %d", announced, len(kept))
+	}
+	var got []string
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		got, err = v.GetOnlineUsers(ctx, all)
+		return err == nil && slices.Equal(got, kept) && v.Len() == len(kept)
+	}, "view after the reset and the re-announcements: %d online, holds %d; want %d", len(got), v.Len(), len(kept))
+	for _, id := range kept[:5] {
+		st, err := s.Status(ctx, id)
+		if err != nil || !st.Online || st.Version <= rv {
+			t.Fatalf("status of %s after re-announcement: %+v, %v; want a version above the reset %d", id, st, err, rv)
+		}
+	}
+	// The re-announced sessions keep their place in the deadline index.
+	f, err := s.Footprint(ctx)
+	if err != nil || f.Sessions != int64(len(kept)) || f.Count != int64(len(kept)) {
+		t.Fatalf("footprint %+v, %v", f, err)
+	}
+}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -194,4 +196,110 @@ func TestPubsubKilledRepeatedlyDuringExpiry(t *testing.T) {
 		t.Fatalf("listener reconnected %d times, want the kills to have hit it", rep.listenerReconnects())
 	}
 	e.expectSessions(users, 30*time.Second)
+}
+
+// Redis restarted from an RDB snapshot keeps the data-set marker but loses
+// what happened after the snapshot: sessions whose onlines were published
+// are gone without an offline. The relay sees the version clock below what
+// it published and announces it: exactly one reset, above every version
+// published before; then every session that survived in Redis is online
+// again through an event after the reset (re-announced, or opened again by
+// its user's heartbeats), and no second reset follows (two replicas check).
+func TestPartialDataLossResetsAndReannounces(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 3*time.Second)
+	resets := testenv.Collect(t, e.nats.Conn(t), e.subjects.Reset())
+	m := metrics.New()
+	// Two replicas share the events to publish; whichever published lost
+	// ones notices the loss, and one reset goes out.
+	for range 2 {
+		e.startReplica(func(o *worker.Options, p *presence.Options) {
+			o.Metrics = m
+			p.OutboxRetention = 30 * time.Second // the default
+		})
+	}
+	ctx := context.Background()
+	kept, later := ids("kept", 20), ids("later", 20)
+	e.keepAlive(300*time.Millisecond, kept...)
+	e.waitEvents(len(kept), 10*time.Second)
+	resets.WaitFor(t, 1, 5*time.Second) // the first start on an empty data set
+	if err := e.rdb.Save(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Online after the snapshot: published, then lost with the restart.
+	e.keepAlive(300*time.Millisecond, later...)
+	evs := e.waitEvents(len(kept)+len(later), 10*time.Second)
+	var before int64
+	for _, ev := range evs {
+		before = max(before, ev.Version)
+	}
+	for _, m := range resets.Msgs() {
+		before = max(before, decodeEvent(t, m.Data).Version)
+	}
+	e.redis.Restart(t) // reloads dump.rdb: the snapshot
+	resets.WaitFor(t, 2, 15*time.Second)
+	reset := decodeEvent(t, resets.Msgs()[1].Data)
+	if reset.Status != "reset" || reset.Reason != "data_loss" || reset.Version <= before {
+		t.Fatalf("reset %+v, want reason data_loss and a version above %d (every event published before)", reset, before)
+	}
+	// Every session open in Redis has an online event after the reset
+	// carrying its version; every user still heartbeating is among them.
+	store := presence.NewStore(e.rdb, presence.Options{Prefix: e.prefix, TTL: e.ttl})
+	var missing []string
+	var err error
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		onlineAt := map[string]int64{} // user -> version of the latest online after the reset
+		for _, ev := range e.received() {
+			if ev.Status == "online" && ev.Version > reset.Version && ev.Version > onlineAt[ev.UserID] {
+				onlineAt[ev.UserID] = ev.Version
+			}
+		}
+		missing = missing[:0]
+		all, err := store.GetAllOnlineUsers(ctx)
+		if err != nil {
+			missing = append(missing, err.Error())
+			return false
+		}
+		open := map[string]bool{}
+		for _, id := range all {
+			open[id] = true
+			st, err := store.Status(ctx, id)
+			if err != nil || st.Version == 0 || onlineAt[id] != st.Version {
+				missing = append(missing, fmt.Sprintf("%s (session %d, online after the reset %d)", id, st.Version, onlineAt[id]))
+			}
+		}
+		for _, id := range append(slices.Clone(kept), later...) {
+			if !open[id] {
+				missing = append(missing, id+" (heartbeating, no session)")
+			}
+		}
+		return len(missing) == 0
+	}, "sessions without an online after the reset: %v", &missing)
+	if n := testutil.ToFloat64(m.Events.WithLabelValues("online", "resync")); n < 1 {
+		t.Fatalf("%v sessions re-announced, want the snapshot's", n)
+	}
+	// No second reset: the relay checks the clock every second.
+	after := time.Now().Add(3 * time.Second)
+	testenv.Eventually(t, 10*time.Second, func() bool { return time.Now().After(after) }, "")
+	if n := resets.Len(); n != 2 {
+		t.Fatalf("%d reset events, want 2 (first start, then the loss)", n)
+	}
+	if v := e.rdb.Exists(ctx, e.prefix+"resync").Val(); v != 0 {
+		t.Fatal("the re-announce walk did not finish")
+	}
+	// Each open session keeps exactly one index entry, with its new version.
+	var f presence.Footprint
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		f, err = store.Footprint(ctx)
+		return err == nil && f.Sessions == int64(len(kept)+len(later)) && f.IndexEntries == f.Sessions && f.Count == f.Sessions
+	}, "footprint %+v: want one index entry per open session", &f)
+}
+
+func decodeEvent(t *testing.T, data []byte) bus.Event {
+	t.Helper()
+	var ev bus.Event
+	if err := json.Unmarshal(data, &ev); err != nil {
+		t.Fatalf("decode event %s: %v", data, err)
+	}
+	return ev
 }

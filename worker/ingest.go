@@ -37,6 +37,10 @@ const (
 	errOverloaded   = "overloaded: intake full, not stored, send again"
 )
 
+// reasonKeyConflict labels ids rejected because their presence key holds
+// another type (presence.KeyConflict), in presenced_rejections_total.
+const reasonKeyConflict = "key_conflict"
+
 // request is one decoded message whose ids are being stored, possibly by
 // several executors (each owns a share of the users, see dispatch). The
 // last part to finish answers it.
@@ -300,14 +304,29 @@ func (w *Worker) results(o op) *prometheus.CounterVec {
 	return w.m.Heartbeats
 }
 
-// finish records one stored (or failed) part of r and answers r when it was
-// the last.
-func (w *Worker) finish(r *request, ids int, err error) {
+// finish records one stored (or failed) part of r, whose ids are ids, and
+// answers r when it was the last. conflicts holds the ids of the store call
+// that were not stored because their key holds another type.
+func (w *Worker) finish(r *request, ids []string, err error, conflicts map[string]struct{}) {
 	results := w.results(r.op)
+	var rejected []bus.Rejection
+	if err == nil && len(conflicts) > 0 {
+		for _, id := range ids {
+			if _, ok := conflicts[id]; ok {
+				rejected = append(rejected, bus.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
+			}
+		}
+		if n := len(rejected); n > 0 {
+			w.m.Rejections.WithLabelValues(reasonKeyConflict).Add(float64(n))
+			results.WithLabelValues("rejected").Add(float64(n))
+			w.debugf("rejected ids: their presence key holds another type", "op", r.op, "count", n, "first", rejected[0].UserID)
+		}
+	}
+	stored := len(ids) - len(rejected)
 	if err != nil {
-		results.WithLabelValues("failed").Add(float64(ids))
+		results.WithLabelValues("failed").Add(float64(len(ids)))
 	} else {
-		results.WithLabelValues("accepted").Add(float64(ids))
+		results.WithLabelValues("accepted").Add(float64(stored))
 	}
 	r.mu.Lock()
 	r.parts--
@@ -315,7 +334,8 @@ func (w *Worker) finish(r *request, ids int, err error) {
 		r.err = err
 	}
 	if err == nil {
-		r.accepted += ids
+		r.accepted += stored
+		r.rejected = append(r.rejected, rejected...)
 	}
 	last := r.parts == 0
 	r.mu.Unlock()
@@ -417,20 +437,28 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	if run[0].op == opHeartbeat {
 		versions, err = w.store.Heartbeat(ctx, ids)
 	} else {
-		_, err = w.store.Disconnect(ctx, ids)
+		versions, err = w.store.Disconnect(ctx, ids)
 	}
+	var conflicts map[string]struct{}
 	if err != nil {
 		w.log.Warn("store batch failed", "op", run[0].op, "ids", len(ids), "err", err)
 		w.storeFailed(err)
-	} else if run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug) {
+	} else {
+		debug := run[0].op == opHeartbeat && w.log.Enabled(ctx, slog.LevelDebug)
 		for i, v := range versions {
-			if v == 0 {
+			switch {
+			case v == presence.KeyConflict:
+				if conflicts == nil {
+					conflicts = map[string]struct{}{}
+				}
+				conflicts[ids[i]] = struct{}{}
+			case v == 0 && debug:
 				w.log.Debug("presence TTL refreshed for user", "user_id", ids[i])
 			}
 		}
 	}
 	for _, j := range run {
-		w.finish(j.req, len(j.ids), err)
+		w.finish(j.req, j.ids, err, conflicts)
 		w.queued.give(j.cost)
 	}
 }

@@ -59,6 +59,9 @@ func (w *Worker) sweepAll(ctx context.Context) error {
 			w.log.Warn("outage detected: granting one TTL of grace instead of offline", "users", res.Graced)
 		}
 		if !res.More {
+			if res.Reannounce {
+				w.reannounce(ctx)
+			}
 			break
 		}
 	}
@@ -66,6 +69,29 @@ func (w *Worker) sweepAll(ctx context.Context) error {
 		w.m.Online.Set(float64(n))
 	}
 	return ctx.Err()
+}
+
+// reannounce takes the steps of the walk that re-announces the sessions
+// that survived a partial data loss, until it ends, or waits for the reset
+// to be published, or fails (the next sweep reports the walk again). Every
+// replica may take steps; the cursor in Redis hands each shard to one of
+// them.
+func (w *Worker) reannounce(ctx context.Context) {
+	total := 0
+	for ctx.Err() == nil {
+		res, err := w.store.Reannounce(ctx)
+		if err != nil {
+			w.log.Warn("re-announcing sessions after a data loss failed; the next sweep resumes", "err", err)
+			return
+		}
+		total += res.Announced
+		if !res.More || res.Waiting {
+			break
+		}
+	}
+	if total > 0 {
+		w.log.Warn("re-announced sessions that survived a data loss", "users", total)
+	}
 }
 
 // claimExpired claims the users whose presence keys Redis reported expired,

@@ -103,6 +103,7 @@ func (w *Worker) relay(ctx context.Context) {
 		}
 		if time.Since(lastTrim) > trimEvery {
 			lastTrim = time.Now()
+			w.checkLoss(ctx)
 			w.trim(ctx)
 		}
 	}
@@ -178,7 +179,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			continue
 		}
 		for _, e := range entries[g] {
-			w.published(e, now)
+			w.recordPublished(e, now)
 		}
 	}
 	done := ids[:0:0]
@@ -196,8 +197,20 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	return nil
 }
 
-// published counts and logs one event the server confirmed.
-func (w *Worker) published(e presence.Event, now time.Time) {
+// recordPublished counts and logs one event the server confirmed, and
+// remembers its outbox entry for the data-loss check (see checkLoss).
+func (w *Worker) recordPublished(e presence.Event, now time.Time) {
+	w.published = max(w.published, e.Version)
+	if n := len(w.unchecked); n > 0 && w.unchecked[n-1].Entry == e.ID {
+		w.unchecked[n-1].Version = max(w.unchecked[n-1].Version, e.Version)
+	} else {
+		if n >= maxUnchecked {
+			// Redis has been unreachable for long: the newest entries
+			// published tell as much (Redis loses a suffix of its writes).
+			w.unchecked = append(w.unchecked[:0], w.unchecked[n-maxUnchecked/2:]...)
+		}
+		w.unchecked = append(w.unchecked, presence.Published{Entry: e.ID, Version: e.Version})
+	}
 	w.eventCounter(e.Status, e.Reason).Inc()
 	if !e.Deadline.IsZero() {
 		w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
@@ -205,6 +218,8 @@ func (w *Worker) published(e presence.Event, now time.Time) {
 	switch {
 	case e.Status == bus.StatusReset:
 		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
+	case e.Status == "online" && e.Reason == presence.ReasonResync:
+		w.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)
 	case e.Status == "online":
 		w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
 	case e.Reason == "expired":
@@ -279,6 +294,36 @@ func (w *Worker) trim(ctx context.Context) {
 	}
 	if n, err := w.outbox.Len(ctx); err == nil {
 		w.m.OutboxDepth.Set(float64(n))
+	}
+}
+
+// maxUnchecked bounds the outbox entries remembered between two checkLoss
+// calls.
+const maxUnchecked = 4096
+
+// checkLoss asks Redis whether it still holds the outbox entries this
+// replica published since the last check. One gone without having been
+// trimmed was lost with every write after it: Redis restarted from an older
+// snapshot or failed over to a lagging replica, keeping the data set, so
+// events were published for transitions Redis no longer holds.
+// ResetAfterLoss then announces it once (a reset above every version
+// published, and the walk that re-announces the surviving sessions);
+// replicas that notice the same loss find it announced. The newest entry
+// stays for the next check: a loss may come before anything else is
+// published.
+func (w *Worker) checkLoss(ctx context.Context) {
+	if len(w.unchecked) == 0 {
+		return
+	}
+	v, err := w.store.ResetAfterLoss(ctx, w.unchecked, w.published)
+	if err != nil {
+		w.debugf("check for lost writes", "err", err)
+		return
+	}
+	w.unchecked = append(w.unchecked[:0], w.unchecked[len(w.unchecked)-1])
+	if v > 0 {
+		w.log.Warn("redis lost writes that were published (restarted from an older snapshot?): queued a reset and the re-announcement of the surviving sessions",
+			"published_version", w.published, "reset_version", v)
 	}
 }
 

@@ -35,6 +35,8 @@ type Store interface {
 	// Ping reports whether Redis answers (the worker rejoins the queue
 	// group once it does).
 	Ping(ctx context.Context) error
+	ResetAfterLoss(ctx context.Context, entries []presence.Published, version int64) (int64, error)
+	Reannounce(ctx context.Context) (presence.ReannounceResult, error)
 }
 
 // Outbox is what the relay needs from the outbox stream.
@@ -194,6 +196,12 @@ type Worker struct {
 	debug    sampler
 	dropLog  sampler
 	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
+	// published is the highest event version this replica's relay has
+	// published, and unchecked the outbox entries it published since the
+	// last checkLoss, after the newest one before (only the relay goroutine
+	// uses them).
+	published int64
+	unchecked []presence.Published
 }
 
 // New returns a Worker. expiry may be nil: then the sweep alone finds

@@ -8,10 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/metrics"
+	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/worker"
 )
 
 func TestMain(m *testing.M) {
@@ -279,4 +283,65 @@ func TestAbusiveMessages(t *testing.T) {
 			t.Fatalf("unexpected event %+v", ev)
 		}
 	}
+}
+
+// A key under the prefix that another program keeps as a hash costs only
+// its own id: the ids beside it (before and after it in the batch) get their
+// sessions, events, index entries and count; the foreign id is rejected with
+// its reason, and its key is neither overwritten nor deleted.
+func TestForeignKeyCostsOnlyItsID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, time.Minute)
+	m := metrics.New()
+	e.startReplica(func(o *worker.Options, _ *presence.Options) { o.Metrics = m })
+	ctx := context.Background()
+	foreign := e.prefix + "user:42:devices"
+	if err := e.rdb.HSet(ctx, foreign, "phone", "a1", "laptop", "b2").Err(); err != nil {
+		t.Fatal(err)
+	}
+	checkForeign := func(step string) {
+		t.Helper()
+		got, err := e.rdb.HGetAll(ctx, foreign).Result()
+		if err != nil || len(got) != 2 || got["phone"] != "a1" || got["laptop"] != "b2" {
+			t.Fatalf("%s: the foreign hash is %v, %v; want it untouched", step, got, err)
+		}
+	}
+	r := e.heartbeat("a-1", "a-2", "42:devices", "b-1", "b-2")
+	if r.Error != "" || r.Accepted != 4 || len(r.Rejected) != 1 || r.Rejected[0].UserID != "42:devices" ||
+		!strings.Contains(r.Rejected[0].Error, "another data type") {
+		t.Fatalf("reply %+v, want 4 accepted and 42:devices rejected for its key's type", r)
+	}
+	checkForeign("after the heartbeat")
+	evs := e.waitEvents(4, 5*time.Second)
+	want := []string{"a-1:online:heartbeat", "a-2:online:heartbeat", "b-1:online:heartbeat", "b-2:online:heartbeat"}
+	if got := summary(evs); !slices.Equal(got, want) {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+	store := presence.NewStore(e.rdb, presence.Options{Prefix: e.prefix, TTL: e.ttl})
+	f, err := store.Footprint(ctx)
+	if err != nil || f.Sessions != 4 || f.Count != 4 || f.IndexEntries != 4 {
+		t.Fatalf("footprint %+v, %v; want 4 sessions, count 4, 4 index entries", f, err)
+	}
+	all, err := store.GetAllOnlineUsers(ctx)
+	slices.Sort(all)
+	if err != nil || !slices.Equal(all, []string{"a-1", "a-2", "b-1", "b-2"}) {
+		t.Fatalf("listed %v, %v", all, err)
+	}
+	if st, err := store.Status(ctx, "42:devices"); err != nil || st.Online {
+		t.Fatalf("status of the foreign id %+v, %v; want offline", st, err)
+	}
+	// A disconnect neither deletes the foreign key nor costs the others.
+	r = e.disconnect("a-1", "42:devices")
+	if r.Error != "" || r.Accepted != 1 || len(r.Rejected) != 1 || r.Rejected[0].UserID != "42:devices" {
+		t.Fatalf("disconnect reply %+v, want 1 accepted and 42:devices rejected", r)
+	}
+	checkForeign("after the disconnect")
+	evs = e.waitEvents(5, 5*time.Second)
+	if got := summary(evs); !slices.Contains(got, "a-1:offline:disconnect") || len(got) != 5 {
+		t.Fatalf("events %v", got)
+	}
+	if n := testutil.ToFloat64(m.Rejections.WithLabelValues("key_conflict")); n != 2 {
+		t.Fatalf("presenced_rejections_total{reason=key_conflict} = %v, want 2", n)
+	}
+	checkVersions(t, e.received())
 }

@@ -8,7 +8,8 @@
 -- ARGV[4..] user ids
 --
 -- A user refreshed since its key expired (the key exists again) or already
--- claimed (no open session) is left alone. While sweeps have stopped or a
+-- claimed (no open session) is left alone, and so is one whose key exists
+-- with another type (the sweep ends such a session when its slot is due). While sweeps have stopped or a
 -- grace pass runs, nothing is claimed: the sweep decides about grace. The
 -- user's index entry stays until its slot comes due (the sweep drops it).
 --

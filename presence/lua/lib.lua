@@ -4,7 +4,8 @@
 -- prefix; KEYS[1] and ARGV[1] mean the same in them.
 --
 -- Every script that includes it takes the same first five keys and two args:
---   KEYS[1]  epoch (STRING "<µs>:<shards>": marks the data set, fixes the shard count)
+--   KEYS[1]  epoch (STRING "<version>:<shards>": marks the data set with the
+--            version of the reset that announced it, fixes the shard count)
 --   KEYS[2]  version clock (STRING, the last version handed out)
 --   KEYS[3]  outbox (STREAM of event batches waiting to be published)
 --   KEYS[4]  online count (STRING, the number of open sessions)
@@ -21,16 +22,26 @@
 --                       caller ends each session. Shards hold ~64 users when
 --                       the shard count matches the load, so Redis keeps
 --                       them as compact listpacks.
---   <p>d:<slot>:<b>     deadline index bucket (HASH id -> deadline - slot
---                       start, ms). A slot is SLOT_MS of deadlines; a user is
---                       filed in the slot of its deadline when its session
---                       starts. A refresh does not move it (it only extends
---                       the key's TTL): when the slot comes due, the sweep
---                       reads the key's TTL and files a user still online
---                       again, in the slot of its current deadline, and ends
---                       the session of a user whose key is gone. So each open
---                       session is in the index at a slot no later than its
+--   <p>d:<slot>:<b>     deadline index bucket (HASH id -> the session's
+--                       version followed by two digits, the deadline's ms
+--                       into the slot: "<version><00..99>", an integer Redis
+--                       keeps in 8 bytes in a listpack). A slot is SLOT_MS of
+--                       deadlines; a user is filed in the slot of its
+--                       deadline when its session starts. A refresh does not
+--                       move it (it only extends the key's TTL): when the
+--                       slot comes due, the sweep drops an entry whose
+--                       version is not the user's open session's (the
+--                       session ended, or a later one has its own entry),
+--                       files a user still online again, in the slot of its
+--                       current deadline, and ends the session of a user
+--                       whose key is gone. So each open session has exactly
+--                       one entry once the slots of the sessions before it
+--                       have come due, at a slot no later than its
 --                       deadline, and a refresh costs one command.
+--
+-- A presence key that holds another type than a string (another program's
+-- hash under the prefix) is not presenced's: the scripts never write or
+-- delete it, refuse its id (KEY_CONFLICT), and the sweep treats it as gone.
 --   <p>dir              which buckets exist, scored by the end of their slot,
 --                       so a sweep reads only the buckets due.
 --
@@ -46,9 +57,14 @@ local SHARDS = nil
 local CLOCK = nil
 local FIRST_V = nil
 local EVENTS = {}
+local OUTBOX_ID = nil -- the id of the outbox entry flush wrote, if any
 local COUNT_DELTA = 0
 local FILED = {} -- slot -> {hash of its first id, id, ms, id, ms, ...}, written by flush
-local OFFSETS = {} -- offset into a slot (ms) -> its string, filled as used
+local OFFSETS = {} -- offset into a slot (ms) -> its two digits, filled as used
+
+-- KEY_CONFLICT is a per-id result of the heartbeat and disconnect scripts:
+-- the id's presence key holds another type, and nothing of that id changed.
+local KEY_CONFLICT = -1
 
 -- Event lines (see outbox.go): "<status> <reason> <userId>[ <deadline ms>]".
 local ONLINE = 'online heartbeat '
@@ -115,8 +131,11 @@ end
 -- compact listpack (17 runs, 4 standard deviations) is rare: such a bucket
 -- becomes a hash table until its slot comes due (more memory for a while,
 -- same behaviour).
+-- version is the session's version as the sessions shard holds it (a
+-- string of digits): the entry is that version followed by the two digits
+-- of the deadline's offset into the slot (see entry_version).
 local FILE_RUN = 8
-local function file(id, h, deadline)
+local function file(id, h, deadline, version)
   local slot = math.floor(deadline / SLOT_MS)
   local l = FILED[slot]
   if l == nil then
@@ -126,11 +145,27 @@ local function file(id, h, deadline)
   local off = deadline - slot * SLOT_MS
   local o = OFFSETS[off]
   if o == nil then
-    o = string.format('%d', off)
+    o = string.format('%02d', off)
     OFFSETS[off] = o
   end
   l[#l + 1] = id
-  l[#l + 1] = o
+  l[#l + 1] = version .. o
+end
+
+-- entry_version splits an index entry into the session version it was
+-- filed for (a string, as the sessions shard holds it) and the deadline's
+-- offset into the slot (ms).
+-- An entry of one or two digits (an offset alone) carries no version and
+-- stands for whichever session is open.
+local function entry_version(e)
+  if #e <= 2 then return nil, tonumber(e) end
+  return string.sub(e, 1, -3), tonumber(string.sub(e, -2))
+end
+
+-- key_type is the type of a presence key: 'none', 'string' (presenced's,
+-- or a string another program wrote), or another type (not presenced's).
+local function key_type(k)
+  return redis.call('TYPE', k)['ok']
 end
 
 -- flush writes the index entries, the clock, the count and the queued
@@ -160,7 +195,7 @@ local function flush()
   end
   if FIRST_V ~= nil then
     redis.call('SET', KEYS[2], string.format('%d', CLOCK))
-    redis.call('XADD', KEYS[3], '*', 'v', string.format('%d', FIRST_V), 'e', table.concat(EVENTS, '\n'))
+    OUTBOX_ID = redis.call('XADD', KEYS[3], '*', 'v', string.format('%d', FIRST_V), 'e', table.concat(EVENTS, '\n'))
   end
   if COUNT_DELTA ~= 0 then
     redis.call('INCRBY', KEYS[4], string.format('%d', COUNT_DELTA))
@@ -172,8 +207,10 @@ end
 -- persistence, a failover to an empty replica): the sessions it held are
 -- unknowable, so instead of guessing, one "reset" event goes out before
 -- anything else, and consumers resynchronise. Exactly one script call sees
--- the epoch missing, so the reset is published once. The epoch also fixes
--- the shard count for the life of the data set.
+-- the epoch missing, so the reset is published once. The epoch records
+-- that reset's version (reset.lua rewrites it with the version of the reset
+-- that announces a partial loss) and fixes the shard count for the life of
+-- the data set.
 -- read_shards returns the shard count recorded in the epoch key, or nil
 -- when there is no data set (or it has no shard count).
 local function read_shards()
@@ -191,8 +228,8 @@ local function check_epoch()
     return nil
   end
   SHARDS = tonumber(ARGV[2])
-  redis.call('SET', KEYS[1], string.format('%d', NOW_US) .. ':' .. SHARDS)
-  emit('reset data_loss ')
+  local v = emit('reset data_loss ')
+  redis.call('SET', KEYS[1], string.format('%d', v) .. ':' .. SHARDS)
   return nil
 end
 

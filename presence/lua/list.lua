@@ -3,7 +3,7 @@
 -- compact shard (128 ids or fewer) whole with HKEYS, a larger one with HSCAN
 -- in steps of about the limit.
 --
--- KEYS[1]  epoch (STRING "<µs>:<shards>", see lib.lua)
+-- KEYS[1]  epoch (STRING "<version>:<shards>", see lib.lua)
 -- ARGV[1]  key prefix
 -- ARGV[2]  shard to continue from (0 to start)
 -- ARGV[3]  HSCAN cursor within that shard (0 to start)

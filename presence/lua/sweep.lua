@@ -1,10 +1,17 @@
 -- sweep.lua: the reconciler's step. Reads the index buckets whose slot has
--- ended, files users still online again at their current deadline, and
--- claims the sessions of users whose key is gone, or, after an outage,
--- grants grace instead. Requires lib.lua.
+-- ended, drops the entries that are not their user's open session's (see
+-- the layout in lib.lua), files users still online again at their current
+-- deadline, and claims the sessions of users whose key is gone, or, after
+-- an outage, grants grace instead. A key of another type than a string
+-- without a TTL is not presenced's (presenced's keys always have one) and
+-- counts as gone: its session is claimed, never graced, and the key is
+-- left as it is. (One with a TTL keeps the session until it expires.)
+-- Requires lib.lua.
 --
 -- KEYS[6]  sweep marker (STRING, NOW_MS of the last sweep by any replica)
 -- KEYS[7]  grace cutoff (STRING, present while a grace pass is running)
+-- KEYS[8]  re-announce cursor (STRING, present while the walk after a
+--          partial-loss reset is under way; see reannounce.lua)
 -- ARGV[3]  index entries to read in this call, at most (whole buckets are read)
 -- ARGV[4]  outage threshold in ms: a gap between sweeps longer than this
 --          means no replica could see heartbeats (NATS cut, Redis down,
@@ -19,8 +26,9 @@
 -- The cost of a call is O(log B + entries read), B the number of buckets:
 -- users whose slot has not ended are never read.
 --
--- Returns {claimed, graced, more}: more is 1 when the limit was reached and
--- the caller should call again at once.
+-- Returns {claimed, graced, more, walk}: more is 1 when the limit was
+-- reached and the caller should call again at once; walk is 1 while the
+-- re-announce walk is under way (the caller takes its steps).
 local err = check_epoch()
 if err then return err end
 local limit = tonumber(ARGV[3])
@@ -43,22 +51,41 @@ while i <= #buckets and read < limit do
   local e = redis.call('HGETALL', b)
   for j = 1, #e, 2 do
     local id = e[j]
+    local ev, off = entry_version(e[j + 1])
+    local h = hash(id)
     local k = user_key(id)
     local pttl = redis.call('PTTL', k)
-    if pttl > 0 then
-      file(id, hash(id), NOW_MS + pttl)
-    elseif pttl == -1 then
-      -- persisted by someone else: keep watching it at one TTL from now
-      file(id, hash(id), NOW_MS + ttl)
-    elseif cutoff then
-      local h = hash(id)
-      if redis.call('HGET', shard_key(h), id) then
-        redis.call('SET', k, '1', 'PX', ARGV[5])
-        file(id, h, NOW_MS + ttl)
-        graced = graced + 1
+    if pttl == -1 and key_type(k) ~= 'string' then
+      -- another program's key of another type, without a TTL: not
+      -- presenced's (which always has one), so the session is gone
+      pttl = -2
+    end
+    if pttl == -2 and not cutoff then
+      -- removing the session is the claim (no session: nothing to do; the
+      -- user's key lapsed, so whichever entry comes due first ends it, as
+      -- the keyspace path does)
+      if end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+        claimed = claimed + 1
       end
-    elseif end_session(id, hash(id), OFFLINE_EXPIRED, start + tonumber(e[j + 1])) ~= 0 then
-      claimed = claimed + 1
+    else
+      -- An entry of a session that ended, or of an earlier session of a
+      -- user whose later one has its own entry, is dropped with its bucket.
+      local sv = redis.call('HGET', shard_key(h), id)
+      if sv and (ev == nil or ev == sv) then
+        if pttl > 0 then
+          file(id, h, NOW_MS + pttl, sv)
+        elseif pttl == -1 then
+          -- a string persisted by someone else: keep watching it at one TTL from now
+          file(id, h, NOW_MS + ttl, sv)
+        elseif key_type(k) == 'none' then
+          redis.call('SET', k, '1', 'PX', ARGV[5])
+          file(id, h, NOW_MS + ttl, sv)
+          graced = graced + 1
+        elseif end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+          -- never graced: SET would overwrite another program's key
+          claimed = claimed + 1
+        end
+      end
     end
   end
   read = read + #e / 2
@@ -72,4 +99,4 @@ if cutoff and more == 0 then
   redis.call('DEL', KEYS[7])
 end
 flush()
-return {claimed, graced, more}
+return {claimed, graced, more, redis.call('EXISTS', KEYS[8])}
