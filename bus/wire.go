@@ -131,6 +131,14 @@ func (e Event) MsgID() string {
 // heartbeat.
 const StatusReset = "reset"
 
+// TimeoutHeader is the request header in which a heartbeat or disconnect
+// sender says how long, in milliseconds, it waits for the reply. presenced
+// does not store a request whose sender has stopped waiting (it answers
+// "expired" instead): the sender may have sent it again already, and a
+// late copy of a disconnect must not end a session a later heartbeat
+// continued. Without the header a request is stored however late.
+const TimeoutHeader = "Presence-Timeout"
+
 // Rejection is one id that was not accepted, with the reason.
 type Rejection struct {
 	UserID string `json:"userId"`

@@ -15,6 +15,7 @@ import (
 	"iter"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -170,7 +171,7 @@ func (c *Client) sendPart(ctx context.Context, subject string, ids []string, out
 	delay := retryBase
 	for attempt := 0; ; attempt++ {
 		*out = Reply{}
-		err := c.call(ctx, subject, idsRequest{UserIDs: ids}, out)
+		err := c.call(ctx, subject, idsRequest{UserIDs: ids}, out, true)
 		retry := err != nil && retryable(err)
 		if err == nil && out.Error != "" {
 			err = fmt.Errorf("%w: %s", ErrFailed, out.Error)
@@ -183,10 +184,13 @@ func (c *Client) sendPart(ctx context.Context, subject string, ids []string, out
 			first = err
 		}
 		if !retry || attempt >= c.retries || ctx.Err() != nil {
-			if attempt == 0 || err.Error() == first.Error() {
+			switch {
+			case attempt == 0:
 				return err
+			case err.Error() == first.Error():
+				return fmt.Errorf("%w (%d attempts)", err, attempt+1)
 			}
-			return fmt.Errorf("%w (after %d attempts; first: %w)", err, attempt+1, first)
+			return fmt.Errorf("%w (%d attempts; first: %w)", err, attempt+1, first)
 		}
 		t := time.NewTimer(delay + time.Duration(rand.Int64N(int64(delay/2))))
 		select {
@@ -322,7 +326,7 @@ func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, err
 
 // query calls a query service endpoint.
 func (c *Client) query(ctx context.Context, endpoint string, req any, out reply) error {
-	if err := c.call(ctx, c.prefix+".query."+endpoint, req, out); err != nil {
+	if err := c.call(ctx, c.prefix+".query."+endpoint, req, out, false); err != nil {
 		return fmt.Errorf("presence %s: %w", endpoint, err)
 	}
 	return nil
@@ -330,7 +334,9 @@ func (c *Client) query(ctx context.Context, endpoint string, req any, out reply)
 
 // call sends req to subject, waits at most the timeout for the reply and
 // decodes it into out; micro error headers become a *ServiceError.
-func (c *Client) call(ctx context.Context, subject string, req any, out reply) error {
+// With timed, the request carries timeoutHeader: how long this attempt
+// waits, so that presenced does not store it after the client gave up.
+func (c *Client) call(ctx context.Context, subject string, req any, out reply, timed bool) error {
 	var data []byte
 	if r, ok := req.(interface{ appendJSON([]byte) []byte }); ok {
 		data = r.appendJSON(nil)
@@ -342,7 +348,15 @@ func (c *Client) call(ctx context.Context, subject string, req any, out reply) e
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	m := &nats.Msg{Subject: subject, Data: data}
+	if timed {
+		wait := c.timeout
+		if d, ok := ctx.Deadline(); ok {
+			wait = time.Until(d)
+		}
+		m.Header = nats.Header{timeoutHeader: []string{strconv.FormatInt(max(wait.Milliseconds(), 1), 10)}}
+	}
+	msg, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
 		return fmt.Errorf("request %s: %w", subject, err)
 	}

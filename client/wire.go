@@ -149,6 +149,11 @@ func (e *Event) decode(data []byte) error {
 	return jsonobject.Decode(data, map[string]any{"userId": &e.UserID, "status": &e.Status, "reason": &e.Reason, "at": &e.At, "version": &e.Version})
 }
 
+// timeoutHeader tells presenced how long (ms) the client waits for a
+// heartbeat or disconnect reply; presenced does not store a request whose
+// sender stopped waiting (presenced's bus.TimeoutHeader).
+const timeoutHeader = "Presence-Timeout"
+
 // ErrFailed is wrapped by the error of a heartbeat or disconnect that
 // presenced answered as failed as a whole (Reply.Error: malformed, too many
 // ids, store unavailable).

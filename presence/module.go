@@ -50,7 +50,8 @@ func NewStoreFromConfig(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *
 	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()
-		return s.Ping(ctx)
+		// A replica (or a demoted master) takes no writes: fail start-up.
+		return s.Writable(ctx)
 	}})
 	return s
 }

@@ -102,6 +102,20 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// Writable reports whether Redis answers and takes writes: it is a master
+// (ROLE), so a client left on a demoted master or a replica is told apart
+// from a healthy one, and the scripts are loaded.
+func (s *Store) Writable(ctx context.Context) error {
+	role, err := s.rdb.Do(ctx, "ROLE").Slice()
+	if err != nil {
+		return fmt.Errorf("redis role: %w", err)
+	}
+	if len(role) == 0 || role[0] != "master" {
+		return fmt.Errorf("redis is a %v, not a master: it takes no writes", role[0:min(1, len(role))])
+	}
+	return s.Ping(ctx)
+}
+
 // baseKeys returns KEYS[1..5] of every writing script (see lua/lib.lua),
 // with room for n more.
 func (s *Store) baseKeys(n int) []string {
@@ -237,6 +251,26 @@ func IsUnavailable(err error) bool {
 		return false
 	}
 	return true
+}
+
+// IsRetryable reports whether the same request may succeed later: Redis
+// is unavailable to this client (IsUnavailable), or it refuses every write
+// for now (busy with a script, out of memory, unable to persist, or without
+// the replicas it must write to).
+func IsRetryable(err error) bool {
+	if IsUnavailable(err) {
+		return true
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, p := range []string{"BUSY", "OOM", "MISCONF", "NOREPLICAS"} {
+			if strings.HasPrefix(msg, p) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func isNoScript(err error) bool {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,14 @@ const (
 	errOverloaded   = "overloaded: intake full, not stored, send again"
 )
 
+var (
+	// errAborted: Stop ran out of time before the request was stored.
+	errAborted = errors.New(errShuttingDown)
+	// errExpired: the sender's timeout passed before the request was
+	// stored, so it was not (the sender may have sent it again already).
+	errExpired = errors.New("expired: the sender's timeout (" + bus.TimeoutHeader + ") passed before it was stored; not stored")
+)
+
 // reasonKeyConflict labels ids rejected because their presence key holds
 // another type (presence.KeyConflict), in presenced_rejections_total.
 const reasonKeyConflict = "key_conflict"
@@ -48,6 +57,7 @@ type request struct {
 	msg      *nats.Msg
 	op       op
 	rejected []bus.Rejection
+	deadline int64 // when the sender stops waiting (see since); 0: no deadline
 
 	mu       sync.Mutex
 	parts    int   // parts not finished yet
@@ -162,10 +172,26 @@ func (w *Worker) admit(batch, dropped []*nats.Msg) []*nats.Msg {
 			"dropped_total", w.in.dropped.Load(), "suppressed_since_last", suppressed)
 	}
 	for _, m := range dropped {
-		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded, Retry: true})
+		if m.Reply == "" {
+			continue
+		}
+		// Answered by another goroutine: a publish may block on the
+		// connection, and the pump must keep emptying the channel.
+		select {
+		case w.overloaded <- m:
+		default: // that goroutine is behind too: the sender times out instead
+		}
 	}
 	clear(dropped)
 	return dropped
+}
+
+// answerOverloaded answers the messages the intake had no room for until
+// overloaded is closed.
+func (w *Worker) answerOverloaded() {
+	for m := range w.overloaded {
+		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded, Retry: true})
+	}
 }
 
 // dispatch decodes the intake's messages in order and hands each user's ids
@@ -181,18 +207,19 @@ func (w *Worker) dispatch(abort <-chan struct{}) {
 		}
 	}()
 	for {
-		m, ok := w.in.pop()
+		m, at, ok := w.in.pop()
 		if !ok {
 			return
 		}
-		w.handle(m, abort)
+		w.handle(m, at, abort)
 	}
 }
 
-// handle decodes one message, answers or counts what is invalid, and queues
-// the valid ids. Queueing blocks while the executors are busy: the intake
-// holds what arrives meanwhile, up to its byte limit.
-func (w *Worker) handle(msg *nats.Msg, abort <-chan struct{}) {
+// handle decodes one message received at at (see since), answers or counts
+// what is invalid, and queues the valid ids. Queueing blocks while the
+// executors are busy: the intake holds what arrives meanwhile, up to its
+// byte limit.
+func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	o := opHeartbeat
 	if msg.Subject == w.disconnectSubject {
 		o = opDisconnect
@@ -205,6 +232,8 @@ func (w *Worker) handle(msg *nats.Msg, abort <-chan struct{}) {
 	default:
 	}
 	req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
+	// The ids are copies: the payload is not held while they wait.
+	msg.Data = nil
 	if err != nil {
 		reason := "malformed"
 		if errors.Is(err, bus.ErrTooMany) {
@@ -223,7 +252,13 @@ func (w *Worker) handle(msg *nats.Msg, abort <-chan struct{}) {
 		results.WithLabelValues("rejected").Add(float64(n))
 		w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
 	}
-	r := &request{msg: msg, op: o, rejected: req.Rejected}
+	deadline := requestDeadline(msg, at)
+	if deadline != 0 && since() > deadline {
+		results.WithLabelValues("expired").Add(float64(len(req.IDs)))
+		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errExpired.Error(), Retry: true})
+		return
+	}
+	r := &request{msg: msg, op: o, rejected: req.Rejected, deadline: deadline}
 	if r.rejected == nil {
 		r.rejected = []bus.Rejection{}
 	}
@@ -232,8 +267,9 @@ func (w *Worker) handle(msg *nats.Msg, abort <-chan struct{}) {
 		return
 	}
 	// The queue is bounded in ids by the budget, then in messages by the
-	// executors' channels; the budget's wait yields to an abort.
-	cost := w.queued.take(len(req.IDs), abort)
+	// executors' channels; the budget's wait yields to an abort. Rejections
+	// are charged too: the request holds them until it is answered.
+	cost := w.queued.take(len(req.IDs)+len(req.Rejected), abort)
 	if cost == 0 {
 		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
 		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
@@ -323,9 +359,12 @@ func (w *Worker) finish(r *request, ids []string, err error, conflicts map[strin
 		}
 	}
 	stored := len(ids) - len(rejected)
-	if err != nil {
+	switch {
+	case errors.Is(err, errExpired):
+		results.WithLabelValues("expired").Add(float64(len(ids)))
+	case err != nil:
 		results.WithLabelValues("failed").Add(float64(len(ids)))
-	} else {
+	default:
 		results.WithLabelValues("accepted").Add(float64(stored))
 	}
 	r.mu.Lock()
@@ -343,10 +382,44 @@ func (w *Worker) finish(r *request, ids []string, err error, conflicts map[strin
 		return
 	}
 	if r.err != nil {
-		w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected, Error: "store unavailable: " + r.err.Error(), Retry: presence.IsUnavailable(r.err)})
+		w.respond(r.msg, failedReply(r.accepted, r.rejected, r.err))
 		return
 	}
 	w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected})
+}
+
+// failedReply is the answer to a request a part of which failed with err.
+func failedReply(accepted int, rejected []bus.Rejection, err error) bus.Reply {
+	r := bus.Reply{Accepted: accepted, Rejected: rejected, Retry: true}
+	switch {
+	case errors.Is(err, errAborted), errors.Is(err, context.Canceled):
+		r.Error = errShuttingDown
+	case errors.Is(err, errExpired):
+		r.Error = errExpired.Error()
+	case presence.IsRetryable(err):
+		r.Error = "store unavailable: " + err.Error()
+	default:
+		r.Error, r.Retry = "store failed: "+err.Error(), false
+	}
+	return r
+}
+
+// requestDeadline is when the sender of msg, received at at, stops waiting
+// for the reply: at + its bus.TimeoutHeader. Zero when it has no reply
+// subject or did not say (such a message is stored however late).
+func requestDeadline(msg *nats.Msg, at int64) int64 {
+	if msg.Reply == "" || msg.Header == nil {
+		return 0
+	}
+	v := msg.Header.Get(bus.TimeoutHeader)
+	if v == "" {
+		return 0
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms <= 0 {
+		return 0
+	}
+	return at + ms*int64(time.Millisecond)
 }
 
 func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
@@ -419,6 +492,33 @@ func (w *Worker) storeBatch(ctx context.Context, batch []job) {
 }
 
 func (w *Worker) storeRun(ctx context.Context, run []job) {
+	// Jobs whose sender has given up are not stored (it may have sent them
+	// again meanwhile, and a late copy must not undo what came after it);
+	// after an abort nothing is.
+	aborted := ctx.Err() != nil
+	select {
+	case <-w.abort:
+		aborted = true
+	default:
+	}
+	now := since()
+	live := run[:0:0]
+	for _, j := range run {
+		switch {
+		case aborted:
+			w.finish(j.req, j.ids, errAborted, nil)
+			w.queued.give(j.cost)
+		case j.req.deadline != 0 && now > j.req.deadline:
+			w.finish(j.req, j.ids, errExpired, nil)
+			w.queued.give(j.cost)
+		default:
+			live = append(live, j)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	run = live
 	ids := run[0].ids
 	if len(run) > 1 {
 		// Merge, dropping ids repeated across messages: a script sees each once.

@@ -3,6 +3,7 @@ package worker
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -24,22 +25,26 @@ type intake struct {
 
 	mu     sync.Mutex
 	q      []*nats.Msg
-	head   int   // q[head:] are waiting
-	bytes  int64 // cost of q[head:]
-	high   int64 // most bytes held at once
-	closed bool  // nothing more will be pushed
+	at     []int64 // at[i]: when q[i] was received (monotonic ns, see since)
+	head   int     // q[head:] are waiting
+	bytes  int64   // cost of q[head:]
+	high   int64   // most bytes held at once
+	closed bool    // nothing more will be pushed
 	ready  chan struct{}
 
 	dropped atomic.Int64
 }
 
 // intakeChan is the capacity of the channel between the read loop and the
-// pump; the pump empties it as fast as the read loop fills it.
+// pump. The pump never blocks (it neither decodes nor answers), so the
+// channel holds only what arrives while the pump waits to be scheduled; it
+// is sized for a burst under a loaded machine (a message that finds it full
+// is dropped by nats.go and counted as a slow consumer).
 const intakeChan = 65536
 
 // msgOverhead is what a received message costs in memory beside its
 // subject, reply and data: the *nats.Msg, its allocations' rounding and
-// the intake's slot. TestMsgCostCoversHeap holds the bound honest: a
+// the intake's slots. TestMsgCostCoversHeap holds the bound honest: a
 // single-id heartbeat takes 171 bytes of heap (218-254 with a reply
 // subject) and is charged 290 (328).
 const msgOverhead = 256
@@ -58,6 +63,7 @@ func newIntake(limit int64) *intake {
 // the dropped ones appended to dropped. One lock for the whole run keeps
 // the pump ahead of the connection's read loop.
 func (in *intake) pushAll(ms []*nats.Msg, dropped []*nats.Msg) []*nats.Msg {
+	now := since()
 	in.mu.Lock()
 	for _, m := range ms {
 		c := msgCost(m)
@@ -66,6 +72,7 @@ func (in *intake) pushAll(ms []*nats.Msg, dropped []*nats.Msg) []*nats.Msg {
 			continue
 		}
 		in.q = append(in.q, m)
+		in.at = append(in.at, now)
 		in.bytes += c
 	}
 	in.high = max(in.high, in.bytes)
@@ -91,36 +98,45 @@ func (in *intake) close() {
 	in.signal()
 }
 
-// pop returns the oldest message, waiting for one; ok is false once the
-// intake is closed and empty. One goroutine pops.
-func (in *intake) pop() (m *nats.Msg, ok bool) {
+// pop returns the oldest message and when it was received (see since),
+// waiting for one; ok is false once the intake is closed and empty. One
+// goroutine pops.
+func (in *intake) pop() (m *nats.Msg, at int64, ok bool) {
 	for {
 		in.mu.Lock()
 		if in.head < len(in.q) {
-			m = in.q[in.head]
+			m, at = in.q[in.head], in.at[in.head]
 			in.q[in.head] = nil
 			in.head++
 			in.bytes -= msgCost(m)
 			switch {
 			case in.head == len(in.q):
-				in.q, in.head = in.q[:0], 0
+				in.q, in.at, in.head = in.q[:0], in.at[:0], 0
 			case in.head >= 4096 && in.head*2 >= len(in.q):
 				// Give the consumed front back instead of growing forever.
 				n := copy(in.q, in.q[in.head:])
+				copy(in.at, in.at[in.head:])
 				clear(in.q[n:])
-				in.q, in.head = in.q[:n], 0
+				in.q, in.at, in.head = in.q[:n], in.at[:n], 0
 			}
 			in.mu.Unlock()
-			return m, true
+			return m, at, true
 		}
 		closed := in.closed
 		in.mu.Unlock()
 		if closed {
-			return nil, false
+			return nil, 0, false
 		}
 		<-in.ready
 	}
 }
+
+// epoch anchors since: time.Since on it reads the monotonic clock.
+var epoch = time.Now()
+
+// since returns nanoseconds on the monotonic clock, cheap to store and
+// compare.
+func since() int64 { return int64(time.Since(epoch)) }
 
 // held returns the bytes waiting now and the most ever held at once.
 func (in *intake) held() (now, high int64) {

@@ -81,7 +81,7 @@ func BenchmarkIntake(b *testing.B) {
 	for b.Loop() {
 		in.pushAll(msgs, nil)
 		for range msgs {
-			if _, ok := in.pop(); !ok {
+			if _, _, ok := in.pop(); !ok {
 				b.Fatal("empty")
 			}
 		}

@@ -43,14 +43,23 @@ func (w *Worker) subscribe() error {
 }
 
 // leave drains both subscriptions (messages on their way still arrive and
-// are answered) without waiting for the drain to finish.
+// are answered) without waiting for the drain to finish; Stop waits for it.
 func (w *Worker) leave() {
 	w.subsMu.Lock()
 	defer w.subsMu.Unlock()
+	live := w.draining[:0]
+	for _, sub := range w.draining {
+		if sub.IsValid() {
+			live = append(live, sub)
+		}
+	}
+	w.draining = live
 	for _, sub := range w.subs {
 		if err := sub.Drain(); err != nil {
 			_ = sub.Unsubscribe()
+			continue
 		}
+		w.draining = append(w.draining, sub)
 	}
 	w.subs = nil
 }
@@ -70,9 +79,19 @@ func (w *Worker) storeFailed(err error) {
 }
 
 // rejoin leaves the queue group each time the store is found unavailable
-// and rejoins once Redis answers, pinging with backoff (50ms doubling to
-// 1s), until ctx is done.
+// and rejoins once Redis accepts writes again (Store.Writable: it answers
+// and is a master), checking with backoff from 50ms doubling to 1s, until
+// ctx is done. The backoff carries over to the next outage unless the
+// replica stayed in the group for stableAfter: a Redis that answers the
+// check but fails the writes (a demoted master still loading, say) makes
+// the replica leave and rejoin ever more slowly, not in a tight loop.
 func (w *Worker) rejoin(ctx context.Context) {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = 50 * time.Millisecond
+	b.MaxInterval = time.Second
+	b.MaxElapsedTime = 0
+	b.Reset()
+	var joined time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -81,25 +100,38 @@ func (w *Worker) rejoin(ctx context.Context) {
 		}
 		w.leave()
 		w.m.QueueGroupLeaves.Inc()
-		w.log.Warn("redis unavailable: left the queue group until it answers")
-		b := backoff.NewExponentialBackOff()
-		b.InitialInterval = 50 * time.Millisecond
-		b.MaxInterval = time.Second
-		b.MaxElapsedTime = 0
+		w.log.Warn("redis unavailable: left the queue group until it accepts writes")
+		if time.Since(joined) > stableAfter {
+			b.Reset()
+		}
 		err := backoff.Retry(func() error {
 			pctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			if err := w.store.Ping(pctx); err != nil {
+			if err := w.store.Writable(pctx); err != nil {
 				return err
 			}
 			// Cleared before subscribing, so a failure after this point
 			// takes the replica out again.
 			w.storeDown.Store(false)
-			return w.subscribe()
-		}, backoff.WithContext(b, ctx))
+			if err := w.subscribe(); err != nil {
+				w.storeDown.Store(true)
+				return err
+			}
+			return nil
+		}, backoff.WithContext(noReset{b}, ctx))
 		if err != nil {
 			return // ctx done
 		}
-		w.log.Info("redis answers again: rejoined the queue group")
+		joined = time.Now()
+		w.log.Info("redis accepts writes again: rejoined the queue group")
 	}
 }
+
+// stableAfter is how long a replica must stay in the queue group for its
+// next outage to start the rejoin backoff from the beginning.
+const stableAfter = 30 * time.Second
+
+// noReset keeps backoff.Retry from resetting b: rejoin decides when to.
+type noReset struct{ *backoff.ExponentialBackOff }
+
+func (noReset) Reset() {}

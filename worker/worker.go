@@ -32,9 +32,9 @@ type Store interface {
 	Sweep(ctx context.Context, limit int) (presence.SweepResult, error)
 	Claim(ctx context.Context, ids []string) (int, error)
 	Count(ctx context.Context) (int64, error)
-	// Ping reports whether Redis answers (the worker rejoins the queue
-	// group once it does).
-	Ping(ctx context.Context) error
+	// Writable reports whether Redis answers and accepts writes (the
+	// worker rejoins the queue group once it does).
+	Writable(ctx context.Context) error
 	ResetAfterLoss(ctx context.Context, entries []presence.Published, version int64) (int64, error)
 	Reannounce(ctx context.Context) (presence.ReannounceResult, error)
 }
@@ -174,6 +174,7 @@ type Worker struct {
 	m      *metrics.Metrics
 
 	in                *intake
+	overloaded        chan *nats.Msg // dropped by the intake, to be answered "overloaded"
 	disconnectSubject string
 	execQ             []chan job // one queue per executor; a user's ids always go to the same one
 	seed              maphash.Seed
@@ -186,6 +187,7 @@ type Worker struct {
 
 	subsMu    sync.Mutex
 	subs      []*nats.Subscription // nil while out of the queue group
+	draining  []*nats.Subscription // left by leave, drain not yet finished
 	storeDown atomic.Bool          // Redis failing: out of the queue group until it answers
 	downCh    chan struct{}        // wakes the rejoin loop
 
@@ -212,6 +214,7 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
 		log: opts.Logger, m: opts.Metrics,
 		in:                newIntake(opts.IntakeBytes),
+		overloaded:        make(chan *nats.Msg, 1024),
 		disconnectSubject: opts.Subjects.Disconnect(),
 		seed:              maphash.MakeSeed(),
 		queued:            newBudget(opts.QueueIDs),
@@ -243,10 +246,15 @@ func (w *Worker) Start(ctx context.Context) error {
 			w.execute(runCtx, q)
 		}()
 	}
-	w.intakeDone.Add(2)
+	w.intakeDone.Add(3)
 	go func() {
 		defer w.intakeDone.Done()
+		defer close(w.overloaded)
 		w.pump(w.closing)
+	}()
+	go func() {
+		defer w.intakeDone.Done()
+		w.answerOverloaded()
 	}()
 	go func() {
 		defer w.intakeDone.Done()
@@ -293,13 +301,21 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	var errs []error
 	w.subsMu.Lock()
-	subs := w.subs
-	w.subs = nil
+	subs, draining := w.subs, w.draining
+	w.subs, w.draining = nil, nil
 	w.subsMu.Unlock()
 	for _, sub := range subs {
 		if err := drain(ctx, sub); err != nil {
 			// Out of time: stop taking messages; those still on their way
 			// are dropped (their senders time out and retry).
+			errs = append(errs, err)
+			_ = sub.Unsubscribe()
+		}
+	}
+	// Subscriptions left while Redis was unavailable may still deliver
+	// what the server had routed to them.
+	for _, sub := range draining {
+		if err := waitDrained(ctx, sub); err != nil {
 			errs = append(errs, err)
 			_ = sub.Unsubscribe()
 		}
@@ -330,6 +346,20 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	w.log.Info("worker stopped")
 	return errors.Join(errs...)
+}
+
+// waitDrained waits until a subscription whose drain has started is done.
+func waitDrained(ctx context.Context, sub *nats.Subscription) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for sub.IsValid() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain %s: %w", sub.Subject, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // drain stops sub taking messages and waits until those it holds are handled.

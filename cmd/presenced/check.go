@@ -279,6 +279,7 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 		{"XREVRANGE", func() error { return rdb.XRevRangeN(ctx, k, "+", "-", 1).Err() }},
 		{"XGROUP DELCONSUMER", func() error { return rdb.XGroupDelConsumer(ctx, k, "check", "check").Err() }},
 		{"MGET", func() error { return rdb.MGet(ctx, prefix+"check").Err() }},
+		{"ROLE", func() error { return rdb.Do(ctx, "ROLE").Err() }},
 		{"DEL", func() error { return rdb.Del(ctx, k).Err() }},
 	}
 	for _, s := range steps {
