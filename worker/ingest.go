@@ -240,7 +240,7 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 			reason = "too_many"
 		}
 		w.m.Rejections.WithLabelValues(reason).Inc()
-		results.WithLabelValues("rejected").Inc()
+		results.rejected.Inc()
 		w.debugf("rejected message", "subject", msg.Subject, "reason", reason, "err", err)
 		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: err.Error()})
 		return
@@ -249,12 +249,12 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 		w.m.Rejections.WithLabelValues(r.Reason).Inc()
 	}
 	if n := len(req.Rejected); n > 0 {
-		results.WithLabelValues("rejected").Add(float64(n))
+		results.rejected.Add(float64(n))
 		w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
 	}
 	deadline := requestDeadline(msg, at)
 	if deadline != 0 && since() > deadline {
-		results.WithLabelValues("expired").Add(float64(len(req.IDs)))
+		results.expired.Add(float64(len(req.IDs)))
 		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errExpired.Error(), Retry: true})
 		return
 	}
@@ -271,7 +271,7 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	// are charged too: the request holds them until it is answered.
 	cost := w.queued.take(len(req.IDs)+len(req.Rejected), abort)
 	if cost == 0 {
-		results.WithLabelValues("failed").Add(float64(len(req.IDs)))
+		results.failed.Add(float64(len(req.IDs)))
 		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
 		return
 	}
@@ -332,13 +332,21 @@ func (w *Worker) owner(id string) int {
 	return int(maphash.String(w.seed, id) % uint64(len(w.execQ)))
 }
 
-// results counts the ids of o by result.
-func (w *Worker) results(o op) *prometheus.CounterVec {
-	if o == opDisconnect {
-		return w.m.Disconnects
-	}
-	return w.m.Heartbeats
+// resultCounters are the counters of one op's ids by result, resolved
+// once: a label lookup per message costs more than the count.
+type resultCounters struct {
+	accepted, rejected, failed, expired prometheus.Counter
 }
+
+func newResultCounters(v *prometheus.CounterVec) resultCounters {
+	return resultCounters{
+		accepted: v.WithLabelValues("accepted"), rejected: v.WithLabelValues("rejected"),
+		failed: v.WithLabelValues("failed"), expired: v.WithLabelValues("expired"),
+	}
+}
+
+// results counts the ids of o by result.
+func (w *Worker) results(o op) *resultCounters { return &w.counts[o] }
 
 // finish records one stored (or failed) part of r, whose ids are ids, and
 // answers r when it was the last. conflicts holds the ids of the store call
@@ -354,18 +362,18 @@ func (w *Worker) finish(r *request, ids []string, err error, conflicts map[strin
 		}
 		if n := len(rejected); n > 0 {
 			w.m.Rejections.WithLabelValues(reasonKeyConflict).Add(float64(n))
-			results.WithLabelValues("rejected").Add(float64(n))
+			results.rejected.Add(float64(n))
 			w.debugf("rejected ids: their presence key holds another type", "op", r.op, "count", n, "first", rejected[0].UserID)
 		}
 	}
 	stored := len(ids) - len(rejected)
 	switch {
 	case errors.Is(err, errExpired):
-		results.WithLabelValues("expired").Add(float64(len(ids)))
+		results.expired.Add(float64(len(ids)))
 	case err != nil:
-		results.WithLabelValues("failed").Add(float64(len(ids)))
+		results.failed.Add(float64(len(ids)))
 	default:
-		results.WithLabelValues("accepted").Add(float64(stored))
+		results.accepted.Add(float64(stored))
 	}
 	r.mu.Lock()
 	r.parts--

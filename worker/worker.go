@@ -197,6 +197,7 @@ type Worker struct {
 	stopped  atomic.Bool
 	debug    sampler
 	dropLog  sampler
+	counts   [2]resultCounters                // by op
 	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
 	// published is the highest event version this replica's relay has
 	// published, and unchecked the outbox entries it published since the
@@ -227,6 +228,8 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 	for range opts.InFlight {
 		w.execQ = append(w.execQ, make(chan job, 64))
 	}
+	w.counts[opHeartbeat] = newResultCounters(w.m.Heartbeats)
+	w.counts[opDisconnect] = newResultCounters(w.m.Disconnects)
 	return w
 }
 
