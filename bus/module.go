@@ -57,10 +57,27 @@ func StreamSettingError(err error, cfg config.Config) error {
 	return err
 }
 
+// ServiceVersion is the semantic version the query service reports
+// (micro's $SRV.INFO); the composition root supplies the build's.
+type ServiceVersion string
+
+// QueryDeps are StartQueryFromConfig's dependencies.
+type QueryDeps struct {
+	fx.In
+	Lifecycle fx.Lifecycle
+	Config    config.Config
+	Bus       *Bus
+	Store     *presence.Store
+	View      *presence.View
+	Logger    *slog.Logger
+	Version   ServiceVersion `optional:"true"`
+}
+
 // StartQueryFromConfig runs the query service (presence.query.*) on b for
 // the lifetime of the application, answering online queries from view when
 // PRESENCE_QUERY_VIEW is on.
-func StartQueryFromConfig(lc fx.Lifecycle, cfg config.Config, b *Bus, store *presence.Store, view *presence.View, log *slog.Logger) {
+func StartQueryFromConfig(d QueryDeps) {
+	lc, cfg, b, store, view, log := d.Lifecycle, d.Config, d.Bus, d.Store, d.View, d.Logger
 	var svc micro.Service
 	var qs QueryStore = store
 	if cfg.QueryView {
@@ -73,6 +90,7 @@ func StartQueryFromConfig(lc fx.Lifecycle, cfg config.Config, b *Bus, store *pre
 				Subjects: SubjectsFromConfig(cfg),
 				Queue:    cfg.QueueGroup,
 				MaxIDs:   cfg.MaxBatch,
+				Version:  string(d.Version),
 				Logger:   log.With("component", "query"),
 			})
 			return err

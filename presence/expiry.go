@@ -88,9 +88,6 @@ func (l *ExpiryListener) Connected() bool { return l.connected.Load() }
 // after being lost.
 func (l *ExpiryListener) Reconnects() int64 { return l.reconnects.Load() }
 
-// Channel is the keyevent channel the listener subscribes to.
-func (l *ExpiryListener) Channel() string { return l.channel }
-
 // Run subscribes and delivers expired ids until ctx is done, reconnecting
 // with exponential backoff (capped at 5s) after any failure. It returns
 // ctx.Err() when ctx is done. Run may be called once.

@@ -59,9 +59,6 @@ func (s *Store) Outbox(consumer string) *Outbox {
 		floor: s.keys.OutboxFloor(), retention: strconv.FormatInt(s.opts.OutboxRetention.Milliseconds(), 10)}
 }
 
-// Consumer returns this reader's consumer name.
-func (o *Outbox) Consumer() string { return o.consumer }
-
 // Init creates the stream and the consumer group if they do not exist. The
 // group starts at the beginning of the stream, so events written before any
 // reader existed are delivered too.

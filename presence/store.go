@@ -82,12 +82,6 @@ func NewStore(rdb *redis.Client, opts Options) *Store {
 // Keys returns the key names the store uses.
 func (s *Store) Keys() Keys { return s.keys }
 
-// TTL returns the presence TTL.
-func (s *Store) TTL() time.Duration { return s.opts.TTL }
-
-// Client returns the Redis client the store runs on.
-func (s *Store) Client() *redis.Client { return s.rdb }
-
 // Ping checks that Redis answers and loads the scripts, so the first
 // heartbeat does not pay for it.
 func (s *Store) Ping(ctx context.Context) error {

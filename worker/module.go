@@ -33,15 +33,12 @@ type Deps struct {
 	Bus       *bus.Bus
 	Metrics   *metrics.Metrics
 	Logger    *slog.Logger
-	// Hooks are supplied only by fault-injection tests.
-	Hooks *Hooks `optional:"true"`
 }
 
 // NewFromConfig builds the worker from the presence and bus modules.
 func NewFromConfig(d Deps) *Worker {
 	lc, cfg, store, expiry, b, m, log := d.Lifecycle, d.Config, d.Store, d.Expiry, d.Bus, d.Metrics, d.Logger
 	w := New(store, store.Outbox(ConsumerName()), b, expiry, Options{
-		Hooks:             d.Hooks,
 		Subjects:          bus.SubjectsFromConfig(cfg),
 		Queue:             cfg.QueueGroup,
 		MaxBatch:          cfg.MaxBatch,

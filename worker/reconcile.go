@@ -12,8 +12,8 @@ import (
 // followed at once by another.
 const sweepLimit = 1000
 
-// reconcile sweeps the deadline index every ReconcileInterval (and when
-// kicked) until ctx is done. Every replica runs it; the claim in the script
+// reconcile sweeps the deadline index every ReconcileInterval until ctx is
+// done. Every replica runs it; the claim in the script
 // makes each user's offline happen exactly once whichever replica wins.
 func (w *Worker) reconcile(ctx context.Context) {
 	t := time.NewTicker(w.opts.ReconcileInterval)
@@ -25,7 +25,6 @@ func (w *Worker) reconcile(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-			case <-w.kick:
 			}
 		}
 		if !w.canClaim() {
@@ -131,14 +130,5 @@ func (w *Worker) claim(ctx context.Context, ids []string) {
 		w.debugf("claim expired users failed; the sweep will", "ids", len(ids), "err", err)
 	case n > 0:
 		w.m.Expiries.WithLabelValues("keyspace").Add(float64(n))
-	}
-}
-
-// Kick asks the reconciler to sweep now (e.g. after the expiry subscription
-// was re-established, when events may have been missed).
-func (w *Worker) Kick() {
-	select {
-	case w.kick <- struct{}{}:
-	default:
 	}
 }

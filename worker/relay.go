@@ -122,10 +122,8 @@ func (w *Worker) relay(ctx context.Context) {
 // ack do not use ctx's cancellation (each batch is bounded by publishLimit),
 // so a stopping worker still publishes and acknowledges what it read.
 func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
-	if h := w.opts.Hooks; h != nil && h.AfterOutboxRead != nil {
-		if err := h.AfterOutboxRead(events); err != nil {
-			return err
-		}
+	if err := afterOutboxRead(events); err != nil { // a fault point in -tags faultinject builds only
+		return err
 	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishLimit)
 	defer cancel()

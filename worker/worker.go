@@ -109,18 +109,8 @@ type Options struct {
 	// been idle this long (one a replica left when it crashed) is removed
 	// from the group; zero means 4*ClaimAfter, at least a minute.
 	ConsumerIdleAfter time.Duration
-	// Hooks are test seams; nil in production.
-	Hooks   *Hooks
-	Logger  *slog.Logger
-	Metrics *metrics.Metrics // zero means a private registry
-}
-
-// Hooks let tests stop the flow at exact points instead of relying on timing.
-type Hooks struct {
-	// AfterOutboxRead runs after the relay read entries and before it
-	// publishes them; returning an error abandons them unacknowledged, as a
-	// replica that died at that point would.
-	AfterOutboxRead func(events []presence.Event) error
+	Logger            *slog.Logger
+	Metrics           *metrics.Metrics // zero means a private registry
 }
 
 func (o Options) withDefaults() Options {
@@ -191,7 +181,6 @@ type Worker struct {
 	storeDown atomic.Bool          // Redis failing: out of the queue group until it answers
 	downCh    chan struct{}        // wakes the rejoin loop
 
-	kick     chan struct{} // asks the reconciler to sweep now
 	cancel   context.CancelFunc
 	loops    sync.WaitGroup // reconciler, relay, expiry, rejoin
 	stopped  atomic.Bool
@@ -222,7 +211,6 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 		closing:           make(chan struct{}),
 		abort:             make(chan struct{}),
 		downCh:            make(chan struct{}, 1),
-		kick:              make(chan struct{}, 1),
 		counters:          map[[2]string]prometheus.Counter{},
 	}
 	for range opts.InFlight {

@@ -25,7 +25,7 @@ func TestReplicaKilledBetweenClaimAndPublish(t *testing.T) {
 	online := testenv.Collect(t, nc, p+".online")
 	offline := testenv.Collect(t, nc, p+".offline")
 	start := func(env ...string) (*exec.Cmd, *syncBuffer) {
-		cmd := exec.Command(binary(t), "--http-addr", "off", "--subject-prefix", p, "--key-prefix", p+":",
+		cmd := exec.Command(faultBinary(t), "--http-addr", "off", "--subject-prefix", p, "--key-prefix", p+":",
 			"--ttl", "500ms", "--outbox-claim-after", "1s", "--reconcile-interval", "50ms")
 		cmd.Env = append(append(os.Environ(), "NATS_URL="+n.URL(), "REDIS_URL="+r.URL()), env...)
 		logs := &syncBuffer{}

@@ -22,7 +22,7 @@ import (
 // claim time of claim; its logs are returned. It is killed when the test ends.
 func jsReplica(t *testing.T, r *testenv.Redis, n *testenv.NATS, p, stream string, claim time.Duration, env ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
-	cmd := exec.Command(binary(t), "--http-addr", "off", "--subject-prefix", p, "--key-prefix", p+":",
+	cmd := exec.Command(faultBinary(t), "--http-addr", "off", "--subject-prefix", p, "--key-prefix", p+":",
 		"--ttl", "1m", "--outbox-claim-after", claim.String(), "--reconcile-interval", "50ms")
 	cmd.Env = append(append(os.Environ(), "NATS_URL="+n.URL(), "REDIS_URL="+r.URL(), "PRESENCE_STREAM="+stream), env...)
 	logs := &syncBuffer{}

@@ -18,11 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"runtime/debug"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,9 +31,6 @@ import (
 	"github.com/presenced/presenced/status"
 	"github.com/presenced/presenced/worker"
 )
-
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = ""
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
@@ -66,17 +59,6 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "presenced: unknown command %q (try presenced --help)\n", sub)
 		return 2
 	}
-}
-
-// Version is the build's version: -ldflags, else the module version, else "dev".
-func Version() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "dev"
 }
 
 func usage(w io.Writer) {
@@ -154,6 +136,7 @@ func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
 			return l
 		}),
 		presence.Module,
+		fx.Supply(serviceVersion()),
 		bus.Module,
 		worker.Module,
 		status.Module,
@@ -170,43 +153,10 @@ func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
 	)
 }
 
-// testHooks supports the fault suite. PRESENCED_TEST_KILL_AFTER_OUTBOX_READ=offline
-// makes the process SIGKILL itself after reading outbox entries that include
-// an offline event and before publishing them, the exact point where a
-// crash would lose the event without the outbox.
-// PRESENCED_TEST_STOP_AFTER_OUTBOX_READ=online makes it SIGSTOP itself, once,
-// at the same point (after reading entries with an online event): a replica
-// paused there for longer than the claim time, as a GC pause or a frozen VM
-// would, until the test sends SIGCONT. Never set in production.
-func testHooks(getenv func(string) string, log *slog.Logger) fx.Option {
-	kill := getenv("PRESENCED_TEST_KILL_AFTER_OUTBOX_READ")
-	stop := getenv("PRESENCED_TEST_STOP_AFTER_OUTBOX_READ")
-	if kill == "" && stop == "" {
-		return fx.Options()
-	}
-	log.Warn("test hook armed: this process will kill or stop itself", "kill_after_outbox_read", kill, "stop_after_outbox_read", stop)
-	var stopped atomic.Bool
-	return fx.Supply(&worker.Hooks{AfterOutboxRead: func(events []presence.Event) error {
-		for _, e := range events {
-			switch {
-			case kill != "" && e.Status == kill:
-				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-				select {} // the signal is on its way
-			case stop != "" && e.Status == stop && stopped.CompareAndSwap(false, true):
-				log.Warn("test hook: stopping after reading outbox entries", "entries", len(events))
-				// The kernel stops the process's threads soon after kill
-				// returns, not at once: wait for the SIGCONT, so that this
-				// goroutine does not go on before the stop.
-				cont := make(chan os.Signal, 1)
-				signal.Notify(cont, syscall.SIGCONT)
-				_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
-				<-cont
-				signal.Stop(cont)
-				return nil
-			}
-		}
-		return nil
-	}})
+// serviceVersion is the version the query service reports ($SRV.INFO).
+func serviceVersion() bus.ServiceVersion {
+	_, sv := buildVersion()
+	return bus.ServiceVersion(sv)
 }
 
 // readiness adapts a dependency's check into the status "checks" group.

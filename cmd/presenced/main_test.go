@@ -91,6 +91,30 @@ func TestDemoPrintsOnlineAndOffline(t *testing.T) {
 
 func binary(t *testing.T) string { return testenv.Presenced(t) }
 
+// faultBinary is presenced built with -tags faultinject, for the tests that
+// arm its PRESENCED_TEST_* hooks.
+func faultBinary(t *testing.T) string { return testenv.PresencedWithFaults(t) }
+
+// TestProductionBinaryHasNoFaultHooks: the binary as shipped reads no test
+// variable and has no fault point; the fault suite's build has both (so the
+// check can fail).
+func TestProductionBinaryHasNoFaultHooks(t *testing.T) {
+	for _, c := range []struct {
+		bin  string
+		want bool
+	}{{binary(t), false}, {faultBinary(t), true}} {
+		data, err := os.ReadFile(c.bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{"PRESENCED_TEST_KILL_AFTER_OUTBOX_READ", "PRESENCED_TEST_STOP_AFTER_OUTBOX_READ", "worker.AfterOutboxRead"} {
+			if got := bytes.Contains(data, []byte(s)); got != c.want {
+				t.Errorf("%s contains %q: %v, want %v", c.bin, s, got, c.want)
+			}
+		}
+	}
+}
+
 func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -38,11 +39,12 @@ var (
 // Binary builds the main package pkg (an import path such as
 // "github.com/presenced/presenced/cmd/presenced") once per test binary and
 // returns the executable's path. Without -race, as it would be deployed.
-func Binary(t testing.TB, pkg string) string {
+func Binary(t testing.TB, pkg string, tags ...string) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
-	if bin, ok := binaries[pkg]; ok {
+	key := pkg + " " + strings.Join(tags, ",")
+	if bin, ok := binaries[key]; ok {
 		return bin
 	}
 	dir, err := os.MkdirTemp("", "presenced-bin-")
@@ -50,15 +52,26 @@ func Binary(t testing.TB, pkg string) string {
 		t.Fatalf("build %s: %v", pkg, err)
 	}
 	bin := filepath.Join(dir, filepath.Base(pkg))
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	if out, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", pkg, err, out)
 	}
-	binaries[pkg] = bin
+	binaries[key] = bin
 	return bin
 }
 
-// Presenced is Binary for cmd/presenced.
+// Presenced is Binary for cmd/presenced, as shipped.
 func Presenced(t testing.TB) string {
 	t.Helper()
 	return Binary(t, "github.com/presenced/presenced/cmd/presenced")
+}
+
+// PresencedWithFaults is cmd/presenced built with -tags faultinject: the
+// fault suite's hooks (PRESENCED_TEST_* variables) work in it.
+func PresencedWithFaults(t testing.TB) string {
+	t.Helper()
+	return Binary(t, "github.com/presenced/presenced/cmd/presenced", "faultinject")
 }
