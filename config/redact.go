@@ -5,6 +5,7 @@ import (
 	"strings"
 )
 
+// mask replaces a secret in logs and error messages.
 const mask = "xxxxx"
 
 // RedactURL masks the secrets in a URL or a comma-separated list of URLs,

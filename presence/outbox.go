@@ -137,7 +137,7 @@ func (o *Outbox) Own(ctx context.Context, ids []string) ([]string, error) {
 	}
 	owned, err := scriptOwn.Run(ctx, o.rdb, []string{o.key}, args...).StringSlice()
 	if err != nil {
-		return nil, fmt.Errorf("confirm %d outbox entries: %w", len(ids), err)
+		return nil, fmt.Errorf("confirm %d outbox entries: %w", len(ids), scriptError(err))
 	}
 	return owned, nil
 }
@@ -158,7 +158,7 @@ func (o *Outbox) Ack(ctx context.Context, ids ...string) error {
 func (o *Outbox) Trim(ctx context.Context) (int64, error) {
 	n, err := scriptTrim.Run(ctx, o.rdb, []string{o.key, o.floor}, OutboxGroup, o.retention).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("trim outbox: %w", err)
+		return 0, fmt.Errorf("trim outbox: %w", scriptError(err))
 	}
 	return n, nil
 }
@@ -173,7 +173,7 @@ func (o *Outbox) Trim(ctx context.Context) (int64, error) {
 func (o *Outbox) RemoveIdleConsumers(ctx context.Context, idle time.Duration) (int64, error) {
 	n, err := scriptReap.Run(ctx, o.rdb, []string{o.key}, OutboxGroup, idle.Milliseconds()).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("remove idle outbox consumers: %w", err)
+		return 0, fmt.Errorf("remove idle outbox consumers: %w", scriptError(err))
 	}
 	return n, nil
 }

@@ -124,7 +124,7 @@ func (s *Store) List(ctx context.Context, cursor string, limit int) (Page, error
 	}
 	vals, err := scriptList.Run(ctx, s.rdb, []string{s.keys.Epoch()}, s.keys.Prefix(), shard, inner, max(1, limit)).Slice()
 	if err != nil {
-		return Page{}, fmt.Errorf("list online users: %w", err)
+		return Page{}, fmt.Errorf("list online users: %w", scriptError(err))
 	}
 	if len(vals) != 3 {
 		return Page{}, fmt.Errorf("list online users: unexpected reply %v", vals)
@@ -201,7 +201,7 @@ type Status struct {
 func (s *Store) Status(ctx context.Context, id string) (Status, error) {
 	vals, err := scriptStatus.Run(ctx, s.rdb, []string{s.keys.Epoch(), s.keys.User(id)}, s.keys.Prefix(), id).Slice()
 	if err != nil {
-		return Status{}, fmt.Errorf("status of %q: %w", id, err)
+		return Status{}, fmt.Errorf("status of %q: %w", id, scriptError(err))
 	}
 	if len(vals) != 2 {
 		return Status{}, fmt.Errorf("status of %q: unexpected reply %v", id, vals)

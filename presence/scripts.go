@@ -2,6 +2,12 @@ package presence
 
 import (
 	_ "embed"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -25,12 +31,12 @@ var (
 	//go:embed lua/reannounce.lua
 	luaReannounce string
 
-	scriptHeartbeat  = redis.NewScript(luaLib + "\n" + luaHeartbeat)
-	scriptDisconnect = redis.NewScript(luaLib + "\n" + luaDisconnect)
-	scriptSweep      = redis.NewScript(luaLib + "\n" + luaSweep)
-	scriptClaim      = redis.NewScript(luaLib + "\n" + luaClaim)
-	scriptReset      = redis.NewScript(luaLib + "\n" + luaReset)
-	scriptReannounce = redis.NewScript(luaLib + "\n" + luaReannounce)
+	scriptHeartbeat  = libScript("heartbeat", luaHeartbeat)
+	scriptDisconnect = libScript("disconnect", luaDisconnect)
+	scriptSweep      = libScript("sweep", luaSweep)
+	scriptClaim      = libScript("claim", luaClaim)
+	scriptReset      = libScript("reset", luaReset)
+	scriptReannounce = libScript("reannounce", luaReannounce)
 )
 
 // Read-only scripts: lib.lua too, for the epoch's shard count and the hash.
@@ -40,21 +46,96 @@ var (
 	//go:embed lua/list.lua
 	luaList string
 
-	scriptStatus = redis.NewScript(luaLib + "\n" + luaStatus)
-	scriptList   = redis.NewScript(luaLib + "\n" + luaList)
+	scriptStatus = libScript("status", luaStatus)
+	scriptList   = libScript("list", luaList)
 )
 
 //go:embed lua/trim.lua
 var luaTrim string
 
-var scriptTrim = redis.NewScript(luaTrim)
+var scriptTrim = plainScript("trim", luaTrim)
 
 //go:embed lua/reap.lua
 var luaReap string
 
-var scriptReap = redis.NewScript(luaReap)
+var scriptReap = plainScript("reap", luaReap)
 
 //go:embed lua/own.lua
 var luaOwn string
 
-var scriptOwn = redis.NewScript(luaOwn)
+var scriptOwn = plainScript("own", luaOwn)
+
+// scriptInfo names a loaded script for errors: Redis reports a failing
+// line of the text it ran ("user_script:<n>"), which for a script with
+// lib.lua prepended is off by lib.lua's length.
+type scriptInfo struct {
+	name     string
+	libLines int // lines of lib.lua before the body (0: no library)
+}
+
+var (
+	scriptsMu sync.Mutex
+	scripts   = map[string]scriptInfo{} // by SHA1, as Redis's errors name them
+)
+
+// libScript is a script made of lib.lua and body, registered as name.lua.
+func libScript(name, body string) *redis.Script {
+	return registerScript(name, luaLib+"\n", body)
+}
+
+// plainScript is a script without the library, registered as name.lua.
+func plainScript(name, body string) *redis.Script {
+	return registerScript(name, "", body)
+}
+
+func registerScript(name, lib, body string) *redis.Script {
+	sc := redis.NewScript(lib + body)
+	scriptsMu.Lock()
+	scripts[sc.Hash()] = scriptInfo{name: name, libLines: strings.Count(lib, "\n")}
+	scriptsMu.Unlock()
+	return sc
+}
+
+var (
+	scriptLineRE = regexp.MustCompile(`user_script:(\d+)`)
+	scriptHashRE = regexp.MustCompile(`script: ([0-9a-f]{40})`)
+)
+
+// scriptError rewrites the location in a Lua error from one of the
+// registered scripts as "<name>.lua:<line>" (or "lib.lua:<line>"). The
+// result wraps err, so errors.As finds the redis.Error behind it.
+func scriptError(err error) error {
+	var rerr redis.Error
+	if err == nil || !errors.As(err, &rerr) {
+		return err
+	}
+	msg := err.Error()
+	h := scriptHashRE.FindStringSubmatch(msg)
+	if h == nil {
+		return err
+	}
+	scriptsMu.Lock()
+	info, ok := scripts[h[1]]
+	scriptsMu.Unlock()
+	if !ok {
+		return err
+	}
+	where := info.name + ".lua"
+	msg = scriptLineRE.ReplaceAllStringFunc(msg, func(m string) string {
+		n, _ := strconv.Atoi(strings.TrimPrefix(m, "user_script:"))
+		if n <= info.libLines {
+			return "lib.lua:" + strconv.Itoa(n)
+		}
+		return info.name + ".lua:" + strconv.Itoa(n-info.libLines)
+	})
+	return &luaError{msg: fmt.Sprintf("%s: %s", where, msg), err: err}
+}
+
+// luaError is a script's error with its location in the .lua files.
+type luaError struct {
+	msg string
+	err error
+}
+
+func (e *luaError) Error() string { return e.msg }
+func (e *luaError) Unwrap() error { return e.err }

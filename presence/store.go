@@ -213,13 +213,13 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, ids []strin
 		err = exec()
 	}
 	if err != nil {
-		return nil, err
+		return nil, scriptError(err)
 	}
 	out := make([]int64, 0, len(ids))
 	for _, c := range cmds {
 		vals, err := c.Int64Slice()
 		if err != nil {
-			return nil, err
+			return nil, scriptError(err)
 		}
 		out = append(out, vals[1:]...)
 	}
@@ -296,7 +296,7 @@ func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
 	args := append(s.baseArgs(3), limit, s.opts.OutageThreshold.Milliseconds(), s.opts.TTL.Milliseconds())
 	vals, err := scriptSweep.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
-		return SweepResult{}, fmt.Errorf("sweep due users: %w", err)
+		return SweepResult{}, fmt.Errorf("sweep due users: %w", scriptError(err))
 	}
 	if len(vals) != 4 {
 		return SweepResult{}, fmt.Errorf("sweep due users: unexpected reply %v", vals)
@@ -323,7 +323,7 @@ func (s *Store) Claim(ctx context.Context, ids []string) (int, error) {
 	}
 	n, err := scriptClaim.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("claim %d expired users: %w", len(ids), err)
+		return 0, fmt.Errorf("claim %d expired users: %w", len(ids), scriptError(err))
 	}
 	if n < 0 {
 		return 0, ErrClaimDeferred
@@ -362,7 +362,7 @@ func (s *Store) ResetAfterLoss(ctx context.Context, entries []Published, version
 	}
 	v, err := scriptReset.Run(ctx, s.rdb, keys, args...).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("check %d published outbox entries for lost writes: %w", len(entries), err)
+		return 0, fmt.Errorf("check %d published outbox entries for lost writes: %w", len(entries), scriptError(err))
 	}
 	return v, nil
 }
@@ -393,7 +393,7 @@ func (s *Store) Reannounce(ctx context.Context) (ReannounceResult, error) {
 	args := append(s.baseArgs(3), ReannounceShards, s.opts.TTL.Milliseconds(), OutboxGroup)
 	vals, err := scriptReannounce.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
-		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: %w", err)
+		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: %w", scriptError(err))
 	}
 	if len(vals) != 3 {
 		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: unexpected reply %v", vals)

@@ -38,16 +38,32 @@
 --                       one entry once the slots of the sessions before it
 --                       have come due, at a slot no later than its
 --                       deadline, and a refresh costs one command.
+--   <p>dir              which buckets exist, scored by the end of their slot,
+--                       so a sweep reads only the buckets due.
 --
 -- A presence key that holds another type than a string (another program's
 -- hash under the prefix) is not presenced's: the scripts never write or
 -- delete it, refuse its id (KEY_CONFLICT), and the sweep treats it as gone.
---   <p>dir              which buckets exist, scored by the end of their slot,
---                       so a sweep reads only the buckets due.
 --
 -- Versions are Redis server time in microseconds, made strictly increasing
 -- by the clock key, so one user's successive events always carry increasing
 -- versions, even when the server clock steps back.
+--
+-- The protocol of a writing script (heartbeat, disconnect, sweep, claim,
+-- reset, reannounce):
+--   1. local err = check_epoch(); if err then return err end  -- first
+--   2. its body, through the names below
+--   3. flush()                                                 -- last, once
+-- Names it may use: NOW_MS, NOW_US (this call's Redis time), P (the
+-- prefix), SLOT_MS, SHARDS (set by check_epoch), KEY_CONFLICT, the event
+-- line prefixes ONLINE, OFFLINE_DISCONNECT, OFFLINE_EXPIRED, and hash,
+-- shard_key, user_key, key_type, peek_version, emit, file, entry_version,
+-- end_session; FIRST_V, EVENTS, OUTBOX_ID, COUNT_DELTA, FILED and OFFSETS
+-- are this call's state, which emit, file and end_session fill and flush
+-- writes. The read-only scripts (status, list) call read_shards and use
+-- hash and P only. Errors a script raises are reported by the store as
+-- "<script>.lua:<line>" (or "lib.lua:<line>"), not as the line of the
+-- combined text Redis runs.
 local T = redis.call('TIME')
 local NOW_MS = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
 local NOW_US = tonumber(T[1]) * 1000000 + tonumber(T[2])
@@ -135,6 +151,12 @@ end
 -- string of digits): the entry is that version followed by the two digits
 -- of the deadline's offset into the slot (see entry_version).
 local FILE_RUN = 8
+-- SHARDS_PER_BUCKET: a slot has one index bucket per this many sessions
+-- shards (64 buckets a slot at the default 16384 shards).
+local SHARDS_PER_BUCKET = 256
+-- ZADD_ARGS: flush adds directory entries in ZADDs of at most this many
+-- arguments (score, member pairs), to bound one command's size.
+local ZADD_ARGS = 2000
 local function file(id, h, deadline, version)
   local slot = math.floor(deadline / SLOT_MS)
   local l = FILED[slot]
@@ -174,7 +196,7 @@ end
 -- a Lua number argument with "%.17g", which costs more than the command.
 local function flush()
   local dir = {}
-  local nb = math.ceil(SHARDS / 256)
+  local nb = math.ceil(SHARDS / SHARDS_PER_BUCKET)
   for slot, l in pairs(FILED) do
     local r = l[1] % nb
     local ends = string.format('%d', (slot + 1) * SLOT_MS)
@@ -184,7 +206,7 @@ local function flush()
       dir[#dir + 1] = ends
       dir[#dir + 1] = b
       r = (r + 1) % nb
-      if #dir >= 2000 then
+      if #dir >= ZADD_ARGS then
         redis.call('ZADD', KEYS[5], unpack(dir))
         dir = {}
       end

@@ -17,6 +17,9 @@
 -- ValidateUserID). A user online for the whole listing is
 -- returned at least once (exactly once unless an oversized shard is resized
 -- during the listing); one who comes or goes during it may or may not be.
+-- LISTPACK_ENTRIES: Redis's default hash-max-listpack-entries; a shard no
+-- larger is a compact listpack, read whole with one HKEYS.
+local LISTPACK_ENTRIES = 128
 local shards = read_shards()
 if not shards then return {-1, '0', ''} end
 local s = tonumber(ARGV[2])
@@ -26,7 +29,7 @@ local parts = {}
 local n = 0
 while s < shards and n < limit do
   local key = P .. 's:' .. s
-  if cur == '0' and redis.call('HLEN', key) <= 128 then
+  if cur == '0' and redis.call('HLEN', key) <= LISTPACK_ENTRIES then
     -- a compact shard: all its ids at once, without their values
     local ids = redis.call('HKEYS', key)
     if #ids > 0 then

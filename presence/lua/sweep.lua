@@ -42,7 +42,10 @@ if cutoff == false and last and NOW_MS - tonumber(last) > outage then
   redis.call('SET', KEYS[7], cutoff)
 end
 local upto = cutoff or string.format('%d', NOW_MS)
-local buckets = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, 256)
+-- DIR_PAGE: the most due buckets one call reads from the directory (the
+-- reply holds a member and a score for each).
+local DIR_PAGE = 256
+local buckets = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', upto, 'WITHSCORES', 'LIMIT', 0, DIR_PAGE)
 local claimed, graced, read = 0, 0, 0
 local i = 1
 while i <= #buckets and read < limit do
@@ -94,7 +97,7 @@ while i <= #buckets and read < limit do
   i = i + 2
 end
 local more = 0
-if i <= #buckets or #buckets == 512 then more = 1 end
+if i <= #buckets or #buckets == 2 * DIR_PAGE then more = 1 end
 if cutoff and more == 0 then
   redis.call('DEL', KEYS[7])
 end
