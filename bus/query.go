@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/jsonobject"
 	"github.com/presenced/presenced/presence"
 )
@@ -385,7 +386,7 @@ func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 	if err := decode(data, map[string]any{"userId": &req.UserID}); err != nil {
 		return nil, err
 	}
-	if err := presence.ValidateUserID(req.UserID); err != nil {
+	if err := contract.ValidateUserID(req.UserID); err != nil {
 		return nil, badRequest("%v", err)
 	}
 	st, err := q.store.Status(ctx, req.UserID)
@@ -426,7 +427,7 @@ func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 	}
 	if !valid {
 		for i, id := range ids {
-			if err := presence.ValidateUserID(id); err != nil {
+			if err := contract.ValidateUserID(id); err != nil {
 				return nil, badRequest("userIds[%d]: %v", i, err)
 			}
 		}

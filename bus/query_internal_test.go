@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/contract"
 )
 
 // FuzzParseFastShared: the ids of a shared parse are those of a parse with
@@ -29,7 +29,7 @@ func FuzzParseFastShared(f *testing.F) {
 		}
 		allValid := true
 		for _, id := range shared.ids {
-			allValid = allValid && presence.ValidateUserID(id) == nil
+			allValid = allValid && contract.ValidateUserID(id) == nil
 		}
 		if shared.valid != allValid {
 			t.Fatalf("input %q: valid %v, ValidateUserID says %v", data, shared.valid, allValid)
@@ -72,7 +72,7 @@ func FuzzReplyAppendJSON(f *testing.F) {
 				t.Fatalf("%+v: %q decodes to %+v, encoding/json's %q to %+v", r, got, back.Elem(), want, std.Elem())
 			}
 			numeric := strings.Trim(cursor, "0123456789") == ""
-			if presence.ValidateUserID(a) == nil && presence.ValidateUserID(b) == nil && numeric && string(got) != string(want) {
+			if contract.ValidateUserID(a) == nil && contract.ValidateUserID(b) == nil && numeric && string(got) != string(want) {
 				t.Fatalf("%+v: %q, encoding/json writes %q", r, got, want)
 			}
 		}

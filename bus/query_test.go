@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
@@ -648,7 +649,7 @@ func TestQueryListLongIDs(t *testing.T) {
 	const n = 2000
 	ids := make([]string, n)
 	for i := range ids {
-		ids[i] = fmt.Sprintf("%06d", i) + strings.Repeat(`"`, presence.MaxUserIDLen-6)
+		ids[i] = fmt.Sprintf("%06d", i) + strings.Repeat(`"`, contract.MaxUserIDLen-6)
 	}
 	e.heartbeat(ids...)
 	seen, pages := e.listAll(10_000)

@@ -9,9 +9,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/jsonobject"
-	"github.com/presenced/presenced/internal/uniq"
-	"github.com/presenced/presenced/presence"
 )
 
 // The wire contract other services build against (see README.md).
@@ -227,7 +226,7 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	add := func(r json.RawMessage) {
 		id, err := decodeID(r)
 		if err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: presence.InvalidReason(err)})
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: contract.InvalidReason(err)})
 			return
 		}
 		req.IDs = append(req.IDs, id)
@@ -238,22 +237,22 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	for _, r := range raw.UserIDs {
 		add(r)
 	}
-	req.IDs = uniq.Append(req.IDs[:0], req.IDs)
+	req.IDs = contract.AppendUnique(req.IDs[:0], req.IDs)
 	return req, nil
 }
 
 // decodeID returns the string in r and why it is not a valid user id.
 func decodeID(r json.RawMessage) (string, error) {
 	if len(r) == 0 || r[0] != '"' {
-		return "", presence.NewInvalidUserID("not_string", "not a string")
+		return "", contract.NewInvalidUserID("not_string", "not a string")
 	}
 	var id string
 	if err := json.Unmarshal(r, &id); err != nil {
-		return "", presence.NewInvalidUserID("malformed", err.Error())
+		return "", contract.NewInvalidUserID("malformed", err.Error())
 	}
 	// encoding/json turns invalid UTF-8 into U+FFFD, which ValidateUserID
 	// rejects, so broken encodings are reported rather than stored.
-	return id, presence.ValidateUserID(id)
+	return id, contract.ValidateUserID(id)
 }
 
 // shown is what a rejection echoes as the userId: the decoded id when there
@@ -282,13 +281,13 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 	// Valid ids move to the front in place; repeats among them go.
 	req.IDs = f.ids[:0]
 	for _, id := range f.ids {
-		if err := presence.ValidateUserID(id); err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: presence.InvalidReason(err)})
+		if err := contract.ValidateUserID(id); err != nil {
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: contract.InvalidReason(err)})
 			continue
 		}
 		req.IDs = append(req.IDs, id)
 	}
-	req.IDs = uniq.Append(req.IDs[:0], req.IDs)
+	req.IDs = contract.AppendUnique(req.IDs[:0], req.IDs)
 	return req, true
 }
 
@@ -296,8 +295,8 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 type fastIDs struct {
 	key string // "userId" or "userIds"
 	ids []string
-	// valid: every id is printable ASCII of at most presence.MaxUserIDLen
-	// bytes with no space and no glob character, so presence.ValidateUserID
+	// valid: every id is printable ASCII of at most contract.MaxUserIDLen
+	// bytes with no space and no glob character, so contract.ValidateUserID
 	// accepts each one (the parser itself refuses empty strings, escapes,
 	// control characters and anything beyond ASCII).
 	valid bool
@@ -438,7 +437,7 @@ func (p *fastParser) str() (start, end int, valid, ok bool) {
 		return 0, 0, false, false
 	}
 	p.i = end + 1
-	return start, end, class == 0 && end-start <= presence.MaxUserIDLen, true
+	return start, end, class == 0 && end-start <= contract.MaxUserIDLen, true
 }
 
 // scanString returns the index of the first '"' in b from i (len(b) if

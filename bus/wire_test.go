@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -138,7 +139,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, id := range req.IDs {
-			if err := presence.ValidateUserID(id); err != nil {
+			if err := contract.ValidateUserID(id); err != nil {
 				t.Fatalf("accepted invalid id %q: %v", id, err)
 			}
 			if seen[id] {

@@ -23,7 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 )
 
 // Defaults of the options.
@@ -145,7 +145,7 @@ func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
 }
 
 func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, error) {
-	parts := c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
+	parts := c.chunks(contract.AppendUnique(make([]string, 0, len(ids)), ids))
 	replies := make([]Reply, len(parts))
 	subject := c.prefix + "." + op
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
@@ -267,7 +267,7 @@ func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
 	// answered twice.
 	parts := c.chunks(ids)
 	if len(parts) > 1 {
-		parts = c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
+		parts = c.chunks(contract.AppendUnique(make([]string, 0, len(ids)), ids))
 	}
 	replies := make([]onlineReply, len(parts))
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {

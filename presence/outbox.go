@@ -218,7 +218,7 @@ var ErrBadEntry = errors.New("malformed outbox entry")
 // of one script call: field "v" is the first event's version (the others
 // follow it one by one), field "e" one line per event, "<status> <reason>
 // <userId>[ <deadline ms>]" (user ids never contain spaces or newlines; see
-// ValidateUserID). Decoding never fails: a malformed line or entry becomes an
+// contract.ValidateUserID). Decoding never fails: a malformed line or entry becomes an
 // Event with an empty Status, which the relay acknowledges and reports (see
 // Event.Valid).
 func appendEvents(out []Event, msgs []redis.XMessage) []Event {

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/presenced/presenced/bus"
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -538,7 +538,7 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 		for _, j := range run {
 			ids = append(ids, j.ids...)
 		}
-		ids = uniq.Append(ids[:0], ids)
+		ids = contract.AppendUnique(ids[:0], ids)
 	}
 	var err error
 	var versions []int64

@@ -26,6 +26,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/seedbaseline"
 	"github.com/presenced/presenced/presence"
 )
@@ -892,7 +893,7 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 		store := presence.NewStore(b.c.rdb, presence.Options{Prefix: im.keys, TTL: b.cfg.idleTTL})
 		// The page size the query service would use: the most worst-case
 		// ids that fit the max payload, as in bus.listCap.
-		limit := int((maxPayload - 64) / (2*presence.MaxUserIDLen + 3))
+		limit := int((maxPayload - 64) / (2*contract.MaxUserIDLen + 3))
 		return queryAPI{
 			path: "presence.Store (query service not wired)",
 			status: func(ctx context.Context, id string) (bool, error) {
