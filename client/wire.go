@@ -151,7 +151,7 @@ func (e *Event) decode(data []byte) error {
 
 // timeoutHeader tells presenced how long (ms) the client waits for a
 // heartbeat or disconnect reply; presenced does not store a request whose
-// sender stopped waiting (presenced's bus.TimeoutHeader).
+// sender stopped waiting (presenced's contract.TimeoutHeader).
 const timeoutHeader = "Presence-Timeout"
 
 // ErrFailed is wrapped by the error of a heartbeat or disconnect that

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 )
 
 var seedIDs = []string{"u-1", `a"b`, `a\b`, "a\x00b", "a\nb", "a<b&c>", "пользователь", "\xff", "\u2028", "\ufffd", ""}
@@ -53,9 +53,9 @@ func FuzzReplyDecodeFast(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b, cursor string) {
 		ids := []string{a, b}
-		online, _ := json.Marshal(bus.OnlineReply{Online: ids})
-		list, _ := json.Marshal(bus.ListReply{UserIDs: ids, Cursor: cursor})
-		for _, data := range [][]byte{bus.OnlineReply{Online: ids}.AppendJSON(nil), online} {
+		online, _ := json.Marshal(contract.OnlineReply{Online: ids})
+		list, _ := json.Marshal(contract.ListReply{UserIDs: ids, Cursor: cursor})
+		for _, data := range [][]byte{contract.OnlineReply{Online: ids}.AppendJSON(nil), online} {
 			var fast, std, strict onlineReply
 			if fast.decodeFast(data) {
 				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {
@@ -66,7 +66,7 @@ func FuzzReplyDecodeFast(f *testing.F) {
 				}
 			}
 		}
-		for _, data := range [][]byte{bus.ListReply{UserIDs: ids, Cursor: cursor}.AppendJSON(nil), list} {
+		for _, data := range [][]byte{contract.ListReply{UserIDs: ids, Cursor: cursor}.AppendJSON(nil), list} {
 			var fast, std, strict listReply
 			if fast.decodeFast(data) {
 				if err := json.Unmarshal(data, &std); err != nil || !reflect.DeepEqual(fast, std) {

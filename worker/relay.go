@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -148,7 +148,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	// (on core NATS a half-sent entry would be sent twice). Decode failures
 	// are dropped (their entries acknowledged).
 	var (
-		groups  [][]bus.Event
+		groups  [][]contract.Event
 		entries [][]presence.Event // the events of groups[g], for the logs and metrics
 		gids    []string           // the entry of groups[g]
 	)
@@ -161,7 +161,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			groups, entries, gids = append(groups, nil), append(entries, nil), append(gids, e.ID)
 		}
 		g := len(groups) - 1
-		groups[g] = append(groups[g], bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
+		groups[g] = append(groups[g], contract.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
 		entries[g] = append(entries[g], e)
 	}
 	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, groups, sendBy)
@@ -216,7 +216,7 @@ func (w *Worker) recordPublished(e presence.Event, now time.Time) {
 		w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
 	}
 	switch {
-	case e.Status == bus.StatusReset:
+	case e.Status == contract.StatusReset:
 		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
 	case e.Status == "online" && e.Reason == presence.ReasonResync:
 		w.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)

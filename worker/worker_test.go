@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -232,7 +232,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	checkVersions(t, evs)
 }
 
-var _ = bus.Reply{}
+var _ = contract.Reply{}
 
 func TestAbusiveMessages(t *testing.T) {
 	t.Parallel()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/status"
 )
@@ -345,11 +346,11 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 		subjects []string
 	}
 	query := []string{}
-	for _, ep := range []string{bus.QueryStatus, bus.QueryOnline, bus.QueryList, bus.QueryCount} {
+	for _, ep := range []string{contract.QueryStatus, contract.QueryOnline, contract.QueryList, contract.QueryCount} {
 		query = append(query, subjects.Query(ep))
 	}
 	for _, verb := range []string{"PING", "INFO", "STATS"} { // micro service discovery
-		query = append(query, "$SRV."+verb, "$SRV."+verb+"."+bus.QueryServiceName)
+		query = append(query, "$SRV."+verb, "$SRV."+verb+"."+contract.QueryServiceName)
 	}
 	ops := []op{
 		{"nats subscribe " + subjects.Heartbeat(), false, []string{subjects.Heartbeat()}},

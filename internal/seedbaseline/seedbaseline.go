@@ -36,7 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 )
 
 // Options configures a Worker. Zero values take the documented defaults.
@@ -45,7 +45,7 @@ type Options struct {
 	// KeyPrefix+"user:"+id. Zero means "presence:" (the seed's).
 	KeyPrefix string
 	// Subjects; zero means prefix "presence".
-	Subjects bus.Subjects
+	Subjects contract.Subjects
 	// Queue is the NATS queue group of the heartbeat and disconnect
 	// subscriptions; zero means "seed".
 	Queue string
@@ -363,7 +363,7 @@ func (w *Worker) expired(ctx context.Context, ch <-chan *redis.Message) {
 // both alike; version and at are this process's clock (the seed had neither).
 func (w *Worker) publish(status, id, reason string) {
 	now := time.Now()
-	ev := bus.Event{UserID: id, Status: status, Reason: reason, At: now, Version: now.UnixMicro()}
+	ev := contract.Event{UserID: id, Status: status, Reason: reason, At: now, Version: now.UnixMicro()}
 	data, err := ev.MarshalJSON()
 	if err == nil {
 		err = w.nc.Publish(w.opts.Subjects.Event(status), data)

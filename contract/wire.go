@@ -1,4 +1,4 @@
-package bus
+package contract
 
 import (
 	"bytes"
@@ -8,12 +8,10 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"github.com/presenced/presenced/contract"
-	"github.com/presenced/presenced/internal/jsonobject"
 )
 
-// The wire contract other services build against (see README.md).
+// The messages of the heartbeat and disconnect subjects and of the event
+// subjects, as other services build against them (see README.md).
 
 // Event is a presence.online or presence.offline message (or, with Status
 // "reset" and no UserID, a presence.reset notice).
@@ -99,7 +97,7 @@ func appendJSONString(dst []byte, s string) []byte {
 // requests (JSON white space only, exact member names, none repeated).
 func (e *Event) UnmarshalJSON(data []byte) error {
 	var j eventJSON
-	if err := jsonobject.Decode(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
+	if err := decodeObject(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
 		return err
 	}
 	at, err := time.Parse(time.RFC3339Nano, j.At)
@@ -200,7 +198,7 @@ func decodeSlow(data []byte, max int) (Request, error) {
 		UserID  json.RawMessage
 		UserIDs []json.RawMessage
 	}
-	err := jsonobject.Members(data, func(name string, v json.RawMessage) error {
+	err := objectMembers(data, func(name string, v json.RawMessage) error {
 		switch name {
 		case "userId":
 			raw.UserID = v
@@ -226,7 +224,7 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	add := func(r json.RawMessage) {
 		id, err := decodeID(r)
 		if err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: contract.InvalidReason(err)})
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: InvalidReason(err)})
 			return
 		}
 		req.IDs = append(req.IDs, id)
@@ -237,22 +235,22 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	for _, r := range raw.UserIDs {
 		add(r)
 	}
-	req.IDs = contract.AppendUnique(req.IDs[:0], req.IDs)
+	req.IDs = AppendUnique(req.IDs[:0], req.IDs)
 	return req, nil
 }
 
 // decodeID returns the string in r and why it is not a valid user id.
 func decodeID(r json.RawMessage) (string, error) {
 	if len(r) == 0 || r[0] != '"' {
-		return "", contract.NewInvalidUserID("not_string", "not a string")
+		return "", NewInvalidUserID("not_string", "not a string")
 	}
 	var id string
 	if err := json.Unmarshal(r, &id); err != nil {
-		return "", contract.NewInvalidUserID("malformed", err.Error())
+		return "", NewInvalidUserID("malformed", err.Error())
 	}
 	// encoding/json turns invalid UTF-8 into U+FFFD, which ValidateUserID
 	// rejects, so broken encodings are reported rather than stored.
-	return id, contract.ValidateUserID(id)
+	return id, ValidateUserID(id)
 }
 
 // shown is what a rejection echoes as the userId: the decoded id when there
@@ -281,13 +279,13 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 	// Valid ids move to the front in place; repeats among them go.
 	req.IDs = f.ids[:0]
 	for _, id := range f.ids {
-		if err := contract.ValidateUserID(id); err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: contract.InvalidReason(err)})
+		if err := ValidateUserID(id); err != nil {
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: InvalidReason(err)})
 			continue
 		}
 		req.IDs = append(req.IDs, id)
 	}
-	req.IDs = contract.AppendUnique(req.IDs[:0], req.IDs)
+	req.IDs = AppendUnique(req.IDs[:0], req.IDs)
 	return req, true
 }
 
@@ -295,8 +293,8 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 type fastIDs struct {
 	key string // "userId" or "userIds"
 	ids []string
-	// valid: every id is printable ASCII of at most contract.MaxUserIDLen
-	// bytes with no space and no glob character, so contract.ValidateUserID
+	// valid: every id is printable ASCII of at most MaxUserIDLen
+	// bytes with no space and no glob character, so ValidateUserID
 	// accepts each one (the parser itself refuses empty strings, escapes,
 	// control characters and anything beyond ASCII).
 	valid bool
@@ -437,7 +435,7 @@ func (p *fastParser) str() (start, end int, valid, ok bool) {
 		return 0, 0, false, false
 	}
 	p.i = end + 1
-	return start, end, class == 0 && end-start <= contract.MaxUserIDLen, true
+	return start, end, class == 0 && end-start <= MaxUserIDLen, true
 }
 
 // scanString returns the index of the first '"' in b from i (len(b) if
