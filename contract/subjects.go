@@ -28,3 +28,8 @@ func (s Subjects) Query(endpoint string) string { return s.QueryGroup() + "." + 
 // QueryGroup is the subject prefix of the query endpoints, <prefix>.query:
 // the micro group the query service adds them to.
 func (s Subjects) QueryGroup() string { return s.Prefix + ".query" }
+
+// ProbeHeader marks the empty messages `presenced check` publishes to the
+// event subjects to prove its permissions: consumers (the status page, the
+// Go client) skip them.
+const ProbeHeader = "Presenced-Probe"

@@ -26,11 +26,6 @@ import (
 //go:embed web/index.html
 var pageHTML []byte
 
-// ProbeHeader marks a message that `presenced check` publishes on the event
-// subjects to test its publish permission; consumers should ignore it. The
-// status page does.
-const ProbeHeader = "Presenced-Probe"
-
 // Limits of the status page.
 const (
 	// PageRecent is how many of the latest events the page keeps and shows.
@@ -271,7 +266,7 @@ func (p *Page) unsubscribe() {
 // waits for the tick, and only the last PageRecent of a tick are decoded,
 // so a busy replica does not pay for events nobody looks at.
 func (p *Page) receive(m *nats.Msg) {
-	if m.Header.Get(ProbeHeader) != "" {
+	if m.Header.Get(contract.ProbeHeader) != "" {
 		return
 	}
 	p.mu.Lock()

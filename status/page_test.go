@@ -263,7 +263,7 @@ func TestPageStreamAndShutdown(t *testing.T) {
 
 	// A probe from `presenced check` is not shown.
 	probe := nats.NewMsg(a.subjects.Online())
-	probe.Header.Set(ProbeHeader, "check")
+	probe.Header.Set(contract.ProbeHeader, "check")
 	if err := a.nc.PublishMsg(probe); err != nil {
 		t.Fatal(err)
 	}
