@@ -311,7 +311,7 @@ func TestSubscribeLateReset(t *testing.T) {
 	at := time.Now()
 	ev := func(id, status string, v int64) contract.Event {
 		reason := map[string]string{"online": "heartbeat", "offline": "disconnect", "reset": "data_loss"}[status]
-		return contract.Event{UserID: id, Status: status, Reason: reason, At: at, Version: v}
+		return contract.Event{UserID: id, Status: contract.Status(status), Reason: contract.Reason(reason), At: at, Version: v}
 	}
 	for _, e := range []contract.Event{
 		ev("u-0", "online", 2),   // a session of the data set that is lost

@@ -21,10 +21,11 @@ import (
 // contract.Event. Subscribe decodes it strictly (contract.Event.UnmarshalJSON).
 type Event = contract.Event
 
-// Event statuses.
+// Event statuses and reasons (contract.Status, contract.Reason: typed
+// strings, so comparing Event.Status with "online" still compiles).
 const (
-	StatusOnline  = "online"
-	StatusOffline = "offline"
+	StatusOnline  = contract.StatusOnline
+	StatusOffline = contract.StatusOffline
 	// StatusReset: presenced's Redis lost the presence data (or presenced
 	// started on an empty one), or lost its latest writes. Every session
 	// with a version below the reset's Version may be gone without offline
@@ -33,6 +34,12 @@ const (
 	// online, re-announced (reason "resync") when their session survived,
 	// else through their next heartbeats.
 	StatusReset = contract.StatusReset
+
+	ReasonHeartbeat  = contract.ReasonHeartbeat
+	ReasonResync     = contract.ReasonResync
+	ReasonExpired    = contract.ReasonExpired
+	ReasonDisconnect = contract.ReasonDisconnect
+	ReasonDataLoss   = contract.ReasonDataLoss
 )
 
 // Reply answers a heartbeat or disconnect (contract.Reply). When Error is

@@ -20,7 +20,7 @@ func (s Subjects) Offline() string { return s.Prefix + ".offline" }
 func (s Subjects) Reset() string { return s.Prefix + ".reset" }
 
 // Event returns the subject of an event with the given status.
-func (s Subjects) Event(status string) string { return s.Prefix + "." + status }
+func (s Subjects) Event(status Status) string { return s.Prefix + "." + string(status) }
 
 // Query returns the subject of a query endpoint, <prefix>.query.<endpoint>.
 func (s Subjects) Query(endpoint string) string { return s.QueryGroup() + "." + endpoint }

@@ -13,16 +13,55 @@ import (
 // The messages of the heartbeat and disconnect subjects and of the event
 // subjects, as other services build against them (see README.md).
 
+// Status is an event's status: which transition it announces.
+type Status string
+
+// The statuses on the wire. An event's subject is <prefix>.<status>
+// (Subjects.Event).
+const (
+	StatusOnline  Status = "online"
+	StatusOffline Status = "offline"
+	// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
+	// presence data set (or presenced started on an empty one), or lost its
+	// latest writes. Its version is above every version published before it:
+	// consumers remove the users whose last applied version is below it (not
+	// everyone: a reset republished late arrives after newer events) and drop
+	// later events below it for users they hold nothing for. Users still
+	// connected are online again through presence.online: re-announced (reason
+	// "resync") when their session survived in Redis, else at their next
+	// heartbeat.
+	StatusReset Status = "reset"
+)
+
+// Reason says why a transition happened.
+type Reason string
+
+// The reasons on the wire.
+const (
+	// ReasonHeartbeat: a heartbeat opened a session (online).
+	ReasonHeartbeat Reason = "heartbeat"
+	// ReasonResync: an online that re-announces a session that survived a
+	// partial data loss, after the reset.
+	ReasonResync Reason = "resync"
+	// ReasonExpired: no heartbeat came within the TTL (offline).
+	ReasonExpired Reason = "expired"
+	// ReasonDisconnect: a disconnect ended the session (offline).
+	ReasonDisconnect Reason = "disconnect"
+	// ReasonDataLoss: Redis lost presence data (reset).
+	ReasonDataLoss Reason = "data_loss"
+)
+
 // Event is a presence.online or presence.offline message (or, with Status
-// "reset" and no UserID, a presence.reset notice).
+// StatusReset and no UserID, a presence.reset notice).
 type Event struct {
+	// UserID is empty for a reset.
 	UserID string `json:"userId"`
-	// Status is "online" or "offline".
-	Status string `json:"status"`
-	// Reason is "heartbeat" for online ("resync" for an online that
-	// re-announces a session after a partial data loss); "expired" or
-	// "disconnect" for offline.
-	Reason string `json:"reason"`
+	// Status is StatusOnline, StatusOffline or StatusReset.
+	Status Status `json:"status"`
+	// Reason is ReasonHeartbeat for online (ReasonResync for an online that
+	// re-announces a session after a partial data loss); ReasonExpired or
+	// ReasonDisconnect for offline; ReasonDataLoss for a reset.
+	Reason Reason `json:"reason"`
 	// At is when the transition happened, Redis server time.
 	At time.Time `json:"-"`
 	// Version strictly increases across one user's successive events: a
@@ -35,8 +74,8 @@ const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 
 type eventJSON struct {
 	UserID  string `json:"userId"`
-	Status  string `json:"status"`
-	Reason  string `json:"reason"`
+	Status  Status `json:"status"`
+	Reason  Reason `json:"reason"`
 	At      string `json:"at"`
 	Version int64  `json:"version"`
 }
@@ -52,9 +91,9 @@ func (e Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"userId":`...)
 	dst = appendJSONString(dst, e.UserID)
 	dst = append(dst, `,"status":`...)
-	dst = appendJSONString(dst, e.Status)
+	dst = appendJSONString(dst, string(e.Status))
 	dst = append(dst, `,"reason":`...)
-	dst = appendJSONString(dst, e.Reason)
+	dst = appendJSONString(dst, string(e.Reason))
 	dst = append(dst, `,"at":"`...)
 	dst = e.At.UTC().AppendFormat(dst, TimeFormat)
 	dst = append(dst, `","version":`...)
@@ -116,17 +155,6 @@ func (e Event) MsgID() string {
 	}
 	return fmt.Sprintf("%s:%d", e.UserID, e.Version)
 }
-
-// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
-// presence data set (or presenced started on an empty one), or lost its
-// latest writes. Its version is above every version published before it:
-// consumers remove the users whose last applied version is below it (not
-// everyone: a reset republished late arrives after newer events) and drop
-// later events below it for users they hold nothing for. Users still
-// connected are online again through presence.online: re-announced (reason
-// "resync") when their session survived in Redis, else at their next
-// heartbeat.
-const StatusReset = "reset"
 
 // TimeoutHeader is the request header in which a heartbeat or disconnect
 // sender says how long, in milliseconds, it waits for the reply. presenced

@@ -202,7 +202,7 @@ func TestLocalCluster(t *testing.T) {
 		testenv.Eventually(t, 15*time.Second, func() bool {
 			for _, m := range col.Msgs() {
 				var ev contract.Event
-				if json.Unmarshal(m.Data, &ev) == nil && ev.Status == status && strings.HasPrefix(ev.UserID, "e2e-") {
+				if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && strings.HasPrefix(ev.UserID, "e2e-") {
 					want[ev.UserID] = true
 				}
 			}

@@ -278,12 +278,12 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 			status, rest, _ := strings.Cut(line, " ")
 			_, rest, _ = strings.Cut(rest, " ")
 			user, _, _ := strings.Cut(rest, " ")
-			switch status {
-			case "online":
+			switch contract.Status(status) {
+			case contract.StatusOnline:
 				v.online.add(v.key(user))
-			case "offline":
+			case contract.StatusOffline:
 				v.online.remove(v.key(user))
-			case "reset":
+			case contract.StatusReset:
 				v.online = newIDSet(0)
 				v.epoch = epoch
 			}

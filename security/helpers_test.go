@@ -212,7 +212,7 @@ func waitEvent(t *testing.T, c *testenv.Collector, user, status string) {
 	testenv.Eventually(t, 15*time.Second, func() bool {
 		for _, m := range c.Msgs() {
 			var ev contract.Event
-			if json.Unmarshal(m.Data, &ev) == nil && ev.UserID == user && ev.Status == status {
+			if json.Unmarshal(m.Data, &ev) == nil && ev.UserID == user && string(ev.Status) == status {
 				return true
 			}
 		}

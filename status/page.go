@@ -290,7 +290,7 @@ func (p *Page) decode(raw [][]byte) []contract.Event {
 	events := make([]contract.Event, 0, len(raw))
 	for _, data := range raw {
 		var ev contract.Event
-		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != "online" && ev.Status != "offline") {
+		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != contract.StatusOnline && ev.Status != contract.StatusOffline) {
 			p.mu.Lock()
 			p.malforms++
 			n := p.malforms

@@ -32,7 +32,7 @@ func (e *env) expectSessions(users []string, timeout time.Duration) {
 	evs := e.waitEvents(2*len(users), timeout)
 	counts := map[string]int{}
 	for _, ev := range evs {
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for _, id := range users {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {

@@ -181,7 +181,7 @@ func summaryOf(e *env) []string { return summary(e.received()) }
 func summary(evs []contract.Event) []string {
 	out := make([]string, 0, len(evs))
 	for _, ev := range evs {
-		out = append(out, ev.UserID+":"+ev.Status+":"+ev.Reason)
+		out = append(out, ev.UserID+":"+string(ev.Status)+":"+string(ev.Reason))
 	}
 	sort.Strings(out)
 	return out
@@ -202,7 +202,7 @@ func checkVersions(t *testing.T, evs []contract.Event) {
 			if i%2 == 1 {
 				want = "offline"
 			}
-			if ev.Status != want {
+			if string(ev.Status) != want {
 				t.Fatalf("user %s: event %d is %s, want %s (events %+v)", u, i, ev.Status, want, list)
 			}
 			if i > 0 && ev.Version <= list[i-1].Version {

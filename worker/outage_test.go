@@ -172,7 +172,7 @@ func TestNATSRestartWhileOfflinesDue(t *testing.T) {
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			t.Fatal(err)
 		}
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for _, id := range users {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {

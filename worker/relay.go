@@ -218,11 +218,11 @@ func (w *Worker) recordPublished(e presence.Event, now time.Time) {
 	switch {
 	case e.Status == contract.StatusReset:
 		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
-	case e.Status == "online" && e.Reason == presence.ReasonResync:
+	case e.Status == contract.StatusOnline && e.Reason == contract.ReasonResync:
 		w.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)
-	case e.Status == "online":
+	case e.Status == contract.StatusOnline:
 		w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
-	case e.Reason == "expired":
+	case e.Reason == contract.ReasonExpired:
 		w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
 	default:
 		w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
@@ -271,11 +271,11 @@ func (e *ackError) Unwrap() error { return e.err }
 // eventCounter returns the published-events counter for status and reason,
 // looked up once per pair (the relay publishes every event; only the relay
 // goroutine calls it).
-func (w *Worker) eventCounter(status, reason string) prometheus.Counter {
-	k := [2]string{status, reason}
+func (w *Worker) eventCounter(status contract.Status, reason contract.Reason) prometheus.Counter {
+	k := [2]string{string(status), string(reason)}
 	c, ok := w.counters[k]
 	if !ok {
-		c = w.m.Events.WithLabelValues(status, reason)
+		c = w.m.Events.WithLabelValues(k[0], k[1])
 		w.counters[k] = c
 	}
 	return c

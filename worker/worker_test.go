@@ -212,7 +212,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	}
 	counts := map[string]int{}
 	for _, ev := range evs {
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for i, id := range ids {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
@@ -223,7 +223,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	reasons := map[string]int{}
 	for _, ev := range evs {
 		if ev.Status == "offline" {
-			reasons[ev.Reason]++
+			reasons[string(ev.Reason)]++
 		}
 	}
 	if reasons["disconnect"] != users/2 || reasons["expired"] != users/2 {

@@ -195,7 +195,7 @@ func (p *printer) handle(m *nats.Msg) {
 		return
 	}
 	mark := "🟢"
-	if ev.Status == "offline" {
+	if ev.Status == contract.StatusOffline {
 		mark = "🔴"
 		p.off.Add(1)
 	} else {

@@ -94,7 +94,7 @@ func TestSeedBehaviour(t *testing.T) {
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, ev.UserID+":"+ev.Status+":"+ev.Reason)
+		got = append(got, ev.UserID+":"+string(ev.Status)+":"+string(ev.Reason))
 	}
 	sort.Strings(got)
 	want := []string{"a:offline:expired", "a:offline:expired", "a:online:heartbeat", "b:offline:disconnect", "b:online:heartbeat"}
