@@ -1,6 +1,6 @@
 // Package bus is presenced's NATS side: the connection, the subscriptions
-// the worker consumes, event publishing and the wire contract (Event,
-// Request, Reply) other services build against.
+// the worker consumes, event publishing and the query service. What goes
+// over the wire (subjects, events, requests, replies) is package contract.
 //
 // Bus owns its *nats.Conn: it connects in Start and drains in Stop (the fx
 // Module wires both to the lifecycle).
@@ -17,28 +17,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
-
-// Subjects names presenced's subjects under one prefix ("presence").
-type Subjects struct{ Prefix string }
-
-// Heartbeat is the subject gateways publish heartbeats to.
-func (s Subjects) Heartbeat() string { return s.Prefix + ".heartbeat" }
-
-// Disconnect is the subject gateways publish disconnects to.
-func (s Subjects) Disconnect() string { return s.Prefix + ".disconnect" }
-
-// Online is the subject online events are published to.
-func (s Subjects) Online() string { return s.Prefix + ".online" }
-
-// Offline is the subject offline events are published to.
-func (s Subjects) Offline() string { return s.Prefix + ".offline" }
-
-// Reset is the subject a reset notice is published to when Redis lost the
-// presence data: consumers drop their state and resynchronise.
-func (s Subjects) Reset() string { return s.Prefix + ".reset" }
-
-// Event returns the subject of an event with the given status.
-func (s Subjects) Event(status string) string { return s.Prefix + "." + status }
 
 // InboxPrefix prefixes the subjects replies to presenced's own requests
 // come back on: JetStream API calls and PubAcks, with Options.Stream. A

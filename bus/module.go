@@ -11,6 +11,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -105,4 +106,6 @@ func StartQueryFromConfig(d QueryDeps) {
 }
 
 // SubjectsFromConfig returns the subjects under cfg's prefix.
-func SubjectsFromConfig(cfg config.Config) Subjects { return Subjects{Prefix: cfg.SubjectPrefix} }
+func SubjectsFromConfig(cfg config.Config) contract.Subjects {
+	return contract.Subjects{Prefix: cfg.SubjectPrefix}
+}

@@ -7,16 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/presenced/presenced/internal/jsonobject"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -27,31 +25,6 @@ import (
 // micro error headers (Nats-Service-Error-Code, Nats-Service-Error) and an
 // empty body: QueryBadRequest when the request itself is wrong,
 // QueryStoreFailure when Redis did not answer.
-
-// QueryServiceName is the micro service name, as in $SRV.PING.presence.
-const QueryServiceName = "presence"
-
-// Error codes of the query service (the Nats-Service-Error-Code header).
-const (
-	// QueryBadRequest: malformed JSON, an invalid userId, too many ids, a
-	// bad cursor or limit. Retrying the same request fails the same way.
-	QueryBadRequest = "400"
-	// QueryStoreFailure: the store failed or timed out; a retry may work.
-	QueryStoreFailure = "500"
-)
-
-// Endpoint names of the query service, under the group <prefix>.query.
-const (
-	QueryStatus = "status"
-	QueryOnline = "online"
-	QueryList   = "list"
-	QueryCount  = "count"
-)
-
-// Query returns the subject of a query endpoint, <prefix>.query.<endpoint>.
-func (s Subjects) Query(endpoint string) string { return s.queryGroup() + "." + endpoint }
-
-func (s Subjects) queryGroup() string { return s.Prefix + ".query" }
 
 // QueryStore is what the query service needs from the store (implemented by
 // *presence.Store and *presence.View). GetOnlineUsers is given the ids as
@@ -68,7 +41,7 @@ type QueryStore interface {
 // documented defaults.
 type QueryOptions struct {
 	// Subjects; zero means prefix "presence".
-	Subjects Subjects
+	Subjects contract.Subjects
 	// Queue is the micro queue group the replicas share; zero means
 	// "presenced".
 	Queue string
@@ -114,116 +87,6 @@ func (o QueryOptions) withDefaults() QueryOptions {
 	return o
 }
 
-// StatusRequest is the body of a status query.
-type StatusRequest struct {
-	UserID string `json:"userId"`
-}
-
-// StatusReply answers a status query. Since, ExpiresAt (TimeFormat, UTC)
-// and Version are those of the user's session; they are omitted, and
-// Version is 0, when the user is offline.
-type StatusReply struct {
-	UserID    string `json:"userId"`
-	Online    bool   `json:"online"`
-	Since     string `json:"since,omitempty"`
-	ExpiresAt string `json:"expiresAt,omitempty"`
-	Version   int64  `json:"version"`
-}
-
-// OnlineRequest is the body of an online query: up to MaxIDs ids, all
-// valid (one invalid id fails the request).
-type OnlineRequest struct {
-	UserIDs []string `json:"userIds"`
-}
-
-// OnlineReply lists those of the requested ids that are online, in request
-// order, duplicates removed: with the query view (presence.View), those with
-// an open session as of every write stored before the query; without it,
-// those whose presence key exists.
-type OnlineReply struct {
-	Online []string `json:"online"`
-}
-
-// ListRequest asks for one page of the users online. Cursor is "" for the
-// first page, then the Cursor of the previous reply. Limit is a hint: zero
-// means 1000, above MaxList it is MaxList. Pages are sized by the bytes the
-// ids actually take: with ids of ten bytes a page of 10000 is about 130 KB,
-// well under the default 1 MiB max payload. Should a page not fit (long
-// ids), the service repeats the scan step from the same cursor with a
-// smaller count until it does, so a reply never exceeds the max payload,
-// and sizes the next pages it serves by the bytes per id it last saw.
-//
-// Paging through with ListRequest walks the sessions shards in order (see
-// presence.Store.List): a user online for the whole listing appears once (at
-// least once if an oversized shard is resized meanwhile, so clients dedupe);
-// a user who comes or goes during it may or may not appear; a page may be
-// empty while the cursor is not "" (continue until it is).
-type ListRequest struct {
-	Cursor string `json:"cursor"`
-	Limit  int    `json:"limit"`
-}
-
-// ListReply is one page. Cursor continues the listing; "" means done.
-type ListReply struct {
-	UserIDs []string `json:"userIds"`
-	Cursor  string   `json:"cursor"`
-}
-
-// CountReply answers a count query (any body): the number of users online.
-type CountReply struct {
-	Online int64 `json:"online"`
-}
-
-// AppendJSON appends the reply's JSON to dst, as encoding/json writes it
-// without HTML escaping for valid ids (any id, valid or not, decodes back
-// to itself), without reflection.
-func (r OnlineReply) AppendJSON(dst []byte) []byte {
-	dst = append(dst, `{"online":`...)
-	return append(appendIDs(dst, r.Online), '}')
-}
-
-// AppendJSON appends the page's JSON to dst, as OnlineReply.AppendJSON.
-func (r ListReply) AppendJSON(dst []byte) []byte {
-	dst = append(dst, `{"userIds":`...)
-	dst = appendIDs(dst, r.UserIDs)
-	dst = append(dst, `,"cursor":`...)
-	return append(appendJSONString(dst, r.Cursor), '}')
-}
-
-// appendIDs appends ids as a JSON array of strings; nil is [], not null.
-func appendIDs(dst []byte, ids []string) []byte {
-	n := 2
-	for _, id := range ids {
-		n += len(id) + 3
-	}
-	dst = slices.Grow(dst, n) // escapes aside
-	dst = append(dst, '[')
-	for i, id := range ids {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		if plainJSON(id) {
-			dst = append(dst, '"')
-			dst = append(dst, id...)
-			dst = append(dst, '"')
-		} else {
-			dst = appendJSONString(dst, id)
-		}
-	}
-	return append(dst, ']')
-}
-
-// plainJSON reports whether s is ASCII that JSON writes as is, so that
-// quoting it is its encoding.
-func plainJSON(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}
-
 const (
 	defaultListLimit = 1000
 	// listOverhead bounds a page's bytes other than its ids:
@@ -243,11 +106,11 @@ func (e *queryError) Error() string { return e.err.Error() }
 func (e *queryError) Unwrap() error { return e.err }
 
 func badRequest(format string, args ...any) error {
-	return &queryError{code: QueryBadRequest, err: fmt.Errorf(format, args...)}
+	return &queryError{code: contract.QueryBadRequest, err: fmt.Errorf(format, args...)}
 }
 
 func storeFailure(err error) error {
-	return &queryError{code: QueryStoreFailure, err: err}
+	return &queryError{code: contract.QueryStoreFailure, err: err}
 }
 
 type queryService struct {
@@ -276,7 +139,7 @@ func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micr
 	opts = opts.withDefaults()
 	q := &queryService{nc: nc, store: store, opts: opts, log: opts.Logger}
 	svc, err := micro.AddService(nc, micro.Config{
-		Name:        QueryServiceName,
+		Name:        contract.QueryServiceName,
 		Version:     opts.Version,
 		Description: "who is online: status, online, list, count",
 		Metadata:    map[string]string{"prefix": opts.Subjects.Prefix},
@@ -288,15 +151,15 @@ func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micr
 	if err != nil {
 		return nil, fmt.Errorf("add query service: %w", err)
 	}
-	g := svc.AddGroup(opts.Subjects.queryGroup())
+	g := svc.AddGroup(opts.Subjects.QueryGroup())
 	endpoints := []struct {
 		name string
 		fn   func(context.Context, []byte) (any, error)
 	}{
-		{QueryStatus, q.status},
-		{QueryOnline, q.online},
-		{QueryList, q.list},
-		{QueryCount, q.count},
+		{contract.QueryStatus, q.status},
+		{contract.QueryOnline, q.online},
+		{contract.QueryList, q.list},
+		{contract.QueryCount, q.count},
 	}
 	for _, ep := range endpoints {
 		if err := g.AddEndpoint(ep.name, q.handler(ep.name, ep.fn),
@@ -332,12 +195,12 @@ func (q *queryService) handler(name string, fn func(context.Context, []byte) (an
 			}
 			err = storeFailure(fmt.Errorf("encode reply: %w", err))
 		}
-		code := QueryStoreFailure
+		code := contract.QueryStoreFailure
 		var qe *queryError
 		if errors.As(err, &qe) {
 			code = qe.code
 		}
-		if code == QueryStoreFailure {
+		if code == contract.QueryStoreFailure {
 			q.log.Warn("query failed", "endpoint", name, "err", err)
 		} else {
 			q.log.Debug("bad query", "endpoint", name, "err", err)
@@ -369,35 +232,27 @@ func encode(v any) ([]byte, error) {
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
-// decode unmarshals a request body, which must be one strict JSON object
-// (see jsonobject: JSON white space only, exact member names, none
-// repeated), into fields: member name -> destination; other members are
-// ignored.
-func decode(data []byte, fields map[string]any) error {
-	if err := jsonobject.Decode(data, fields); err != nil {
-		return badRequest("%v: %v", ErrMalformed, err)
-	}
-	return nil
+// badRequestFrom makes a request the contract refused (malformed, an
+// invalid id, too many ids) a bad request, worded as the contract words it.
+func badRequestFrom(err error) error {
+	return &queryError{code: contract.QueryBadRequest, err: err}
 }
 
 func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
-	var req StatusRequest
-	if err := decode(data, map[string]any{"userId": &req.UserID}); err != nil {
-		return nil, err
-	}
-	if err := presence.ValidateUserID(req.UserID); err != nil {
-		return nil, badRequest("%v", err)
+	req, err := contract.DecodeStatusRequest(data)
+	if err != nil {
+		return nil, badRequestFrom(err)
 	}
 	st, err := q.store.Status(ctx, req.UserID)
 	if err != nil {
 		return nil, storeFailure(err)
 	}
-	r := StatusReply{UserID: st.UserID, Online: st.Online, Version: st.Version}
+	r := contract.StatusReply{UserID: st.UserID, Online: st.Online, Version: st.Version}
 	if !st.Since.IsZero() {
-		r.Since = st.Since.UTC().Format(TimeFormat)
+		r.Since = st.Since.UTC().Format(contract.TimeFormat)
 	}
 	if !st.ExpiresAt.IsZero() {
-		r.ExpiresAt = st.ExpiresAt.UTC().Format(TimeFormat)
+		r.ExpiresAt = st.ExpiresAt.UTC().Format(contract.TimeFormat)
 	}
 	return r, nil
 }
@@ -405,51 +260,26 @@ func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 func (q *queryService) online(ctx context.Context, data []byte) (any, error) {
 	// The ids only live as long as the request: they may share one copy
 	// of the body.
-	f, ok := parseFast(data, q.opts.MaxIDs, true)
-	ids, valid := f.ids, f.valid
-	if !ok || f.key != "userIds" {
-		// Anything unusual (escapes, more ids than allowed, other fields)
-		// goes through encoding/json, which words the errors.
-		var req struct {
-			UserIDs *[]string
-		}
-		if err := decode(data, map[string]any{"userIds": &req.UserIDs}); err != nil {
-			return nil, err
-		}
-		if req.UserIDs == nil {
-			return nil, badRequest(`%v: no "userIds"`, ErrMalformed)
-		}
-		ids, valid = *req.UserIDs, false
+	req, err := contract.DecodeOnlineRequest(data, q.opts.MaxIDs)
+	if err != nil {
+		return nil, badRequestFrom(err)
 	}
-	if len(ids) > q.opts.MaxIDs {
-		return nil, badRequest("%v: %d ids, the maximum is %d", ErrTooMany, len(ids), q.opts.MaxIDs)
-	}
-	if !valid {
-		for i, id := range ids {
-			if err := presence.ValidateUserID(id); err != nil {
-				return nil, badRequest("userIds[%d]: %v", i, err)
-			}
-		}
-	}
-	online, err := q.store.GetOnlineUsers(ctx, ids)
+	online, err := q.store.GetOnlineUsers(ctx, req.UserIDs)
 	if err != nil {
 		return nil, storeFailure(err)
 	}
 	// The reply fits the max payload whenever the request did: it holds a
 	// subset of the request's ids, each encoded no longer than any valid
 	// JSON encoding of it, under a shorter key.
-	return OnlineReply{Online: online}.AppendJSON(nil), nil
+	return contract.OnlineReply{Online: online}.AppendJSON(nil), nil
 }
 
 func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
-	var req ListRequest
-	if err := decode(data, map[string]any{"cursor": &req.Cursor, "limit": &req.Limit}); err != nil {
-		return nil, err
+	req, err := contract.DecodeListRequest(data)
+	if err != nil {
+		return nil, badRequestFrom(err)
 	}
-	switch {
-	case req.Limit < 0:
-		return nil, badRequest("%v: negative limit %d", ErrMalformed, req.Limit)
-	case req.Limit == 0:
+	if req.Limit == 0 {
 		req.Limit = defaultListLimit
 	}
 	maxPayload := q.nc.MaxPayload()
@@ -468,7 +298,7 @@ func (q *queryService) list(ctx context.Context, data []byte) (any, error) {
 		if err != nil {
 			return nil, storeFailure(err)
 		}
-		out = ListReply{UserIDs: page.UserIDs, Cursor: page.Cursor}.AppendJSON(out[:0])
+		out = contract.ListReply{UserIDs: page.UserIDs, Cursor: page.Cursor}.AppendJSON(out[:0])
 		if len(page.UserIDs) > 0 {
 			q.listIDBytes.Store(max(1, int64(len(out)/len(page.UserIDs))))
 		}
@@ -491,5 +321,5 @@ func (q *queryService) count(ctx context.Context, _ []byte) (any, error) {
 	if err != nil {
 		return nil, storeFailure(err)
 	}
-	return CountReply{Online: n}, nil
+	return contract.CountReply{Online: n}, nil
 }

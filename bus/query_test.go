@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
@@ -30,7 +31,7 @@ type queryEnv struct {
 	rdb      *redis.Client
 	store    *presence.Store
 	nc       *nats.Conn // the client side
-	subjects bus.Subjects
+	subjects contract.Subjects
 	svc      micro.Service
 }
 
@@ -39,7 +40,7 @@ func newQueryEnv(t testing.TB, opts bus.QueryOptions, nopts ...testenv.NATSOptio
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t, nopts...)
 	p := testenv.Prefix(t)
-	e := &queryEnv{t: t, redis: r, rdb: r.Client(t), nc: n.Conn(t), subjects: bus.Subjects{Prefix: p}}
+	e := &queryEnv{t: t, redis: r, rdb: r.Client(t), nc: n.Conn(t), subjects: contract.Subjects{Prefix: p}}
 	e.store = presence.NewStore(e.rdb, presence.Options{Prefix: p + ":", TTL: time.Minute})
 	opts.Subjects = e.subjects
 	svc, err := bus.StartQueryService(n.Conn(t), e.store, opts)
@@ -104,16 +105,16 @@ func TestQueryEndpoints(t *testing.T) {
 	before := time.Now()
 	e.heartbeat("u-1", "u-2", "a<b&c>\"d") // HTML characters and a quote round-trip unharmed
 
-	var st bus.StatusReply
-	e.call(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}, &st)
+	var st contract.StatusReply
+	e.call(contract.QueryStatus, contract.StatusRequest{UserID: "u-1"}, &st)
 	if st.UserID != "u-1" || !st.Online || st.Version <= 0 {
 		t.Fatalf("status of u-1 = %+v", st)
 	}
-	since, err := time.Parse(bus.TimeFormat, st.Since)
+	since, err := time.Parse(contract.TimeFormat, st.Since)
 	if err != nil {
 		t.Fatalf("since %q: %v", st.Since, err)
 	}
-	expires, err := time.Parse(bus.TimeFormat, st.ExpiresAt)
+	expires, err := time.Parse(contract.TimeFormat, st.ExpiresAt)
 	if err != nil {
 		t.Fatalf("expiresAt %q: %v", st.ExpiresAt, err)
 	}
@@ -125,35 +126,35 @@ func TestQueryEndpoints(t *testing.T) {
 	}
 
 	// Offline: no session fields at all on the wire.
-	msg := e.request(bus.QueryStatus, []byte(`{"userId":"nobody"}`))
+	msg := e.request(contract.QueryStatus, []byte(`{"userId":"nobody"}`))
 	if got, want := string(msg.Data), `{"userId":"nobody","online":false,"version":0}`; got != want {
 		t.Fatalf("status of nobody = %s, want %s", got, want)
 	}
 
-	var on bus.OnlineReply
-	e.call(bus.QueryOnline, bus.OnlineRequest{UserIDs: []string{"u-2", "nobody", "a<b&c>\"d", "u-1", "u-2"}}, &on)
+	var on contract.OnlineReply
+	e.call(contract.QueryOnline, contract.OnlineRequest{UserIDs: []string{"u-2", "nobody", "a<b&c>\"d", "u-1", "u-2"}}, &on)
 	if want := []string{"u-2", "a<b&c>\"d", "u-1"}; !slices.Equal(on.Online, want) {
 		t.Fatalf("online = %q, want %q", on.Online, want)
 	}
-	msg = e.request(bus.QueryOnline, []byte(`{"userIds":[]}`))
+	msg = e.request(contract.QueryOnline, []byte(`{"userIds":[]}`))
 	if string(msg.Data) != `{"online":[]}` {
 		t.Fatalf("online of none = %s", msg.Data)
 	}
-	msg = e.request(bus.QueryOnline, []byte(`{"userIds":["a<b&c>\"d"]}`))
+	msg = e.request(contract.QueryOnline, []byte(`{"userIds":["a<b&c>\"d"]}`))
 	if string(msg.Data) != `{"online":["a<b&c>\"d"]}` {
 		t.Fatalf("online reply escapes HTML: %s", msg.Data)
 	}
 
 	for _, body := range [][]byte{nil, []byte(`{}`), []byte(`whatever`)} {
-		var c bus.CountReply
-		e.call(bus.QueryCount, body, &c)
+		var c contract.CountReply
+		e.call(contract.QueryCount, body, &c)
 		if c.Online != 3 {
 			t.Fatalf("count with body %q = %d, want 3", body, c.Online)
 		}
 	}
 
-	var page bus.ListReply
-	e.call(bus.QueryList, bus.ListRequest{}, &page)
+	var page contract.ListReply
+	e.call(contract.QueryList, contract.ListRequest{}, &page)
 	slices.Sort(page.UserIDs)
 	if want := []string{"a<b&c>\"d", "u-1", "u-2"}; !slices.Equal(page.UserIDs, want) || page.Cursor != "" {
 		t.Fatalf("list = %+v, want %q and no cursor", page, want)
@@ -162,7 +163,7 @@ func TestQueryEndpoints(t *testing.T) {
 	if _, err := e.store.Disconnect(context.Background(), []string{"u-1"}); err != nil {
 		t.Fatal(err)
 	}
-	msg = e.request(bus.QueryStatus, bus.StatusRequest{UserID: "u-1"})
+	msg = e.request(contract.QueryStatus, contract.StatusRequest{UserID: "u-1"})
 	if got, want := string(msg.Data), `{"userId":"u-1","online":false,"version":0}`; got != want {
 		t.Fatalf("status after disconnect = %s, want %s", got, want)
 	}
@@ -176,38 +177,38 @@ func TestQueryBadRequests(t *testing.T) {
 		body     string
 		want     string // in the description
 	}{
-		{bus.QueryStatus, ``, "malformed message: empty body"},
-		{bus.QueryStatus, `not json`, "malformed message: expected a JSON object"},
-		{bus.QueryStatus, `{"userId":`, "malformed message: unexpected end of JSON input"},
-		{bus.QueryStatus, `{"userId":7}`, "malformed message: json: cannot unmarshal number"},
-		{bus.QueryStatus, "\v{\"userId\":\"u\"}", "malformed message: expected a JSON object"},
-		{bus.QueryStatus, "{\"userId\":\"u\"}\u00a0", "malformed message: data after the object"},
-		{bus.QueryStatus, `{"userId":"a","userId":"b"}`, `malformed message: duplicate key "userId"`},
-		{bus.QueryStatus, `{"USERID":"u"}`, "invalid userId: empty"},
-		{bus.QueryOnline, `{"USERIDS":["u"]}`, `malformed message: no "userIds"`},
-		{bus.QueryOnline, `{"userIds":["a"],"userIds":["b"]}`, `malformed message: duplicate key "userIds"`},
-		{bus.QueryList, `{"limit":1,"limit":2}`, `malformed message: duplicate key "limit"`},
-		{bus.QueryStatus, `{}`, "invalid userId: empty"},
-		{bus.QueryStatus, `{"userId":"a b"}`, "invalid userId: space at byte 1"},
-		{bus.QueryStatus, `{"userId":"u*"}`, "invalid userId: glob character '*' at byte 1"},
-		{bus.QueryStatus, `{"userId":"` + strings.Repeat("x", 257) + `"}`, "invalid userId: 257 bytes, over the maximum of 256"},
-		{bus.QueryOnline, `{}`, `malformed message: no "userIds"`},
-		{bus.QueryOnline, `[]`, "malformed message: expected a JSON object"},
-		{bus.QueryOnline, `{"userIds":["ok","a\nb"]}`, "userIds[1]: invalid userId: control character 0x0a at byte 1"},
-		{bus.QueryOnline, `{"userIds":["ok","a b"]}`, "userIds[1]: invalid userId: space at byte 1"},
-		{bus.QueryOnline, `{"userIds":["ok","ok","u?"]}`, "userIds[2]: invalid userId: glob character '?' at byte 1"},
-		{bus.QueryOnline, `{"userIds":["ok","` + strings.Repeat("x", 257) + `"]}`, "userIds[1]: invalid userId: 257 bytes, over the maximum of 256"},
-		{bus.QueryOnline, `{"userIds":["ok",""]}`, "userIds[1]: invalid userId: empty"},
-		{bus.QueryOnline, `{"userIds":["a","b","c","d"]}`, "too many ids: 4 ids, the maximum is 3"},
-		{bus.QueryList, `{"cursor":"abc"}`, `invalid cursor: "abc"`},
-		{bus.QueryList, `{"limit":-1}`, "malformed message: negative limit -1"},
-		{bus.QueryList, `{"limit":"10"}`, "malformed message: json: cannot unmarshal string"},
+		{contract.QueryStatus, ``, "malformed message: empty body"},
+		{contract.QueryStatus, `not json`, "malformed message: expected a JSON object"},
+		{contract.QueryStatus, `{"userId":`, "malformed message: unexpected end of JSON input"},
+		{contract.QueryStatus, `{"userId":7}`, "malformed message: json: cannot unmarshal number"},
+		{contract.QueryStatus, "\v{\"userId\":\"u\"}", "malformed message: expected a JSON object"},
+		{contract.QueryStatus, "{\"userId\":\"u\"}\u00a0", "malformed message: data after the object"},
+		{contract.QueryStatus, `{"userId":"a","userId":"b"}`, `malformed message: duplicate key "userId"`},
+		{contract.QueryStatus, `{"USERID":"u"}`, "invalid userId: empty"},
+		{contract.QueryOnline, `{"USERIDS":["u"]}`, `malformed message: no "userIds"`},
+		{contract.QueryOnline, `{"userIds":["a"],"userIds":["b"]}`, `malformed message: duplicate key "userIds"`},
+		{contract.QueryList, `{"limit":1,"limit":2}`, `malformed message: duplicate key "limit"`},
+		{contract.QueryStatus, `{}`, "invalid userId: empty"},
+		{contract.QueryStatus, `{"userId":"a b"}`, "invalid userId: space at byte 1"},
+		{contract.QueryStatus, `{"userId":"u*"}`, "invalid userId: glob character '*' at byte 1"},
+		{contract.QueryStatus, `{"userId":"` + strings.Repeat("x", 257) + `"}`, "invalid userId: 257 bytes, over the maximum of 256"},
+		{contract.QueryOnline, `{}`, `malformed message: no "userIds"`},
+		{contract.QueryOnline, `[]`, "malformed message: expected a JSON object"},
+		{contract.QueryOnline, `{"userIds":["ok","a\nb"]}`, "userIds[1]: invalid userId: control character 0x0a at byte 1"},
+		{contract.QueryOnline, `{"userIds":["ok","a b"]}`, "userIds[1]: invalid userId: space at byte 1"},
+		{contract.QueryOnline, `{"userIds":["ok","ok","u?"]}`, "userIds[2]: invalid userId: glob character '?' at byte 1"},
+		{contract.QueryOnline, `{"userIds":["ok","` + strings.Repeat("x", 257) + `"]}`, "userIds[1]: invalid userId: 257 bytes, over the maximum of 256"},
+		{contract.QueryOnline, `{"userIds":["ok",""]}`, "userIds[1]: invalid userId: empty"},
+		{contract.QueryOnline, `{"userIds":["a","b","c","d"]}`, "too many ids: 4 ids, the maximum is 3"},
+		{contract.QueryList, `{"cursor":"abc"}`, `invalid cursor: "abc"`},
+		{contract.QueryList, `{"limit":-1}`, "malformed message: negative limit -1"},
+		{contract.QueryList, `{"limit":"10"}`, "malformed message: json: cannot unmarshal string"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.endpoint+" "+tt.body, func(t *testing.T) {
 			msg := request(t, e.nc, e.subjects.Query(tt.endpoint), []byte(tt.body))
 			code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader)
-			if code != bus.QueryBadRequest || !strings.Contains(desc, tt.want) {
+			if code != contract.QueryBadRequest || !strings.Contains(desc, tt.want) {
 				t.Fatalf("reply %s %q (body %q), want 400 containing %q", code, desc, msg.Data, tt.want)
 			}
 			if len(msg.Data) != 0 {
@@ -226,20 +227,20 @@ func TestQueryStoreFailure(t *testing.T) {
 		name string
 		body any
 	}{
-		{bus.QueryStatus, bus.StatusRequest{UserID: "u-1"}},
-		{bus.QueryOnline, bus.OnlineRequest{UserIDs: []string{"u-1"}}},
-		{bus.QueryList, bus.ListRequest{}},
-		{bus.QueryCount, nil},
+		{contract.QueryStatus, contract.StatusRequest{UserID: "u-1"}},
+		{contract.QueryOnline, contract.OnlineRequest{UserIDs: []string{"u-1"}}},
+		{contract.QueryList, contract.ListRequest{}},
+		{contract.QueryCount, nil},
 	} {
 		msg := e.request(ep.name, ep.body)
-		if code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader); code != bus.QueryStoreFailure || desc == "" {
+		if code, desc := msg.Header.Get(micro.ErrorCodeHeader), msg.Header.Get(micro.ErrorHeader); code != contract.QueryStoreFailure || desc == "" {
 			t.Fatalf("%s with redis down: reply %s %q %q, want 500", ep.name, code, desc, msg.Data)
 		}
 	}
 	// Redis back (empty, no AOF): the same service answers again.
 	e.redis.Start(t)
 	testenv.Eventually(t, 10*time.Second, func() bool {
-		msg := e.request(bus.QueryCount, nil)
+		msg := e.request(contract.QueryCount, nil)
 		return msg.Header.Get(micro.ErrorCodeHeader) == "" && string(msg.Data) == `{"online":0}`
 	}, "count answers after redis restarted")
 }
@@ -255,7 +256,7 @@ func TestQueryDiscovery(t *testing.T) {
 	if err := json.Unmarshal(msg.Data, &ping); err != nil {
 		t.Fatal(err)
 	}
-	if ping.Name != bus.QueryServiceName || ping.Version != "1.2.3" || ping.Metadata["prefix"] != e.subjects.Prefix || ping.Type != micro.PingResponseType {
+	if ping.Name != contract.QueryServiceName || ping.Version != "1.2.3" || ping.Metadata["prefix"] != e.subjects.Prefix || ping.Type != micro.PingResponseType {
 		t.Fatalf("ping = %+v", ping)
 	}
 
@@ -283,8 +284,8 @@ func TestQueryDiscovery(t *testing.T) {
 		t.Fatalf("info endpoints = %q, want %q", got, want)
 	}
 
-	var c bus.CountReply
-	e.call(bus.QueryCount, nil, &c)
+	var c contract.CountReply
+	e.call(contract.QueryCount, nil, &c)
 	// micro counts a request after its handler returns, so the reply can
 	// come before the count: ask until it shows (never more than one).
 	var count *micro.EndpointStats
@@ -298,7 +299,7 @@ func TestQueryDiscovery(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, ep := range stats.Endpoints {
-			if ep.Name == bus.QueryCount {
+			if ep.Name == contract.QueryCount {
 				count = ep
 			}
 		}
@@ -316,14 +317,14 @@ func (e *queryEnv) listAll(limit int) (seen map[string]int, pages int) {
 	seen = map[string]int{}
 	cursor := ""
 	for {
-		msg := e.request(bus.QueryList, bus.ListRequest{Cursor: cursor, Limit: limit})
+		msg := e.request(contract.QueryList, contract.ListRequest{Cursor: cursor, Limit: limit})
 		if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
 			e.t.Fatalf("page %d: error %s %q", pages, code, msg.Header.Get(micro.ErrorHeader))
 		}
 		if int64(len(msg.Data)) > e.nc.MaxPayload() {
 			e.t.Fatalf("page %d is %d bytes, over the max payload %d", pages, len(msg.Data), e.nc.MaxPayload())
 		}
-		var page bus.ListReply
+		var page contract.ListReply
 		if err := json.Unmarshal(msg.Data, &page); err != nil {
 			e.t.Fatalf("page %d: decode: %v", pages, err)
 		}
@@ -358,8 +359,8 @@ func TestQueryListMillion(t *testing.T) {
 	}
 	t.Logf("populated %d users in %v", total, time.Since(start))
 
-	var c bus.CountReply
-	e.call(bus.QueryCount, nil, &c)
+	var c contract.CountReply
+	e.call(contract.QueryCount, nil, &c)
 	if c.Online != total {
 		t.Fatalf("count = %d, want %d", c.Online, total)
 	}
@@ -452,7 +453,7 @@ func (e *queryEnv) redisUsec(cmd string) int64 {
 // rest never online; it returns the body and how many are online.
 // startViewService runs a presence.View of the env's store and a second
 // query service answering from it, under its own subjects.
-func (e *queryEnv) startViewService() (bus.Subjects, *presence.View) {
+func (e *queryEnv) startViewService() (contract.Subjects, *presence.View) {
 	e.t.Helper()
 	view := presence.NewView(e.store, nil)
 	view.CatchUp = 10 * time.Second // answers from the view even on a loaded machine
@@ -471,7 +472,7 @@ func (e *queryEnv) startViewService() (bus.Subjects, *presence.View) {
 	case <-time.After(10 * time.Second):
 		e.t.Fatal("view not built within 10s")
 	}
-	subjects := bus.Subjects{Prefix: e.subjects.Prefix + "v"}
+	subjects := contract.Subjects{Prefix: e.subjects.Prefix + "v"}
 	svc, err := bus.StartQueryService(e.nc, view, bus.QueryOptions{Subjects: subjects})
 	if err != nil {
 		e.t.Fatal(err)
@@ -488,9 +489,9 @@ func TestOnlineFromView(t *testing.T) {
 	online := e.populate("us%05d", 2000)
 	viewSubjects, view := e.startViewService()
 	body, want := onlineRequest10k(online)
-	fromRedis := request(t, e.nc, e.subjects.Query(bus.QueryOnline), body)
-	fromView := request(t, e.nc, viewSubjects.Query(bus.QueryOnline), body)
-	var r bus.OnlineReply
+	fromRedis := request(t, e.nc, e.subjects.Query(contract.QueryOnline), body)
+	fromView := request(t, e.nc, viewSubjects.Query(contract.QueryOnline), body)
+	var r contract.OnlineReply
 	if err := json.Unmarshal(fromView.Data, &r); err != nil || len(r.Online) != want {
 		t.Fatalf("view reply: %d online, %v; want %d", len(r.Online), err, want)
 	}
@@ -500,7 +501,7 @@ func TestOnlineFromView(t *testing.T) {
 	if _, err := e.store.Disconnect(context.Background(), online[:1000]); err != nil {
 		t.Fatal(err)
 	}
-	msg := request(t, e.nc, viewSubjects.Query(bus.QueryOnline), bus.OnlineRequest{UserIDs: online[990:1010]})
+	msg := request(t, e.nc, viewSubjects.Query(contract.QueryOnline), contract.OnlineRequest{UserIDs: online[990:1010]})
 	if err := json.Unmarshal(msg.Data, &r); err != nil || !slices.Equal(r.Online, online[1000:1010]) {
 		t.Fatalf("after disconnecting %s..%s: view says %v, %v; want %v", online[0], online[999], r.Online, err, online[1000:1010])
 	}
@@ -526,7 +527,7 @@ func onlineRequest10k(online []string) ([]byte, int) {
 			ids = append(ids, id)
 		}
 	}
-	body, _ := json.Marshal(bus.OnlineRequest{UserIDs: ids})
+	body, _ := json.Marshal(contract.OnlineRequest{UserIDs: ids})
 	return body, want
 }
 
@@ -544,9 +545,9 @@ func BenchmarkQueryOnline10k(b *testing.B) {
 	// The same service answering from a query view.
 	viewSubjects, view := e.startViewService()
 	for _, source := range []string{"redis", "view"} {
-		subject := e.subjects.Query(bus.QueryOnline)
+		subject := e.subjects.Query(contract.QueryOnline)
 		if source == "view" {
-			subject = viewSubjects.Query(bus.QueryOnline)
+			subject = viewSubjects.Query(contract.QueryOnline)
 		}
 		for _, decode := range []bool{false, true} {
 			name := source + "/raw"
@@ -565,7 +566,7 @@ func BenchmarkQueryOnline10k(b *testing.B) {
 						b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
 					}
 					if decode {
-						var r bus.OnlineReply
+						var r contract.OnlineReply
 						if err := json.Unmarshal(msg.Data, &r); err != nil {
 							b.Fatal(err)
 						}
@@ -603,12 +604,12 @@ func BenchmarkQueryList100k(b *testing.B) {
 				distinct := 0
 				cursor := ""
 				for {
-					data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: limit})
-					msg := request(b, e.nc, e.subjects.Query(bus.QueryList), data)
+					data, _ := json.Marshal(contract.ListRequest{Cursor: cursor, Limit: limit})
+					msg := request(b, e.nc, e.subjects.Query(contract.QueryList), data)
 					if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
 						b.Fatalf("error %s %q", code, msg.Header.Get(micro.ErrorHeader))
 					}
-					var page bus.ListReply
+					var page contract.ListReply
 					if err := json.Unmarshal(msg.Data, &page); err != nil {
 						b.Fatal(err)
 					}
@@ -648,7 +649,7 @@ func TestQueryListLongIDs(t *testing.T) {
 	const n = 2000
 	ids := make([]string, n)
 	for i := range ids {
-		ids[i] = fmt.Sprintf("%06d", i) + strings.Repeat(`"`, presence.MaxUserIDLen-6)
+		ids[i] = fmt.Sprintf("%06d", i) + strings.Repeat(`"`, contract.MaxUserIDLen-6)
 	}
 	e.heartbeat(ids...)
 	seen, pages := e.listAll(10_000)

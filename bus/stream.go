@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/presenced/presenced/contract"
 )
 
 // StreamOptions names the JetStream stream events are published to.
@@ -19,7 +20,7 @@ type StreamOptions struct {
 	// their three event subjects and none of the others (a stream on
 	// heartbeats would store each one and answer heartbeat requests with a
 	// PubAck).
-	Subjects Subjects
+	Subjects contract.Subjects
 	// Duplicates is the duplicate window a created stream gets and the
 	// least an existing stream may have. Zero means 2 minutes.
 	Duplicates time.Duration
@@ -78,7 +79,7 @@ func (b *Bus) startStream(ctx context.Context) error {
 	return nil
 }
 
-func eventSubjects(s Subjects) []string { return []string{s.Online(), s.Offline(), s.Reset()} }
+func eventSubjects(s contract.Subjects) []string { return []string{s.Online(), s.Offline(), s.Reset()} }
 
 // CheckStream reports whether a stream with configuration c can take the
 // events of o.Subjects with acknowledged, deduplicated publishes: it
@@ -104,7 +105,7 @@ func CheckStream(c jetstream.StreamConfig, o StreamOptions) error {
 		}
 	}
 	others := []string{o.Subjects.Heartbeat(), o.Subjects.Disconnect()}
-	for _, ep := range []string{QueryStatus, QueryOnline, QueryList, QueryCount} {
+	for _, ep := range []string{contract.QueryStatus, contract.QueryOnline, contract.QueryList, contract.QueryCount} {
 		others = append(others, o.Subjects.Query(ep))
 	}
 	for _, s := range others {
@@ -156,7 +157,7 @@ func subjectMatches(filter, subject string) bool {
 // included; on core NATS by a flush, which confirms everything sent before
 // it. It returns one error per group: nil when every event of the group is
 // confirmed, else the first error. Only one goroutine may call it at a time.
-func (b *Bus) PublishBatch(ctx context.Context, subjects Subjects, groups [][]Event, sendBy time.Time) []error {
+func (b *Bus) PublishBatch(ctx context.Context, subjects contract.Subjects, groups [][]contract.Event, sendBy time.Time) []error {
 	errs := make([]error, len(groups))
 	set := func(g int, err error) {
 		if errs[g] == nil {
@@ -249,7 +250,7 @@ func waitAck(ctx context.Context, paf jetstream.PubAckFuture) error {
 }
 
 // message returns ev as a message to its subject with its Nats-Msg-Id.
-func (b *Bus) message(subjects Subjects, ev Event) (*nats.Msg, error) {
+func (b *Bus) message(subjects contract.Subjects, ev contract.Event) (*nats.Msg, error) {
 	data, err := ev.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("encode event: %w", err)
@@ -259,7 +260,7 @@ func (b *Bus) message(subjects Subjects, ev Event) (*nats.Msg, error) {
 	return m, nil
 }
 
-func (b *Bus) send(subjects Subjects, ev Event) error {
+func (b *Bus) send(subjects contract.Subjects, ev contract.Event) error {
 	m, err := b.message(subjects, ev)
 	if err != nil {
 		return err

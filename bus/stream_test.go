@@ -8,10 +8,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 )
 
 func TestCheckStream(t *testing.T) {
-	o := bus.StreamOptions{Name: "EV", Subjects: bus.Subjects{Prefix: "presence"}, Duplicates: 30 * time.Second}
+	o := bus.StreamOptions{Name: "EV", Subjects: contract.Subjects{Prefix: "presence"}, Duplicates: 30 * time.Second}
 	events := []string{"presence.online", "presence.offline", "presence.reset"}
 	for _, tc := range []struct {
 		name string

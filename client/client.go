@@ -2,7 +2,8 @@
 // send heartbeats and disconnects with it, consumers follow the online and
 // offline events and ask the query service who is online.
 //
-// It depends on nats.go only. A Client is safe for concurrent use; it does
+// It depends on nats.go and presenced's contract package only (the wire
+// types, which the server uses too; standard library only). A Client is safe for concurrent use; it does
 // not own the *nats.Conn, which the caller connects and closes.
 package client
 
@@ -23,7 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 )
 
 // Defaults of the options.
@@ -135,19 +136,18 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 // which, and the Reply still counts the requests that succeeded. No ids
 // means no request.
 func (c *Client) Heartbeat(ctx context.Context, ids ...string) (Reply, error) {
-	return c.send(ctx, "heartbeat", ids)
+	return c.send(ctx, "heartbeat", c.subjects().Heartbeat(), ids)
 }
 
 // Disconnect ends the sessions of ids now; each user that was online gets an
 // offline event. Batching, the Reply and errors are as for Heartbeat.
 func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
-	return c.send(ctx, "disconnect", ids)
+	return c.send(ctx, "disconnect", c.subjects().Disconnect(), ids)
 }
 
-func (c *Client) send(ctx context.Context, op string, ids []string) (Reply, error) {
-	parts := c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
+func (c *Client) send(ctx context.Context, op, subject string, ids []string) (Reply, error) {
+	parts := c.chunks(contract.AppendUnique(make([]string, 0, len(ids)), ids))
 	replies := make([]Reply, len(parts))
-	subject := c.prefix + "." + op
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
 		return c.sendPart(ctx, subject, parts[i], &replies[i])
 	})
@@ -227,8 +227,8 @@ func (e *encodeError) Unwrap() error { return e.err }
 // Status returns id's presence. An invalid id is a *ServiceError with
 // CodeBadRequest.
 func (c *Client) Status(ctx context.Context, id string) (Status, error) {
-	var r statusReply
-	if err := c.query(ctx, "status", statusRequest{UserID: id}, &r); err != nil {
+	var r contract.StatusReply
+	if err := c.query(ctx, contract.QueryStatus, contract.StatusRequest{UserID: id}, &r); err != nil {
 		return Status{}, err
 	}
 	st := Status{UserID: r.UserID, Online: r.Online, Version: r.Version}
@@ -267,11 +267,11 @@ func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
 	// answered twice.
 	parts := c.chunks(ids)
 	if len(parts) > 1 {
-		parts = c.chunks(uniq.Append(make([]string, 0, len(ids)), ids))
+		parts = c.chunks(contract.AppendUnique(make([]string, 0, len(ids)), ids))
 	}
-	replies := make([]onlineReply, len(parts))
+	replies := make([]contract.OnlineReply, len(parts))
 	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
-		return c.query(ctx, "online", idsRequest{UserIDs: parts[i]}, &replies[i])
+		return c.query(ctx, contract.QueryOnline, idsRequest{UserIDs: parts[i]}, &replies[i])
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -288,8 +288,8 @@ func (c *Client) Online(ctx context.Context, ids []string) ([]string, error) {
 
 // Count returns the number of users online.
 func (c *Client) Count(ctx context.Context) (int64, error) {
-	var r countReply
-	if err := c.query(ctx, "count", struct{}{}, &r); err != nil {
+	var r contract.CountReply
+	if err := c.query(ctx, contract.QueryCount, struct{}{}, &r); err != nil {
 		return 0, err
 	}
 	return r.Online, nil
@@ -308,8 +308,8 @@ func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, err
 	return func(yield func([]string, error) bool) {
 		cursor := ""
 		for {
-			var r listReply
-			if err := c.query(ctx, "list", listRequest{Cursor: cursor, Limit: pageSize}, &r); err != nil {
+			var r contract.ListReply
+			if err := c.query(ctx, contract.QueryList, contract.ListRequest{Cursor: cursor, Limit: pageSize}, &r); err != nil {
 				yield(nil, err)
 				return
 			}
@@ -324,9 +324,12 @@ func (c *Client) List(ctx context.Context, pageSize int) iter.Seq2[[]string, err
 	}
 }
 
+// subjects are presenced's subjects under the client's prefix.
+func (c *Client) subjects() contract.Subjects { return contract.Subjects{Prefix: c.prefix} }
+
 // query calls a query service endpoint.
-func (c *Client) query(ctx context.Context, endpoint string, req any, out reply) error {
-	if err := c.call(ctx, c.prefix+".query."+endpoint, req, out, false); err != nil {
+func (c *Client) query(ctx context.Context, endpoint string, req any, out json.Unmarshaler) error {
+	if err := c.call(ctx, c.subjects().Query(endpoint), req, out, false); err != nil {
 		return fmt.Errorf("presence %s: %w", endpoint, err)
 	}
 	return nil
@@ -334,9 +337,9 @@ func (c *Client) query(ctx context.Context, endpoint string, req any, out reply)
 
 // call sends req to subject, waits at most the timeout for the reply and
 // decodes it into out; micro error headers become a *ServiceError.
-// With timed, the request carries timeoutHeader: how long this attempt
+// With timed, the request carries contract.TimeoutHeader: how long this attempt
 // waits, so that presenced does not store it after the client gave up.
-func (c *Client) call(ctx context.Context, subject string, req any, out reply, timed bool) error {
+func (c *Client) call(ctx context.Context, subject string, req any, out json.Unmarshaler, timed bool) error {
 	var data []byte
 	if r, ok := req.(interface{ appendJSON([]byte) []byte }); ok {
 		data = r.appendJSON(nil)
@@ -354,7 +357,7 @@ func (c *Client) call(ctx context.Context, subject string, req any, out reply, t
 		if d, ok := ctx.Deadline(); ok {
 			wait = time.Until(d)
 		}
-		m.Header = nats.Header{timeoutHeader: []string{strconv.FormatInt(max(wait.Milliseconds(), 1), 10)}}
+		m.Header = nats.Header{contract.TimeoutHeader: []string{strconv.FormatInt(max(wait.Milliseconds(), 1), 10)}}
 	}
 	msg, err := c.nc.RequestMsgWithContext(ctx, m)
 	if err != nil {
@@ -363,10 +366,7 @@ func (c *Client) call(ctx context.Context, subject string, req any, out reply, t
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return &ServiceError{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
 	}
-	if r, ok := out.(interface{ decodeFast([]byte) bool }); ok && r.decodeFast(msg.Data) {
-		return nil
-	}
-	if err := out.decode(msg.Data); err != nil {
+	if err := out.UnmarshalJSON(msg.Data); err != nil {
 		return fmt.Errorf("decode reply from %s: %w", subject, err)
 	}
 	return nil

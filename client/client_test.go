@@ -14,8 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -68,7 +68,7 @@ func subscribe(t *testing.T, c *client.Client) events {
 func TestWireMatchesBus(t *testing.T) {
 	t.Parallel()
 	at := time.Date(2026, 3, 4, 5, 6, 7, 123456000, time.UTC)
-	data, err := json.Marshal(bus.Event{UserID: "u-1", Status: "offline", Reason: "expired", At: at, Version: 1772600767123456})
+	data, err := json.Marshal(contract.Event{UserID: "u-1", Status: "offline", Reason: "expired", At: at, Version: 1772600767123456})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestWireMatchesBus(t *testing.T) {
 		t.Fatalf("decoded %+v from %s, want %+v", ev, data, want)
 	}
 
-	data, err = json.Marshal(bus.Reply{Accepted: 2, Rejected: []bus.Rejection{{UserID: "a b", Error: "invalid userId: space at byte 1", Reason: "space"}}, Error: "x"})
+	data, err = json.Marshal(contract.Reply{Accepted: 2, Rejected: []contract.Rejection{{UserID: "a b", Error: "invalid userId: space at byte 1", Reason: "space"}}, Error: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestHeartbeatSubscribeQueryDisconnect(t *testing.T) {
 
 // publish sends an event by hand, as a replayed or republished one would
 // arrive, with the header presenced sets.
-func publish(t *testing.T, nc *nats.Conn, subjects bus.Subjects, ev bus.Event) {
+func publish(t *testing.T, nc *nats.Conn, subjects contract.Subjects, ev contract.Event) {
 	t.Helper()
 	data, err := ev.MarshalJSON()
 	if err != nil {
@@ -202,10 +202,10 @@ func TestSubscribeDropsStaleEvents(t *testing.T) {
 	// dropped. Then a marker on the same publisher and subject, which
 	// arrives after them: the next event handled must be the marker.
 	pub := p.nats.Conn(t)
-	publish(t, pub, p.subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: on.At, Version: on.Version})
-	publish(t, pub, p.subjects, bus.Event{UserID: "u-1", Status: "offline", Reason: "disconnect", At: off.At, Version: off.Version})
-	publish(t, pub, p.subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: on.At, Version: off.Version - 1})
-	publish(t, pub, p.subjects, bus.Event{UserID: "marker", Status: "offline", Reason: "disconnect", At: off.At, Version: 1})
+	publish(t, pub, p.subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: on.At, Version: on.Version})
+	publish(t, pub, p.subjects, contract.Event{UserID: "u-1", Status: "offline", Reason: "disconnect", At: off.At, Version: off.Version})
+	publish(t, pub, p.subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: on.At, Version: off.Version - 1})
+	publish(t, pub, p.subjects, contract.Event{UserID: "marker", Status: "offline", Reason: "disconnect", At: off.At, Version: 1})
 	if ev := evs.next(t); ev.UserID != "marker" {
 		t.Fatalf("handled %+v, want the stale events dropped and the marker next", ev)
 	}
@@ -225,15 +225,15 @@ func TestSubscribeDropsStaleEvents(t *testing.T) {
 func TestSubscribeForgetsTombstones(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
-	subjects := bus.Subjects{Prefix: testenv.Prefix(t)}
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
 	c := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTombstoneTTL(time.Nanosecond))
 	evs := subscribe(t, c)
 	pub := n.Conn(t)
 	at := time.Now()
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "offline", Reason: "expired", At: at, Version: 20})
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "offline", Reason: "expired", At: at, Version: 20})
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
 	var got []string
 	for range 3 {
 		ev := evs.next(t)
@@ -251,17 +251,17 @@ func TestSubscribeForgetsTombstones(t *testing.T) {
 func TestSubscribeReset(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
-	subjects := bus.Subjects{Prefix: testenv.Prefix(t)}
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
 	c := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix))
 	evs := subscribe(t, c)
 	pub := n.Conn(t)
 	at := time.Now()
-	reset := bus.Event{Status: bus.StatusReset, Reason: "data_loss", At: at, Version: 100}
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
+	reset := contract.Event{Status: contract.StatusReset, Reason: "data_loss", At: at, Version: 100}
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 10})
 	publish(t, pub, subjects, reset)
-	publish(t, pub, subjects, bus.Event{UserID: "u-2", Status: "online", Reason: "heartbeat", At: at, Version: 50}) // lost with the data
-	publish(t, pub, subjects, reset)                                                                                // a republish
-	publish(t, pub, subjects, bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 150})
+	publish(t, pub, subjects, contract.Event{UserID: "u-2", Status: "online", Reason: "heartbeat", At: at, Version: 50}) // lost with the data
+	publish(t, pub, subjects, reset)                                                                                     // a republish
+	publish(t, pub, subjects, contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", At: at, Version: 150})
 	var got []string
 	for range 3 {
 		ev := evs.next(t)
@@ -281,7 +281,7 @@ func TestSubscribeReset(t *testing.T) {
 func TestSubscribeLateReset(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
-	subjects := bus.Subjects{Prefix: testenv.Prefix(t)}
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
 	c := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix))
 	var (
 		handled []string
@@ -309,11 +309,11 @@ func TestSubscribeLateReset(t *testing.T) {
 
 	pub := n.Conn(t)
 	at := time.Now()
-	ev := func(id, status string, v int64) bus.Event {
+	ev := func(id, status string, v int64) contract.Event {
 		reason := map[string]string{"online": "heartbeat", "offline": "disconnect", "reset": "data_loss"}[status]
-		return bus.Event{UserID: id, Status: status, Reason: reason, At: at, Version: v}
+		return contract.Event{UserID: id, Status: contract.Status(status), Reason: contract.Reason(reason), At: at, Version: v}
 	}
-	for _, e := range []bus.Event{
+	for _, e := range []contract.Event{
 		ev("u-0", "online", 2),   // a session of the data set that is lost
 		ev("u-1", "online", 10),  // a session after the loss
 		ev("u-4", "online", 11),  // another, already ended

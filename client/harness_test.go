@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/worker"
@@ -25,14 +26,14 @@ type presenced struct {
 	rdb      *redis.Client
 	store    *presence.Store
 	prefix   string
-	subjects bus.Subjects
+	subjects contract.Subjects
 }
 
 // startPresenced starts it with prefix as both the subject prefix and (with
 // ":") the key prefix, and waits until the worker is ready.
 func startPresenced(t testing.TB, prefix string, ttl time.Duration) *presenced {
 	t.Helper()
-	p := &presenced{nats: testenv.StartNATS(t), redis: testenv.StartRedis(t), prefix: prefix, subjects: bus.Subjects{Prefix: prefix}}
+	p := &presenced{nats: testenv.StartNATS(t), redis: testenv.StartRedis(t), prefix: prefix, subjects: contract.Subjects{Prefix: prefix}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/presenced/presenced/contract"
 )
 
 // Subscribe calls handler with each online and offline event and each
@@ -60,7 +61,7 @@ func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func(
 		}
 		return errors.Join(errs...)
 	}
-	for _, subject := range []string{c.prefix + ".online", c.prefix + ".offline", c.prefix + ".reset"} {
+	for _, subject := range []string{c.subjects().Online(), c.subjects().Offline(), c.subjects().Reset()} {
 		s, err := c.nc.ChanSubscribe(subject, msgs)
 		if err != nil {
 			_ = unsubscribe()
@@ -95,7 +96,7 @@ func (c *Client) Subscribe(ctx context.Context, handler func(Event)) (stop func(
 					continue // `presenced check` testing its publish permission
 				}
 				var ev Event
-				if err := ev.decode(m.Data); err != nil || !valid(ev) {
+				if err := ev.UnmarshalJSON(m.Data); err != nil || !valid(ev) {
 					c.log.Warn("dropped an undecodable presence event", "subject", m.Subject, "err", err, "data", truncate(m.Data))
 					continue
 				}
@@ -201,6 +202,5 @@ func (f *versionFilter) prune(now time.Time) {
 }
 
 // ProbeHeader marks the empty messages `presenced check` publishes to the
-// event subjects to prove its permissions; Subscribe skips them. (The same
-// name as status.ProbeHeader, which this package cannot import.)
-const ProbeHeader = "Presenced-Probe"
+// event subjects to prove its permissions; Subscribe skips them.
+const ProbeHeader = contract.ProbeHeader

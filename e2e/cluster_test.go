@@ -21,7 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -177,7 +177,7 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	subjects := bus.Subjects{Prefix: "presence"}
+	subjects := contract.Subjects{Prefix: "presence"}
 	online := testenv.Collect(t, nc, subjects.Online())
 	offline := testenv.Collect(t, nc, subjects.Offline())
 
@@ -189,7 +189,7 @@ func TestLocalCluster(t *testing.T) {
 		if err != nil {
 			t.Fatalf("request %s: %v", subject, err)
 		}
-		var reply bus.Reply
+		var reply contract.Reply
 		if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Accepted != len(ids) {
 			t.Fatalf("reply to %s: %s (%v)", subject, msg.Data, err)
 		}
@@ -201,8 +201,8 @@ func TestLocalCluster(t *testing.T) {
 		want := map[string]bool{}
 		testenv.Eventually(t, 15*time.Second, func() bool {
 			for _, m := range col.Msgs() {
-				var ev bus.Event
-				if json.Unmarshal(m.Data, &ev) == nil && ev.Status == status && strings.HasPrefix(ev.UserID, "e2e-") {
+				var ev contract.Event
+				if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && strings.HasPrefix(ev.UserID, "e2e-") {
 					want[ev.UserID] = true
 				}
 			}

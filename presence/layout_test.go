@@ -94,7 +94,7 @@ func TestEveryTransitionInOutbox(t *testing.T) {
 		if err := e.Valid(); err != nil {
 			t.Fatal(err)
 		}
-		per[e.UserID] = append(per[e.UserID], e.Status+":"+e.Reason)
+		per[e.UserID] = append(per[e.UserID], string(e.Status)+":"+string(e.Reason))
 	}
 	for _, id := range ids {
 		if got := per[id]; len(got) != 2 || got[0] != "online:heartbeat" || got[1] != "offline:expired" {
@@ -172,7 +172,7 @@ func TestRandomChurnAlternates(t *testing.T) {
 			if j%2 == 1 {
 				want = "offline"
 			}
-			if e.Status != want || (j > 0 && e.Version <= evs[j-1].Version) {
+			if string(e.Status) != want || (j > 0 && e.Version <= evs[j-1].Version) {
 				t.Fatalf("user %s: event %d %+v out of order: %+v", id, j, e, evs)
 			}
 		}

@@ -8,15 +8,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/presenced/presenced/contract"
 	"github.com/redis/go-redis/v9"
 )
 
 // OutboxGroup is the consumer group every replica reads the outbox through.
 const OutboxGroup = "presenced"
-
-// ReasonResync is the Reason of an online event that re-announces a
-// session that survived a partial data loss (see Store.Reannounce).
-const ReasonResync = "resync"
 
 // Event is one presence transition taken from the outbox.
 type Event struct {
@@ -24,12 +21,12 @@ type Event struct {
 	// call share one entry, so consecutive events may carry the same ID.
 	ID     string
 	UserID string
-	Status string // "online", "offline", or "reset" (UserID empty)
-	// Reason is "heartbeat" for online ("resync" for an online that
+	Status contract.Status // online, offline, or reset (UserID empty)
+	// Reason is heartbeat for online (resync for an online that
 	// re-announces a session after a partial data loss, see
-	// Store.Reannounce), "expired" or "disconnect" for offline, "data_loss"
+	// Store.Reannounce), expired or disconnect for offline, data_loss
 	// for reset.
-	Reason  string
+	Reason  contract.Reason
 	Version int64 // strictly increasing across one user's events
 	// Deadline is the deadline that passed, for expired offlines (else zero).
 	Deadline time.Time
@@ -215,7 +212,7 @@ var ErrBadEntry = errors.New("malformed outbox entry")
 // of one script call: field "v" is the first event's version (the others
 // follow it one by one), field "e" one line per event, "<status> <reason>
 // <userId>[ <deadline ms>]" (user ids never contain spaces or newlines; see
-// ValidateUserID). Decoding never fails: a malformed line or entry becomes an
+// contract.ValidateUserID). Decoding never fails: a malformed line or entry becomes an
 // Event with an empty Status, which the relay acknowledges and reports (see
 // Event.Valid).
 func appendEvents(out []Event, msgs []redis.XMessage) []Event {
@@ -251,7 +248,7 @@ func decodeLine(id, line string, version int64) Event {
 	if !ok1 || !ok2 {
 		return Event{ID: id}
 	}
-	e := Event{ID: id, Status: status, Reason: reason, Version: version}
+	e := Event{ID: id, Status: contract.Status(status), Reason: contract.Reason(reason), Version: version}
 	user, deadline, hasDeadline := strings.Cut(rest, " ")
 	e.UserID = user
 	if hasDeadline {
@@ -266,10 +263,10 @@ func decodeLine(id, line string, version int64) Event {
 
 // Valid reports whether the event decoded completely.
 func (e Event) Valid() error {
-	if e.Status == "reset" && e.UserID == "" && e.Version > 0 {
+	if e.Status == contract.StatusReset && e.UserID == "" && e.Version > 0 {
 		return nil
 	}
-	if (e.Status != "online" && e.Status != "offline") || e.UserID == "" || e.Version <= 0 || e.Reason == "" {
+	if (e.Status != contract.StatusOnline && e.Status != contract.StatusOffline) || e.UserID == "" || e.Version <= 0 || e.Reason == "" {
 		return fmt.Errorf("%w %s: %+v", ErrBadEntry, e.ID, e)
 	}
 	return nil

@@ -11,7 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 )
 
 // The seed's PresenceRepository operations. Writes go through the same
@@ -70,7 +70,7 @@ func (s *Store) GetOnlineUsers(ctx context.Context, ids []string) ([]string, err
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	ids = uniq.Append(make([]string, 0, len(ids)), ids)
+	ids = contract.AppendUnique(make([]string, 0, len(ids)), ids)
 	// Every key in one allocation: a key per id is a fifth of this call's
 	// CPU with 10k ids.
 	prefix := s.keys.UserPrefix()

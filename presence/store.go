@@ -136,7 +136,7 @@ const KeyConflict int64 = -1
 var ErrKeyConflict = errors.New("the presence key holds another data type (not presenced's string); this id was not stored and the key was left as it is")
 
 // Heartbeat starts or refreshes the presence of ids (which must be valid and
-// unique; see ValidateUserID). It returns one result per id: the online
+// unique; see contract.ValidateUserID). It returns one result per id: the online
 // event's version when that user started a new session, 0 for a refresh,
 // KeyConflict when the id's key holds another type (nothing written for it).
 // The online events are in the outbox when Heartbeat returns.

@@ -96,7 +96,7 @@ func TestSeedOperations(t *testing.T) {
 	var got []string
 	var last int64
 	for _, e := range evs {
-		got = append(got, e.Status+":"+e.UserID)
+		got = append(got, string(e.Status)+":"+e.UserID)
 		if e.Version <= last {
 			t.Fatalf("versions not increasing: %+v", evs)
 		}
@@ -213,7 +213,7 @@ func TestForeignTypedKeys(t *testing.T) {
 	}
 	var got []string
 	for _, e := range readOutbox(t, s) {
-		got = append(got, e.Status+":"+e.Reason+":"+e.UserID)
+		got = append(got, string(e.Status)+":"+string(e.Reason)+":"+e.UserID)
 	}
 	if want := []string{"reset:data_loss:", "online:heartbeat:a", "online:heartbeat:b", "offline:expired:b"}; !slices.Equal(got, want) {
 		t.Fatalf("outbox %v, want %v", got, want)

@@ -16,7 +16,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 )
 
 // View is an in-memory copy of who has an open session, kept by following
@@ -278,12 +278,12 @@ func (v *View) apply(msgs []redis.XMessage, epoch string) {
 			status, rest, _ := strings.Cut(line, " ")
 			_, rest, _ = strings.Cut(rest, " ")
 			user, _, _ := strings.Cut(rest, " ")
-			switch status {
-			case "online":
+			switch contract.Status(status) {
+			case contract.StatusOnline:
 				v.online.add(v.key(user))
-			case "offline":
+			case contract.StatusOffline:
 				v.online.remove(v.key(user))
-			case "reset":
+			case contract.StatusReset:
 				v.online = newIDSet(0)
 				v.epoch = epoch
 			}
@@ -369,7 +369,7 @@ func (v *View) lookup(ids []string) []string {
 		}
 	}
 	sc.keys, sc.hashes = keys, hashes
-	return uniq.AppendHashed(online[:0], online, hashes)
+	return contract.AppendUniqueHashed(online[:0], online, hashes)
 }
 
 // scratch is lookup's pointer-free working memory, reused across queries

@@ -31,7 +31,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -183,12 +183,12 @@ func assertNoSecrets(t *testing.T, what, out string, secrets ...string) {
 }
 
 // heartbeat sends a heartbeat request for ids on nc and checks the reply.
-func heartbeat(t *testing.T, nc *nats.Conn, subjects bus.Subjects, ids ...string) {
+func heartbeat(t *testing.T, nc *nats.Conn, subjects contract.Subjects, ids ...string) {
 	t.Helper()
 	request(t, nc, subjects.Heartbeat(), ids)
 }
 
-func disconnect(t *testing.T, nc *nats.Conn, subjects bus.Subjects, ids ...string) {
+func disconnect(t *testing.T, nc *nats.Conn, subjects contract.Subjects, ids ...string) {
 	t.Helper()
 	request(t, nc, subjects.Disconnect(), ids)
 }
@@ -200,7 +200,7 @@ func request(t *testing.T, nc *nats.Conn, subject string, ids []string) {
 	if err != nil {
 		t.Fatalf("request %s: %v", subject, err)
 	}
-	var r bus.Reply
+	var r contract.Reply
 	if err := json.Unmarshal(msg.Data, &r); err != nil || r.Accepted != len(ids) {
 		t.Fatalf("reply to %s %s: %s (%v), want %d accepted", subject, data, msg.Data, err, len(ids))
 	}
@@ -211,8 +211,8 @@ func waitEvent(t *testing.T, c *testenv.Collector, user, status string) {
 	t.Helper()
 	testenv.Eventually(t, 15*time.Second, func() bool {
 		for _, m := range c.Msgs() {
-			var ev bus.Event
-			if json.Unmarshal(m.Data, &ev) == nil && ev.UserID == user && ev.Status == status {
+			var ev contract.Event
+			if json.Unmarshal(m.Data, &ev) == nil && ev.UserID == user && string(ev.Status) == status {
 				return true
 			}
 		}

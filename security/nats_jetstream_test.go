@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -46,7 +46,7 @@ func TestNATSPermissionsJetStream(t *testing.T) {
 	}
 	url := srv.ClientURL()
 	r := testenv.StartRedis(t)
-	subjects := bus.Subjects{Prefix: "presence"}
+	subjects := contract.Subjects{Prefix: "presence"}
 
 	w := start(t, map[string]string{
 		"NATS_URL": url, "NATS_USER": "worker", "NATS_PASSWORD": workerPassword,

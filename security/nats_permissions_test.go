@@ -13,6 +13,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
@@ -106,7 +107,7 @@ func connectAs(t *testing.T, url, user, password string) (*nats.Conn, asyncErrs)
 func TestNATSPermissions(t *testing.T) {
 	url := startConfNATS(t)
 	r := testenv.StartRedis(t)
-	subjects := bus.Subjects{Prefix: "presence"}
+	subjects := contract.Subjects{Prefix: "presence"}
 
 	// Wrong passwords are refused (and the plain-text password of a bcrypt
 	// user is what the client sends).
@@ -152,10 +153,10 @@ func TestNATSPermissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	gwErrs.want(t, subjects.Online())
-	if err := gw.Publish(subjects.Query(bus.QueryCount), []byte(`{}`)); err != nil {
+	if err := gw.Publish(subjects.Query(contract.QueryCount), []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	gwErrs.want(t, subjects.Query(bus.QueryCount))
+	gwErrs.want(t, subjects.Query(contract.QueryCount))
 
 	if err := cons.Publish(subjects.Heartbeat(), []byte(`{"userIds":["intruder"]}`)); err != nil {
 		t.Fatal(err)
@@ -193,7 +194,7 @@ func TestNATSPermissions(t *testing.T) {
 
 	// The consumer's queries and service discovery reach the worker's
 	// query service and are answered.
-	for _, subj := range []string{subjects.Query(bus.QueryCount), "$SRV.PING.presence", "$SRV.INFO"} {
+	for _, subj := range []string{subjects.Query(contract.QueryCount), "$SRV.PING.presence", "$SRV.INFO"} {
 		msg, err := cons.Request(subj, []byte(`{}`), 10*time.Second)
 		if err != nil {
 			t.Fatalf("consumer request %s: %v", subj, err)
@@ -202,11 +203,11 @@ func TestNATSPermissions(t *testing.T) {
 			t.Fatalf("consumer request %s: error %s %s", subj, code, msg.Header.Get(micro.ErrorHeader))
 		}
 	}
-	msg, err := cons.Request(subjects.Query(bus.QueryCount), []byte(`{}`), 10*time.Second)
+	msg, err := cons.Request(subjects.Query(contract.QueryCount), []byte(`{}`), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var count bus.CountReply
+	var count contract.CountReply
 	if err := json.Unmarshal(msg.Data, &count); err != nil || count.Online != 1 {
 		t.Fatalf("count reply %s (%v), want 1 online", msg.Data, err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
@@ -147,7 +148,7 @@ func TestRedisACL(t *testing.T) {
 
 			n := testenv.StartNATS(t)
 			nc := n.Conn(t)
-			subjects := bus.Subjects{Prefix: "presence"}
+			subjects := contract.Subjects{Prefix: "presence"}
 			online := testenv.Collect(t, nc, subjects.Online())
 			offline := testenv.Collect(t, nc, subjects.Offline())
 
@@ -208,7 +209,7 @@ func TestRedisACL(t *testing.T) {
 			t.Cleanup(func() { _ = svc.Stop() })
 			// A compact shard is listed with HKEYS; then 130 more users make
 			// it oversized for the list request below.
-			if msg, err := nc.Request(subjects.Query(bus.QueryList), []byte(`{}`), 10*time.Second); err != nil || msg.Header.Get(micro.ErrorCodeHeader) != "" {
+			if msg, err := nc.Request(subjects.Query(contract.QueryList), []byte(`{}`), 10*time.Second); err != nil || msg.Header.Get(micro.ErrorCodeHeader) != "" {
 				t.Fatalf("list: %v %v", err, msg)
 			}
 			many := make([]string, 130)
@@ -217,10 +218,10 @@ func TestRedisACL(t *testing.T) {
 			}
 			heartbeat(t, nc, subjects, append(many, "u-4")...)
 			for ep, body := range map[string]any{
-				bus.QueryStatus: map[string]any{"userId": "u-4"},
-				bus.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},
-				bus.QueryList:   map[string]any{},
-				bus.QueryCount:  map[string]any{},
+				contract.QueryStatus: map[string]any{"userId": "u-4"},
+				contract.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},
+				contract.QueryList:   map[string]any{},
+				contract.QueryCount:  map[string]any{},
 			} {
 				data, _ := json.Marshal(body)
 				msg, err := nc.Request(subjects.Query(ep), data, 10*time.Second)

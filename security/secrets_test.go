@@ -8,7 +8,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -140,7 +140,7 @@ func TestSecretsNotInLogs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := tc.client()
 			p := testenv.Prefix(t)
-			subjects := bus.Subjects{Prefix: p}
+			subjects := contract.Subjects{Prefix: p}
 			online := testenv.Collect(t, conn, subjects.Online())
 			env := map[string]string{"PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":"}
 			for k, v := range tc.env {

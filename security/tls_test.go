@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -40,7 +40,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal("nats-server accepted a plain-text client")
 	}
 	prefix := testenv.Prefix(t)
-	subjects := bus.Subjects{Prefix: prefix}
+	subjects := contract.Subjects{Prefix: prefix}
 	online := testenv.Collect(t, nc, subjects.Online())
 
 	env := func(mod func(map[string]string)) map[string]string {

@@ -19,16 +19,12 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
 //go:embed web/index.html
 var pageHTML []byte
-
-// ProbeHeader marks a message that `presenced check` publishes on the event
-// subjects to test its publish permission; consumers should ignore it. The
-// status page does.
-const ProbeHeader = "Presenced-Probe"
 
 // Limits of the status page.
 const (
@@ -62,7 +58,7 @@ const (
 // The methods are safe for concurrent use. Start and Stop are called once.
 type Page struct {
 	nc       *nats.Conn
-	subjects bus.Subjects
+	subjects contract.Subjects
 	count    func(context.Context) (int64, error)
 	log      *slog.Logger
 
@@ -74,12 +70,12 @@ type Page struct {
 	mu       sync.Mutex
 	started  bool
 	stopped  bool
-	pending  [][]byte    // raw events arrived since the last tick, at most PageRecent
-	skipped  int         // arrivals since the last tick not in pending
-	arrived  [2]int64    // online, offline arrivals since the last tick
-	malforms int64       // messages that did not decode
-	recent   []bus.Event // the latest PageRecent events, oldest first
-	state    pageState   // the last update's figures
+	pending  [][]byte         // raw events arrived since the last tick, at most PageRecent
+	skipped  int              // arrivals since the last tick not in pending
+	arrived  [2]int64         // online, offline arrivals since the last tick
+	malforms int64            // messages that did not decode
+	recent   []contract.Event // the latest PageRecent events, oldest first
+	state    pageState        // the last update's figures
 	clients  map[*pageClient]struct{}
 }
 
@@ -96,7 +92,7 @@ type pageState struct {
 // arrived since the previous update (the page prepends them).
 type pageUpdate struct {
 	pageState
-	Events []bus.Event `json:"events"` // oldest first
+	Events []contract.Event `json:"events"` // oldest first
 	// Skipped counts events since the previous update left out because more
 	// than PageRecent arrived.
 	Skipped int    `json:"skipped,omitempty"`
@@ -110,7 +106,7 @@ type pageClient struct {
 // NewPage returns a page that subscribes on nc to subjects' online and
 // offline events and calls count for the number of users online (for
 // example presence.Store.Count). It does no I/O until Start.
-func NewPage(nc *nats.Conn, subjects bus.Subjects, count func(context.Context) (int64, error), log *slog.Logger) *Page {
+func NewPage(nc *nats.Conn, subjects contract.Subjects, count func(context.Context) (int64, error), log *slog.Logger) *Page {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -270,7 +266,7 @@ func (p *Page) unsubscribe() {
 // waits for the tick, and only the last PageRecent of a tick are decoded,
 // so a busy replica does not pay for events nobody looks at.
 func (p *Page) receive(m *nats.Msg) {
-	if m.Header.Get(ProbeHeader) != "" {
+	if m.Header.Get(contract.ProbeHeader) != "" {
 		return
 	}
 	p.mu.Lock()
@@ -290,11 +286,11 @@ func (p *Page) receive(m *nats.Msg) {
 
 // decode turns the raw events of a tick into events, counting (and logging
 // now and then) those that do not decode.
-func (p *Page) decode(raw [][]byte) []bus.Event {
-	events := make([]bus.Event, 0, len(raw))
+func (p *Page) decode(raw [][]byte) []contract.Event {
+	events := make([]contract.Event, 0, len(raw))
 	for _, data := range raw {
-		var ev bus.Event
-		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != "online" && ev.Status != "offline") {
+		var ev contract.Event
+		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != contract.StatusOnline && ev.Status != contract.StatusOffline) {
 			p.mu.Lock()
 			p.malforms++
 			n := p.malforms
@@ -361,7 +357,7 @@ func (p *Page) run(ctx context.Context) {
 
 // publish records an update and queues it for every client, dropping the
 // clients whose buffer is full.
-func (p *Page) publish(state pageState, events []bus.Event, skipped int) {
+func (p *Page) publish(state pageState, events []contract.Event, skipped int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.state = state
@@ -396,7 +392,7 @@ func (p *Page) attach() (*pageClient, []byte, error) {
 	}
 	c := &pageClient{ch: make(chan []byte, pageClientBuf)}
 	p.clients[c] = struct{}{}
-	snap := encodeSSE("snapshot", pageUpdate{pageState: p.state, Events: nonNil(append([]bus.Event(nil), p.recent...)), Time: now()})
+	snap := encodeSSE("snapshot", pageUpdate{pageState: p.state, Events: nonNil(append([]contract.Event(nil), p.recent...)), Time: now()})
 	return c, snap, nil
 }
 
@@ -469,7 +465,7 @@ func (p *Page) serveEvents(w http.ResponseWriter, r *http.Request) {
 // data fits one data: line.
 func encodeSSE(event string, v any) []byte {
 	data, err := json.Marshal(v)
-	if err != nil { // bus.Event and the state always encode
+	if err != nil { // contract.Event and the state always encode
 		data = []byte(`{}`)
 	}
 	var b bytes.Buffer
@@ -482,9 +478,9 @@ func encodeSSE(event string, v any) []byte {
 	return b.Bytes()
 }
 
-func nonNil(evs []bus.Event) []bus.Event {
+func nonNil(evs []contract.Event) []contract.Event {
 	if evs == nil {
-		return []bus.Event{}
+		return []contract.Event{}
 	}
 	return evs
 }

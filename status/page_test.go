@@ -19,6 +19,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -36,7 +37,7 @@ type pageApp struct {
 	health   string // the health and metrics address (HTTP_ADDR)
 	page     *PageServer
 	nc       *nats.Conn
-	subjects bus.Subjects
+	subjects contract.Subjects
 }
 
 // startPageApp starts it with the status page on a loopback port; opts
@@ -84,7 +85,7 @@ func startPageApp(t *testing.T, opts ...func(*config.Config)) *pageApp {
 		defer cancel()
 		_ = app.Stop(ctx)
 	})
-	a := &pageApp{app: app, health: "http://" + srv.Addr(), page: page, nc: n.Conn(t), subjects: bus.Subjects{Prefix: p}}
+	a := &pageApp{app: app, health: "http://" + srv.Addr(), page: page, nc: n.Conn(t), subjects: contract.Subjects{Prefix: p}}
 	if page.Addr() != "" {
 		a.url = "http://" + page.Addr()
 	}
@@ -109,7 +110,7 @@ func (a *pageApp) send(t *testing.T, subject string, ids []string) {
 	if err != nil {
 		t.Fatalf("request %s: %v", subject, err)
 	}
-	var reply bus.Reply
+	var reply contract.Reply
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Accepted != len(ids) {
 		t.Fatalf("reply to %s: %s (%v), want %d accepted", subject, msg.Data, err, len(ids))
 	}
@@ -196,10 +197,10 @@ type sseReader struct{ sc *bufio.Scanner }
 type sseMsg struct {
 	event string
 	data  struct {
-		Online      *int64      `json:"online"`
-		OnlineRate  float64     `json:"onlineRate"`
-		OfflineRate float64     `json:"offlineRate"`
-		Events      []bus.Event `json:"events"`
+		Online      *int64           `json:"online"`
+		OnlineRate  float64          `json:"onlineRate"`
+		OfflineRate float64          `json:"offlineRate"`
+		Events      []contract.Event `json:"events"`
 	}
 }
 
@@ -262,12 +263,12 @@ func TestPageStreamAndShutdown(t *testing.T) {
 
 	// A probe from `presenced check` is not shown.
 	probe := nats.NewMsg(a.subjects.Online())
-	probe.Header.Set(ProbeHeader, "check")
+	probe.Header.Set(contract.ProbeHeader, "check")
 	if err := a.nc.PublishMsg(probe); err != nil {
 		t.Fatal(err)
 	}
 	a.send(t, a.subjects.Heartbeat(), []string{"sse-1", "sse-2"})
-	var got []bus.Event
+	var got []contract.Event
 	var count int64
 	deadline := time.Now().Add(20 * time.Second)
 	for (len(got) < 2 || count != 2) && time.Now().Before(deadline) {
@@ -311,7 +312,7 @@ func TestPageStreamAndShutdown(t *testing.T) {
 
 func TestPageClientLimits(t *testing.T) {
 	n := testenv.StartNATS(t)
-	p := NewPage(n.Conn(t), bus.Subjects{Prefix: testenv.Prefix(t)}, func(context.Context) (int64, error) { return 7, nil }, nil)
+	p := NewPage(n.Conn(t), contract.Subjects{Prefix: testenv.Prefix(t)}, func(context.Context) (int64, error) { return 7, nil }, nil)
 	if _, _, err := p.attach(); err == nil {
 		t.Fatal("attach before Start succeeded")
 	}

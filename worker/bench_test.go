@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/worker"
@@ -48,7 +49,7 @@ func BenchmarkWorkerHeartbeats(b *testing.B) {
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			p := testenv.Prefix(b)
-			subjects := bus.Subjects{Prefix: p}
+			subjects := contract.Subjects{Prefix: p}
 			startBenchWorker(b, r, n, p+":", subjects)
 			nc := n.Conn(b)
 			req := newWindow(b, nc, 4096)
@@ -100,7 +101,7 @@ func userOf(k, users int) int {
 	return k % users
 }
 
-func startBenchWorker(b *testing.B, r *testenv.Redis, n *testenv.NATS, keyPrefix string, subjects bus.Subjects) {
+func startBenchWorker(b *testing.B, r *testenv.Redis, n *testenv.NATS, keyPrefix string, subjects contract.Subjects) {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -32,7 +32,7 @@ func (e *env) expectSessions(users []string, timeout time.Duration) {
 	evs := e.waitEvents(2*len(users), timeout)
 	counts := map[string]int{}
 	for _, ev := range evs {
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for _, id := range users {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
@@ -295,9 +295,9 @@ func TestPartialDataLossResetsAndReannounces(t *testing.T) {
 	}, "footprint %+v: want one index entry per open session", &f)
 }
 
-func decodeEvent(t *testing.T, data []byte) bus.Event {
+func decodeEvent(t *testing.T, data []byte) contract.Event {
 	t.Helper()
-	var ev bus.Event
+	var ev contract.Event
 	if err := json.Unmarshal(data, &ev); err != nil {
 		t.Fatalf("decode event %s: %v", data, err)
 	}

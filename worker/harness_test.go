@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/worker"
@@ -24,7 +25,7 @@ type env struct {
 	rdb      *redis.Client
 	nc       *nats.Conn
 	prefix   string // key prefix
-	subjects bus.Subjects
+	subjects contract.Subjects
 	ttl      time.Duration
 	online   *testenv.Collector
 	offline  *testenv.Collector
@@ -41,7 +42,7 @@ func newEnvWith(t *testing.T, ttl time.Duration, nopts []testenv.NATSOption, rop
 	r := testenv.StartRedis(t, ropts...)
 	n := testenv.StartNATS(t, nopts...)
 	p := testenv.Prefix(t)
-	e := &env{t: t, redis: r, nats: n, rdb: r.Client(t), nc: n.Conn(t), prefix: p + ":", subjects: bus.Subjects{Prefix: p}, ttl: ttl}
+	e := &env{t: t, redis: r, nats: n, rdb: r.Client(t), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
 	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
 	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
 	return e
@@ -114,7 +115,7 @@ func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Opti
 func (r *replica) listenerReconnects() int64 { return r.listener.Reconnects() }
 
 // request publishes a heartbeat or disconnect and returns the reply.
-func (e *env) request(subject string, payload any) bus.Reply {
+func (e *env) request(subject string, payload any) contract.Reply {
 	e.t.Helper()
 	data, ok := payload.([]byte)
 	if !ok {
@@ -127,29 +128,29 @@ func (e *env) request(subject string, payload any) bus.Reply {
 	if err != nil {
 		e.t.Fatalf("request %s: %v", subject, err)
 	}
-	var r bus.Reply
+	var r contract.Reply
 	if err := json.Unmarshal(msg.Data, &r); err != nil {
 		e.t.Fatalf("decode reply %q: %v", msg.Data, err)
 	}
 	return r
 }
 
-func (e *env) heartbeat(ids ...string) bus.Reply {
+func (e *env) heartbeat(ids ...string) contract.Reply {
 	e.t.Helper()
 	return e.request(e.subjects.Heartbeat(), map[string]any{"userIds": ids})
 }
 
-func (e *env) disconnect(ids ...string) bus.Reply {
+func (e *env) disconnect(ids ...string) contract.Reply {
 	e.t.Helper()
 	return e.request(e.subjects.Disconnect(), map[string]any{"userIds": ids})
 }
 
 // received decodes every event collected so far.
-func (e *env) received() []bus.Event {
+func (e *env) received() []contract.Event {
 	e.t.Helper()
-	var out []bus.Event
+	var out []contract.Event
 	for _, m := range append(e.online.Msgs(), e.offline.Msgs()...) {
-		var ev bus.Event
+		var ev contract.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			e.t.Fatalf("decode event %q: %v", m.Data, err)
 		}
@@ -165,7 +166,7 @@ func (e *env) received() []bus.Event {
 }
 
 // waitEvents waits until n events arrived and returns them.
-func (e *env) waitEvents(n int, timeout time.Duration) []bus.Event {
+func (e *env) waitEvents(n int, timeout time.Duration) []contract.Event {
 	e.t.Helper()
 	testenv.Eventually(e.t, timeout, func() bool { return e.count() >= n }, "%d events after %v, want %d: %v", e.count(), timeout, n, summaryOf(e))
 	return e.received()
@@ -177,10 +178,10 @@ func (e *env) count() int { return e.online.Len() + e.offline.Len() }
 func summaryOf(e *env) []string { return summary(e.received()) }
 
 // summary is "user:status:reason" per event, sorted, for exact comparisons.
-func summary(evs []bus.Event) []string {
+func summary(evs []contract.Event) []string {
 	out := make([]string, 0, len(evs))
 	for _, ev := range evs {
-		out = append(out, ev.UserID+":"+ev.Status+":"+ev.Reason)
+		out = append(out, ev.UserID+":"+string(ev.Status)+":"+string(ev.Reason))
 	}
 	sort.Strings(out)
 	return out
@@ -188,9 +189,9 @@ func summary(evs []bus.Event) []string {
 
 // checkVersions fails unless each user's events alternate online/offline,
 // starting with online, with strictly increasing versions.
-func checkVersions(t *testing.T, evs []bus.Event) {
+func checkVersions(t *testing.T, evs []contract.Event) {
 	t.Helper()
-	byUser := map[string][]bus.Event{}
+	byUser := map[string][]contract.Event{}
 	for _, ev := range evs {
 		byUser[ev.UserID] = append(byUser[ev.UserID], ev)
 	}
@@ -201,7 +202,7 @@ func checkVersions(t *testing.T, evs []bus.Event) {
 			if i%2 == 1 {
 				want = "offline"
 			}
-			if ev.Status != want {
+			if string(ev.Status) != want {
 				t.Fatalf("user %s: event %d is %s, want %s (events %+v)", u, i, ev.Status, want, list)
 			}
 			if i > 0 && ev.Version <= list[i-1].Version {

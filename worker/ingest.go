@@ -13,8 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/presenced/presenced/bus"
-	"github.com/presenced/presenced/internal/uniq"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -43,7 +42,7 @@ var (
 	errAborted = errors.New(errShuttingDown)
 	// errExpired: the sender's timeout passed before the request was
 	// stored, so it was not (the sender may have sent it again already).
-	errExpired = errors.New("expired: the sender's timeout (" + bus.TimeoutHeader + ") passed before it was stored; not stored")
+	errExpired = errors.New("expired: the sender's timeout (" + contract.TimeoutHeader + ") passed before it was stored; not stored")
 )
 
 // reasonKeyConflict labels ids rejected because their presence key holds
@@ -56,7 +55,7 @@ const reasonKeyConflict = "key_conflict"
 type request struct {
 	msg      *nats.Msg
 	op       op
-	rejected []bus.Rejection
+	rejected []contract.Rejection
 	deadline int64 // when the sender stops waiting (see since); 0: no deadline
 
 	mu       sync.Mutex
@@ -190,7 +189,7 @@ func (w *Worker) admit(batch, dropped []*nats.Msg) []*nats.Msg {
 // overloaded is closed.
 func (w *Worker) answerOverloaded() {
 	for m := range w.overloaded {
-		w.respond(m, bus.Reply{Rejected: []bus.Rejection{}, Error: errOverloaded, Retry: true})
+		w.respond(m, contract.Reply{Rejected: []contract.Rejection{}, Error: errOverloaded, Retry: true})
 	}
 }
 
@@ -227,22 +226,22 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	results := w.results(o)
 	select {
 	case <-abort:
-		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errShuttingDown, Retry: true})
+		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: errShuttingDown, Retry: true})
 		return
 	default:
 	}
-	req, err := bus.DecodeRequest(msg.Data, w.opts.MaxBatch)
+	req, err := contract.DecodeRequest(msg.Data, w.opts.MaxBatch)
 	// The ids are copies: the payload is not held while they wait.
 	msg.Data = nil
 	if err != nil {
 		reason := "malformed"
-		if errors.Is(err, bus.ErrTooMany) {
+		if errors.Is(err, contract.ErrTooMany) {
 			reason = "too_many"
 		}
 		w.m.Rejections.WithLabelValues(reason).Inc()
 		results.rejected.Inc()
 		w.debugf("rejected message", "subject", msg.Subject, "reason", reason, "err", err)
-		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: err.Error()})
+		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: err.Error()})
 		return
 	}
 	for _, r := range req.Rejected {
@@ -255,15 +254,15 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	deadline := requestDeadline(msg, at)
 	if deadline != 0 && since() > deadline {
 		results.expired.Add(float64(len(req.IDs)))
-		w.respond(msg, bus.Reply{Rejected: []bus.Rejection{}, Error: errExpired.Error(), Retry: true})
+		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: errExpired.Error(), Retry: true})
 		return
 	}
 	r := &request{msg: msg, op: o, rejected: req.Rejected, deadline: deadline}
 	if r.rejected == nil {
-		r.rejected = []bus.Rejection{}
+		r.rejected = []contract.Rejection{}
 	}
 	if len(req.IDs) == 0 {
-		w.respond(msg, bus.Reply{Rejected: r.rejected})
+		w.respond(msg, contract.Reply{Rejected: r.rejected})
 		return
 	}
 	// The queue is bounded in ids by the budget, then in messages by the
@@ -272,7 +271,7 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	cost := w.queued.take(len(req.IDs)+len(req.Rejected), abort)
 	if cost == 0 {
 		results.failed.Add(float64(len(req.IDs)))
-		w.respond(msg, bus.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
+		w.respond(msg, contract.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
 		return
 	}
 	n := len(w.execQ)
@@ -353,11 +352,11 @@ func (w *Worker) results(o op) *resultCounters { return &w.counts[o] }
 // that were not stored because their key holds another type.
 func (w *Worker) finish(r *request, ids []string, err error, conflicts map[string]struct{}) {
 	results := w.results(r.op)
-	var rejected []bus.Rejection
+	var rejected []contract.Rejection
 	if err == nil && len(conflicts) > 0 {
 		for _, id := range ids {
 			if _, ok := conflicts[id]; ok {
-				rejected = append(rejected, bus.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
+				rejected = append(rejected, contract.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
 			}
 		}
 		if n := len(rejected); n > 0 {
@@ -393,12 +392,12 @@ func (w *Worker) finish(r *request, ids []string, err error, conflicts map[strin
 		w.respond(r.msg, failedReply(r.accepted, r.rejected, r.err))
 		return
 	}
-	w.respond(r.msg, bus.Reply{Accepted: r.accepted, Rejected: r.rejected})
+	w.respond(r.msg, contract.Reply{Accepted: r.accepted, Rejected: r.rejected})
 }
 
 // failedReply is the answer to a request a part of which failed with err.
-func failedReply(accepted int, rejected []bus.Rejection, err error) bus.Reply {
-	r := bus.Reply{Accepted: accepted, Rejected: rejected, Retry: true}
+func failedReply(accepted int, rejected []contract.Rejection, err error) contract.Reply {
+	r := contract.Reply{Accepted: accepted, Rejected: rejected, Retry: true}
 	switch {
 	case errors.Is(err, errAborted), errors.Is(err, context.Canceled):
 		r.Error = errShuttingDown
@@ -413,13 +412,13 @@ func failedReply(accepted int, rejected []bus.Rejection, err error) bus.Reply {
 }
 
 // requestDeadline is when the sender of msg, received at at, stops waiting
-// for the reply: at + its bus.TimeoutHeader. Zero when it has no reply
+// for the reply: at + its contract.TimeoutHeader. Zero when it has no reply
 // subject or did not say (such a message is stored however late).
 func requestDeadline(msg *nats.Msg, at int64) int64 {
 	if msg.Reply == "" || msg.Header == nil {
 		return 0
 	}
-	v := msg.Header.Get(bus.TimeoutHeader)
+	v := msg.Header.Get(contract.TimeoutHeader)
 	if v == "" {
 		return 0
 	}
@@ -430,7 +429,7 @@ func requestDeadline(msg *nats.Msg, at int64) int64 {
 	return at + ms*int64(time.Millisecond)
 }
 
-func (w *Worker) respond(msg *nats.Msg, r bus.Reply) {
+func (w *Worker) respond(msg *nats.Msg, r contract.Reply) {
 	if msg.Reply == "" {
 		return
 	}
@@ -538,7 +537,7 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 		for _, j := range run {
 			ids = append(ids, j.ids...)
 		}
-		ids = uniq.Append(ids[:0], ids)
+		ids = contract.AppendUnique(ids[:0], ids)
 	}
 	var err error
 	var versions []int64

@@ -58,7 +58,7 @@ func TestDisconnectThenHeartbeatKeepsOrder(t *testing.T) {
 	evs := e.received()
 	sort.Slice(evs, func(i, j int) bool { return evs[i].Version < evs[j].Version })
 	for _, ev := range evs {
-		byUser[ev.UserID] = append(byUser[ev.UserID], ev.Status+":"+ev.Reason)
+		byUser[ev.UserID] = append(byUser[ev.UserID], string(ev.Status)+":"+string(ev.Reason))
 	}
 	want := "[online:heartbeat offline:disconnect online:heartbeat]"
 	for _, u := range users {

@@ -13,8 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/presenced/presenced/bus"
-
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -169,11 +168,11 @@ func TestNATSRestartWhileOfflinesDue(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var ev bus.Event
+		var ev contract.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			t.Fatal(err)
 		}
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for _, id := range users {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -146,7 +146,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	// (on core NATS a half-sent entry would be sent twice). Decode failures
 	// are dropped (their entries acknowledged).
 	var (
-		groups  [][]bus.Event
+		groups  [][]contract.Event
 		entries [][]presence.Event // the events of groups[g], for the logs and metrics
 		gids    []string           // the entry of groups[g]
 	)
@@ -159,7 +159,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			groups, entries, gids = append(groups, nil), append(entries, nil), append(gids, e.ID)
 		}
 		g := len(groups) - 1
-		groups[g] = append(groups[g], bus.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
+		groups[g] = append(groups[g], contract.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
 		entries[g] = append(entries[g], e)
 	}
 	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, groups, sendBy)
@@ -214,13 +214,13 @@ func (w *Worker) recordPublished(e presence.Event, now time.Time) {
 		w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
 	}
 	switch {
-	case e.Status == bus.StatusReset:
+	case e.Status == contract.StatusReset:
 		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
-	case e.Status == "online" && e.Reason == presence.ReasonResync:
+	case e.Status == contract.StatusOnline && e.Reason == contract.ReasonResync:
 		w.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)
-	case e.Status == "online":
+	case e.Status == contract.StatusOnline:
 		w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
-	case e.Reason == "expired":
+	case e.Reason == contract.ReasonExpired:
 		w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
 	default:
 		w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
@@ -269,11 +269,11 @@ func (e *ackError) Unwrap() error { return e.err }
 // eventCounter returns the published-events counter for status and reason,
 // looked up once per pair (the relay publishes every event; only the relay
 // goroutine calls it).
-func (w *Worker) eventCounter(status, reason string) prometheus.Counter {
-	k := [2]string{status, reason}
+func (w *Worker) eventCounter(status contract.Status, reason contract.Reason) prometheus.Counter {
+	k := [2]string{string(status), string(reason)}
 	c, ok := w.counters[k]
 	if !ok {
-		c = w.m.Events.WithLabelValues(status, reason)
+		c = w.m.Events.WithLabelValues(k[0], k[1])
 		w.counters[k] = c
 	}
 	return c

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -26,7 +26,7 @@ func (e *env) requestAsync(subject string, timeout time.Duration, ids ...string)
 	data, _ := json.Marshal(map[string]any{"userIds": ids})
 	m := &nats.Msg{Subject: subject, Data: data}
 	if timeout > 0 {
-		m.Header = nats.Header{bus.TimeoutHeader: []string{fmt.Sprint(timeout.Milliseconds())}}
+		m.Header = nats.Header{contract.TimeoutHeader: []string{fmt.Sprint(timeout.Milliseconds())}}
 	}
 	go func() {
 		r, err := e.nc.RequestMsg(m, 10*time.Second)

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
 )
@@ -58,7 +59,7 @@ type Bus interface {
 	// ChanQueueSubscribe delivers subject's messages into ch, in the order
 	// the server sent them, sharing them with the rest of the queue group.
 	ChanQueueSubscribe(subject, queue string, ch chan *nats.Msg) (*nats.Subscription, error)
-	PublishBatch(ctx context.Context, subjects bus.Subjects, groups [][]bus.Event, sendBy time.Time) []error
+	PublishBatch(ctx context.Context, subjects contract.Subjects, groups [][]contract.Event, sendBy time.Time) []error
 	Flush(ctx context.Context) error
 	Connected() bool
 }
@@ -80,8 +81,8 @@ var (
 
 // Options configures a Worker. Zero values take the documented defaults.
 type Options struct {
-	Subjects bus.Subjects // zero means prefix "presence"
-	Queue    string       // queue group; zero means "presenced"
+	Subjects contract.Subjects // zero means prefix "presence"
+	Queue    string            // queue group; zero means "presenced"
 	// MaxBatch is the most ids one message may carry; zero means 10000.
 	MaxBatch int
 	// InFlight is the number of store batches in flight; zero means 8.

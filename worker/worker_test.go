@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
@@ -212,7 +212,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	}
 	counts := map[string]int{}
 	for _, ev := range evs {
-		counts[ev.UserID+":"+ev.Status]++
+		counts[ev.UserID+":"+string(ev.Status)]++
 	}
 	for i, id := range ids {
 		if counts[id+":online"] != 1 || counts[id+":offline"] != 1 {
@@ -223,7 +223,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	reasons := map[string]int{}
 	for _, ev := range evs {
 		if ev.Status == "offline" {
-			reasons[ev.Reason]++
+			reasons[string(ev.Reason)]++
 		}
 	}
 	if reasons["disconnect"] != users/2 || reasons["expired"] != users/2 {
@@ -232,7 +232,7 @@ func TestThreeReplicasExactlyOnce(t *testing.T) {
 	checkVersions(t, evs)
 }
 
-var _ = bus.Reply{}
+var _ = contract.Reply{}
 
 func TestAbusiveMessages(t *testing.T) {
 	t.Parallel()

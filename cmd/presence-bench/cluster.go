@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/localredis"
 )
 
@@ -28,7 +28,7 @@ import (
 type impl struct {
 	name     string // "presenced" or "seed"
 	keys     string // key prefix
-	subjects bus.Subjects
+	subjects contract.Subjects
 }
 
 func (im impl) userKey(id string) string { return im.keys + "user:" + id }
@@ -248,17 +248,17 @@ func (c *cluster) impls() []impl {
 
 func (c *cluster) presenced() impl {
 	if c.external() {
-		return impl{name: "presenced", keys: c.cfg.keyPrefix, subjects: bus.Subjects{Prefix: c.cfg.subjectPrefix}}
+		return impl{name: "presenced", keys: c.cfg.keyPrefix, subjects: contract.Subjects{Prefix: c.cfg.subjectPrefix}}
 	}
-	return impl{name: "presenced", keys: "presence:", subjects: bus.Subjects{Prefix: "bench.presenced"}}
+	return impl{name: "presenced", keys: "presence:", subjects: contract.Subjects{Prefix: "bench.presenced"}}
 }
 
 func (c *cluster) seed() impl {
 	if c.external() {
 		// Beside a live deployment: keys of the same length, other names.
-		return impl{name: "seed", keys: "seedpres:", subjects: bus.Subjects{Prefix: "bench.seed"}}
+		return impl{name: "seed", keys: "seedpres:", subjects: contract.Subjects{Prefix: "bench.seed"}}
 	}
-	return impl{name: "seed", keys: "presence:", subjects: bus.Subjects{Prefix: "bench.seed"}}
+	return impl{name: "seed", keys: "presence:", subjects: contract.Subjects{Prefix: "bench.seed"}}
 }
 
 // reset prepares a fresh run of im: stops the workers, empties Redis, loads

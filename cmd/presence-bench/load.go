@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 )
 
 // idWidth is the number of digits of a generated user id's index: ids are
@@ -223,7 +223,7 @@ type collector struct {
 	marked    atomic.Bool
 }
 
-func newCollector(nc *nats.Conn, subjects bus.Subjects, tag string, n int) (*collector, error) {
+func newCollector(nc *nats.Conn, subjects contract.Subjects, tag string, n int) (*collector, error) {
 	c := &collector{tag: tag, n: n, online: make([]atomic.Uint32, n), offline: make([]atomic.Uint32, n), offFirst: make([]atomic.Int64, n)}
 	for _, s := range []struct {
 		subject string

@@ -24,8 +24,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/seedbaseline"
 	"github.com/presenced/presenced/presence"
 )
@@ -886,13 +886,13 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 		}
 	}
 	nc := b.c.pub
-	_, err := nc.Request(im.subjects.Query(bus.QueryCount), []byte("{}"), 2*time.Second)
+	_, err := nc.Request(im.subjects.Query(contract.QueryCount), []byte("{}"), 2*time.Second)
 	if err != nil {
-		b.note("presenced queries measured on presence.Store directly, not over NATS: %s answered %v (the query service is not wired into presenced)", im.subjects.Query(bus.QueryCount), err)
+		b.note("presenced queries measured on presence.Store directly, not over NATS: %s answered %v (the query service is not wired into presenced)", im.subjects.Query(contract.QueryCount), err)
 		store := presence.NewStore(b.c.rdb, presence.Options{Prefix: im.keys, TTL: b.cfg.idleTTL})
 		// The page size the query service would use: the most worst-case
 		// ids that fit the max payload, as in bus.listCap.
-		limit := int((maxPayload - 64) / (2*presence.MaxUserIDLen + 3))
+		limit := int((maxPayload - 64) / (2*contract.MaxUserIDLen + 3))
 		return queryAPI{
 			path: "presence.Store (query service not wired)",
 			status: func(ctx context.Context, id string) (bool, error) {
@@ -908,7 +908,7 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 				if err != nil {
 					return nil, "", 0, err
 				}
-				data, _ := json.Marshal(bus.ListReply{UserIDs: p.UserIDs, Cursor: p.Cursor})
+				data, _ := json.Marshal(contract.ListReply{UserIDs: p.UserIDs, Cursor: p.Cursor})
 				return p.UserIDs, p.Cursor, len(data), nil
 			},
 			count: store.Count,
@@ -928,12 +928,12 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 	return queryAPI{
 		path: "NATS query service",
 		status: func(ctx context.Context, id string) (bool, error) {
-			data, _ := json.Marshal(bus.StatusRequest{UserID: id})
-			m, err := request(ctx, bus.QueryStatus, data)
+			data, _ := json.Marshal(contract.StatusRequest{UserID: id})
+			m, err := request(ctx, contract.QueryStatus, data)
 			if err != nil {
 				return false, err
 			}
-			var r bus.StatusReply
+			var r contract.StatusReply
 			err = json.Unmarshal(m.Data, &r)
 			return r.Online, err
 		},
@@ -946,21 +946,21 @@ func (b *bench) queryAPI(ctx context.Context, im impl) queryAPI {
 			return len(on), err
 		},
 		page: func(ctx context.Context, cursor string) ([]string, string, int, error) {
-			data, _ := json.Marshal(bus.ListRequest{Cursor: cursor, Limit: 10000})
-			m, err := request(ctx, bus.QueryList, data)
+			data, _ := json.Marshal(contract.ListRequest{Cursor: cursor, Limit: 10000})
+			m, err := request(ctx, contract.QueryList, data)
 			if err != nil {
 				return nil, "", 0, err
 			}
-			var r bus.ListReply
+			var r contract.ListReply
 			err = json.Unmarshal(m.Data, &r)
 			return r.UserIDs, r.Cursor, len(m.Data), err
 		},
 		count: func(ctx context.Context) (int64, error) {
-			m, err := request(ctx, bus.QueryCount, []byte("{}"))
+			m, err := request(ctx, contract.QueryCount, []byte("{}"))
 			if err != nil {
 				return 0, err
 			}
-			var r bus.CountReply
+			var r contract.CountReply
 			err = json.Unmarshal(m.Data, &r)
 			return r.Online, err
 		},
@@ -1027,7 +1027,7 @@ func (b *bench) queries(ctx context.Context, im impl, tag string, n int) error {
 			}
 		}
 		ids = dedupe(ids)
-		payload, _ := json.Marshal(bus.OnlineRequest{UserIDs: ids})
+		payload, _ := json.Marshal(contract.OnlineRequest{UserIDs: ids})
 		want := 0
 		for _, id := range ids {
 			if strings.HasPrefix(id, tag) {

@@ -17,7 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/seedbaseline"
 )
 
@@ -67,7 +67,7 @@ func seedWorker(natsURL, redisURL, keyPrefix, subjectPrefix, queue string, ttl t
 	}
 	defer nc.Close()
 	w := seedbaseline.New(rdb, sub, nc, seedbaseline.Options{
-		KeyPrefix: keyPrefix, Subjects: bus.Subjects{Prefix: subjectPrefix}, Queue: queue,
+		KeyPrefix: keyPrefix, Subjects: contract.Subjects{Prefix: subjectPrefix}, Queue: queue,
 		TTL: ttl, Concurrency: concurrency, PendingLimit: pending, DB: opts.DB, Logger: log,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -16,8 +16,8 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
-	"github.com/presenced/presenced/status"
 )
 
 // Outcomes of one check, as printed.
@@ -332,7 +332,7 @@ func deniedHint(cmd string, err error, prefix string) string {
 // events.
 //
 // NATS has no dry run: the publish check sends one message with an empty
-// body and the status.ProbeHeader header to each event subject, which
+// body and the contract.ProbeHeader header to each event subject, which
 // consumers should ignore. The subscriptions are plain ones, not in the
 // worker's queue group, so they take no message away from the workers.
 // Replies (to heartbeat and query requests) cannot be checked: a server with
@@ -345,11 +345,11 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 		subjects []string
 	}
 	query := []string{}
-	for _, ep := range []string{bus.QueryStatus, bus.QueryOnline, bus.QueryList, bus.QueryCount} {
+	for _, ep := range []string{contract.QueryStatus, contract.QueryOnline, contract.QueryList, contract.QueryCount} {
 		query = append(query, subjects.Query(ep))
 	}
 	for _, verb := range []string{"PING", "INFO", "STATS"} { // micro service discovery
-		query = append(query, "$SRV."+verb, "$SRV."+verb+"."+bus.QueryServiceName)
+		query = append(query, "$SRV."+verb, "$SRV."+verb+"."+contract.QueryServiceName)
 	}
 	ops := []op{
 		{"nats subscribe " + subjects.Heartbeat(), false, []string{subjects.Heartbeat()}},
@@ -399,7 +399,7 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 			var err error
 			if o.pub {
 				m := nats.NewMsg(subj)
-				m.Header.Set(status.ProbeHeader, "check")
+				m.Header.Set(contract.ProbeHeader, "check")
 				err = nc.PublishMsg(m)
 			} else {
 				_, err = nc.Subscribe(subj, func(*nats.Msg) {})

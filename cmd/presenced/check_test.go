@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
-	"github.com/presenced/presenced/status"
 )
 
 // checkRun runs `presenced check` with env and returns the exit code and
@@ -64,8 +64,8 @@ func TestCheckAllPass(t *testing.T) {
 	}
 	// The probes are marked, and the scratch keys are gone.
 	for _, m := range probes.WaitFor(t, 2, 5*time.Second) {
-		if m.Header.Get(status.ProbeHeader) == "" || len(m.Data) != 0 {
-			t.Errorf("probe on %s: header %v, data %q; want %s and no data", m.Subject, m.Header, m.Data, status.ProbeHeader)
+		if m.Header.Get(contract.ProbeHeader) == "" || len(m.Data) != 0 {
+			t.Errorf("probe on %s: header %v, data %q; want %s and no data", m.Subject, m.Header, m.Data, contract.ProbeHeader)
 		}
 	}
 	keys, err := r.Client(t).Keys(context.Background(), p+":*").Result()

@@ -18,8 +18,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/fx"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/localredis"
 	"github.com/presenced/presenced/status"
 )
@@ -122,7 +122,7 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 		return fmt.Errorf("demo client: %w", err)
 	}
 	defer nc.Close()
-	subjects := bus.Subjects{Prefix: cfg.SubjectPrefix}
+	subjects := contract.Subjects{Prefix: cfg.SubjectPrefix}
 	p := &printer{w: stdout}
 	for _, subj := range []string{subjects.Online(), subjects.Offline()} {
 		if _, err := nc.Subscribe(subj, p.handle); err != nil {
@@ -152,7 +152,7 @@ func demo(ctx context.Context, getenv func(string) string, stdout, stderr io.Wri
 // simulateUser plays one user: online for a few seconds with heartbeats
 // every TTL/3, then either a disconnect or silence (the key expires), a
 // pause, and again.
-func simulateUser(ctx context.Context, nc *nats.Conn, subjects bus.Subjects, id string, ttl time.Duration) {
+func simulateUser(ctx context.Context, nc *nats.Conn, subjects contract.Subjects, id string, ttl time.Duration) {
 	payload := []byte(fmt.Sprintf(`{"userId":%q}`, id))
 	wait := func(d time.Duration) bool {
 		select {
@@ -190,12 +190,12 @@ type printer struct {
 }
 
 func (p *printer) handle(m *nats.Msg) {
-	var ev bus.Event
+	var ev contract.Event
 	if err := json.Unmarshal(m.Data, &ev); err != nil {
 		return
 	}
 	mark := "🟢"
-	if ev.Status == "offline" {
+	if ev.Status == contract.StatusOffline {
 		mark = "🔴"
 		p.off.Add(1)
 	} else {

@@ -38,10 +38,10 @@ func testHooks(getenv func(string) string, log *slog.Logger) fx.Option {
 	worker.AfterOutboxRead = func(events []presence.Event) error {
 		for _, e := range events {
 			switch {
-			case kill != "" && e.Status == kill:
+			case kill != "" && string(e.Status) == kill:
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {} // the signal is on its way
-			case stop != "" && e.Status == stop && stopped.CompareAndSwap(false, true):
+			case stop != "" && string(e.Status) == stop && stopped.CompareAndSwap(false, true):
 				log.Warn("test hook: stopping after reading outbox entries", "entries", len(events))
 				// The kernel stops the process's threads soon after kill
 				// returns, not at once: wait for the SIGCONT, so that this

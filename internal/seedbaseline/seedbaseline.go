@@ -36,7 +36,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 )
 
 // Options configures a Worker. Zero values take the documented defaults.
@@ -45,7 +45,7 @@ type Options struct {
 	// KeyPrefix+"user:"+id. Zero means "presence:" (the seed's).
 	KeyPrefix string
 	// Subjects; zero means prefix "presence".
-	Subjects bus.Subjects
+	Subjects contract.Subjects
 	// Queue is the NATS queue group of the heartbeat and disconnect
 	// subscriptions; zero means "seed".
 	Queue string
@@ -318,7 +318,7 @@ func (w *Worker) ping(ctx context.Context, id string) error {
 		return fmt.Errorf("set online %q: %w", id, err)
 	}
 	if ok {
-		w.publish("online", id, "heartbeat")
+		w.publish(contract.StatusOnline, id, contract.ReasonHeartbeat)
 		return nil
 	}
 	if err := w.rdb.Set(ctx, key, "1", w.ttl).Err(); err != nil {
@@ -335,7 +335,7 @@ func (w *Worker) markOffline(ctx context.Context, id string) error {
 		return fmt.Errorf("delete online %q: %w", id, err)
 	}
 	if n == 1 {
-		w.publish("offline", id, "disconnect")
+		w.publish(contract.StatusOffline, id, contract.ReasonDisconnect)
 	}
 	return nil
 }
@@ -353,7 +353,7 @@ func (w *Worker) expired(ctx context.Context, ch <-chan *redis.Message) {
 				return
 			}
 			if id, ok := strings.CutPrefix(m.Payload, prefix); ok {
-				w.publish("offline", id, "expired")
+				w.publish(contract.StatusOffline, id, contract.ReasonExpired)
 			}
 		}
 	}
@@ -361,9 +361,9 @@ func (w *Worker) expired(ctx context.Context, ch <-chan *redis.Message) {
 
 // publish sends an event in presenced's wire format, so the bench decodes
 // both alike; version and at are this process's clock (the seed had neither).
-func (w *Worker) publish(status, id, reason string) {
+func (w *Worker) publish(status contract.Status, id string, reason contract.Reason) {
 	now := time.Now()
-	ev := bus.Event{UserID: id, Status: status, Reason: reason, At: now, Version: now.UnixMicro()}
+	ev := contract.Event{UserID: id, Status: status, Reason: reason, At: now, Version: now.UnixMicro()}
 	data, err := ev.MarshalJSON()
 	if err == nil {
 		err = w.nc.Publish(w.opts.Subjects.Event(status), data)
@@ -373,7 +373,7 @@ func (w *Worker) publish(status, id, reason string) {
 		w.log.Warn("publish event", "status", status, "err", err)
 		return
 	}
-	if status == "online" {
+	if status == contract.StatusOnline {
 		w.Online.Add(1)
 	} else {
 		w.Offline.Add(1)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/seedbaseline"
 	"github.com/presenced/presenced/internal/testenv"
 )
@@ -22,7 +22,7 @@ func TestSeedBehaviour(t *testing.T) {
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t)
 	p := testenv.Prefix(t)
-	subjects := bus.Subjects{Prefix: p}
+	subjects := contract.Subjects{Prefix: p}
 	rdb := r.Client(t)
 	online := testenv.Collect(t, n.Conn(t), subjects.Online())
 	offline := testenv.Collect(t, n.Conn(t), subjects.Offline())
@@ -52,14 +52,14 @@ func TestSeedBehaviour(t *testing.T) {
 	start() // two replicas: each expiry is published twice
 
 	nc := n.Conn(t)
-	request := func(subject string, body any) bus.Reply {
+	request := func(subject string, body any) contract.Reply {
 		t.Helper()
 		data, _ := json.Marshal(body)
 		m, err := nc.Request(subject, data, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var rep bus.Reply
+		var rep contract.Reply
 		if err := json.Unmarshal(m.Data, &rep); err != nil {
 			t.Fatalf("reply %q: %v", m.Data, err)
 		}
@@ -90,11 +90,11 @@ func TestSeedBehaviour(t *testing.T) {
 	msgs := append(online.WaitFor(t, 2, 5*time.Second), offline.WaitFor(t, 3, 10*time.Second)...)
 	var got []string
 	for _, m := range msgs {
-		var ev bus.Event
+		var ev contract.Event
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, ev.UserID+":"+ev.Status+":"+ev.Reason)
+		got = append(got, ev.UserID+":"+string(ev.Status)+":"+string(ev.Reason))
 	}
 	sort.Strings(got)
 	want := []string{"a:offline:expired", "a:offline:expired", "a:online:heartbeat", "b:offline:disconnect", "b:online:heartbeat"}

@@ -1,4 +1,4 @@
-package presence
+package contract
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package jsonobject_test
+package contract
 
 import (
 	"encoding/json"
@@ -7,11 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/presenced/presenced/internal/jsonobject"
 )
 
-func TestMembers(t *testing.T) {
+func TestObjectMembers(t *testing.T) {
 	cases := []struct {
 		name string
 		in   string
@@ -23,13 +21,13 @@ func TestMembers(t *testing.T) {
 		{name: "json white space", in: " \t\r\n{ \"a\" : 1 } \t\r\n", keys: []string{"a"}},
 		{name: "escaped name", in: `{"\u0061":1}`, keys: []string{"a"}},
 		{name: "names differing in case", in: `{"a":1,"A":2}`, keys: []string{"a", "A"}},
-		{name: "empty", in: "", err: jsonobject.ErrEmpty},
-		{name: "white space only", in: " \n", err: jsonobject.ErrEmpty},
-		{name: "vertical tab before", in: "\v{\"a\":1}", err: jsonobject.ErrNotObject},
+		{name: "empty", in: "", err: errEmptyBody},
+		{name: "white space only", in: " \n", err: errEmptyBody},
+		{name: "vertical tab before", in: "\v{\"a\":1}", err: errNotObject},
 		{name: "form feed after", in: "{\"a\":1}\f"},
-		{name: "no-break space before", in: "\u00a0{\"a\":1}", err: jsonobject.ErrNotObject},
+		{name: "no-break space before", in: "\u00a0{\"a\":1}", err: errNotObject},
 		{name: "next line after", in: "{\"a\":1}\u0085"},
-		{name: "array", in: `[1]`, err: jsonobject.ErrNotObject},
+		{name: "array", in: `[1]`, err: errNotObject},
 		{name: "duplicate", in: `{"a":1,"a":2}`},
 		{name: "duplicate after unescaping", in: `{"a":1,"\u0061":2}`},
 		{name: "truncated", in: `{"a":1`},
@@ -44,7 +42,7 @@ func TestMembers(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var keys []string
-			err := jsonobject.Members([]byte(c.in), func(name string, v json.RawMessage) error {
+			err := objectMembers([]byte(c.in), func(name string, v json.RawMessage) error {
 				if !json.Valid(v) {
 					t.Fatalf("value %q of %q is not JSON", v, name)
 				}
@@ -73,22 +71,22 @@ func TestMembers(t *testing.T) {
 	}
 }
 
-func TestDecodeExactNames(t *testing.T) {
+func TestDecodeObjectExactNames(t *testing.T) {
 	var ids []string
 	fields := map[string]any{"userIds": &ids}
-	if err := jsonobject.Decode([]byte(`{"USERIDS":["a"],"userids":["b"],"x":1}`), fields); err != nil {
+	if err := decodeObject([]byte(`{"USERIDS":["a"],"userids":["b"],"x":1}`), fields); err != nil {
 		t.Fatal(err)
 	}
 	if ids != nil {
 		t.Fatalf("names in another case were taken for userIds: %q", ids)
 	}
-	if err := jsonobject.Decode([]byte(`{"userIds":["a"]}`), fields); err != nil || !slices.Equal(ids, []string{"a"}) {
+	if err := decodeObject([]byte(`{"userIds":["a"]}`), fields); err != nil || !slices.Equal(ids, []string{"a"}) {
 		t.Fatalf("ids %q, %v", ids, err)
 	}
-	if err := jsonobject.Decode([]byte(`{"userIds":"a"}`), fields); err == nil {
+	if err := decodeObject([]byte(`{"userIds":"a"}`), fields); err == nil {
 		t.Fatal("a string decoded into []string")
 	}
-	if err := jsonobject.Decode([]byte(`{"userIds":["a"`), fields); !errors.Is(err, io.ErrUnexpectedEOF) || err.Error() != "unexpected end of JSON input" {
+	if err := decodeObject([]byte(`{"userIds":["a"`), fields); !errors.Is(err, io.ErrUnexpectedEOF) || err.Error() != "unexpected end of JSON input" {
 		t.Fatalf("truncated: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package bus
+package contract
 
 import (
 	"encoding/json"

@@ -1,14 +1,14 @@
-package bus_test
+package contract_test
 
 import (
 	"errors"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
-	"github.com/presenced/presenced/bus"
-	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/contract"
 )
 
 func TestDecodeRequest(t *testing.T) {
@@ -42,30 +42,30 @@ func TestDecodeRequest(t *testing.T) {
 		{name: "invalid utf8", in: "{\"userIds\":[\"a\xffb\",\"ok\"]}", ids: []string{"ok"}, rejected: []string{"invalid_utf8"}},
 		{name: "lone surrogate", in: `{"userIds":["a\ud800b","ok"]}`, ids: []string{"ok"}, rejected: []string{"invalid_utf8"}},
 		{name: "single not string", in: `{"userId":7}`, ids: []string{}, rejected: []string{"not_string"}},
-		{name: "empty message", in: ``, err: bus.ErrMalformed},
-		{name: "not json", in: `hello`, err: bus.ErrMalformed},
-		{name: "array", in: `["a"]`, err: bus.ErrMalformed},
-		{name: "truncated", in: `{"userIds":["a"`, err: bus.ErrMalformed},
-		{name: "no ids", in: `{}`, err: bus.ErrMalformed},
-		{name: "empty batch", in: `{"userIds":[]}`, err: bus.ErrMalformed},
-		{name: "userIds not array", in: `{"userIds":"a"}`, err: bus.ErrMalformed},
-		{name: "deeply nested", in: strings.Repeat(`{"a":`, 20000) + `1` + strings.Repeat(`}`, 20000), err: bus.ErrMalformed},
-		{name: "json white space only: vertical tab", in: "\v{\"userId\":\"u\"}", err: bus.ErrMalformed},
-		{name: "json white space only: form feed", in: "{\"userId\":\"u\"}\f", err: bus.ErrMalformed},
-		{name: "json white space only: no-break space", in: "\u00a0{\"userId\":\"u\"}", err: bus.ErrMalformed},
-		{name: "json white space only: next line", in: "{\"userId\":\"u\"}\u0085", err: bus.ErrMalformed},
+		{name: "empty message", in: ``, err: contract.ErrMalformed},
+		{name: "not json", in: `hello`, err: contract.ErrMalformed},
+		{name: "array", in: `["a"]`, err: contract.ErrMalformed},
+		{name: "truncated", in: `{"userIds":["a"`, err: contract.ErrMalformed},
+		{name: "no ids", in: `{}`, err: contract.ErrMalformed},
+		{name: "empty batch", in: `{"userIds":[]}`, err: contract.ErrMalformed},
+		{name: "userIds not array", in: `{"userIds":"a"}`, err: contract.ErrMalformed},
+		{name: "deeply nested", in: strings.Repeat(`{"a":`, 20000) + `1` + strings.Repeat(`}`, 20000), err: contract.ErrMalformed},
+		{name: "json white space only: vertical tab", in: "\v{\"userId\":\"u\"}", err: contract.ErrMalformed},
+		{name: "json white space only: form feed", in: "{\"userId\":\"u\"}\f", err: contract.ErrMalformed},
+		{name: "json white space only: no-break space", in: "\u00a0{\"userId\":\"u\"}", err: contract.ErrMalformed},
+		{name: "json white space only: next line", in: "{\"userId\":\"u\"}\u0085", err: contract.ErrMalformed},
 		{name: "all json white space", in: " \t\r\n{ \"userIds\" : [ \"a\" ] } \t\r\n", ids: []string{"a"}},
-		{name: "key in another case", in: `{"USERIDS":["a"]}`, err: bus.ErrMalformed},
+		{name: "key in another case", in: `{"USERIDS":["a"]}`, err: contract.ErrMalformed},
 		{name: "key in another case ignored", in: `{"userId":"a","USERIDS":["b"],"userid":"c"}`, ids: []string{"a"}},
-		{name: "key folding to userIds", in: "{\"userId\u017f\":[\"a\"]}", err: bus.ErrMalformed},
+		{name: "key folding to userIds", in: "{\"userId\u017f\":[\"a\"]}", err: contract.ErrMalformed},
 		{name: "escaped key", in: `{"user\u0049d":"a"}`, ids: []string{"a"}},
 		{name: "unknown key ignored", in: `{"userIds":["a"],"gateway":"g-1"}`, ids: []string{"a"}},
-		{name: "duplicate userId", in: `{"userId":"a","userId":"b"}`, err: bus.ErrMalformed},
-		{name: "duplicate userIds", in: `{"userIds":["a"],"userIds":["b"]}`, err: bus.ErrMalformed},
-		{name: "duplicate after unescaping", in: `{"userId":"a","user\u0049d":"b"}`, err: bus.ErrMalformed},
-		{name: "duplicate unknown key", in: `{"userId":"a","x":1,"x":2}`, err: bus.ErrMalformed},
-		{name: "data after the object", in: `{"userId":"a"}{"userId":"b"}`, err: bus.ErrMalformed},
-		{name: "over max", in: `{"userIds":["a","b","c"]}`, max: 2, err: bus.ErrTooMany},
+		{name: "duplicate userId", in: `{"userId":"a","userId":"b"}`, err: contract.ErrMalformed},
+		{name: "duplicate userIds", in: `{"userIds":["a"],"userIds":["b"]}`, err: contract.ErrMalformed},
+		{name: "duplicate after unescaping", in: `{"userId":"a","user\u0049d":"b"}`, err: contract.ErrMalformed},
+		{name: "duplicate unknown key", in: `{"userId":"a","x":1,"x":2}`, err: contract.ErrMalformed},
+		{name: "data after the object", in: `{"userId":"a"}{"userId":"b"}`, err: contract.ErrMalformed},
+		{name: "over max", in: `{"userIds":["a","b","c"]}`, max: 2, err: contract.ErrTooMany},
 		{name: "at max", in: `{"userIds":["a","b"]}`, max: 2, ids: []string{"a", "b"}},
 	}
 	for _, c := range cases {
@@ -74,7 +74,7 @@ func TestDecodeRequest(t *testing.T) {
 			if max == 0 {
 				max = 100
 			}
-			req, err := bus.DecodeRequest([]byte(c.in), max)
+			req, err := contract.DecodeRequest([]byte(c.in), max)
 			if c.err != nil {
 				if !errors.Is(err, c.err) {
 					t.Fatalf("err %v, want %v", err, c.err)
@@ -102,8 +102,8 @@ func TestDecodeRequest(t *testing.T) {
 }
 
 func TestEventJSONRoundTrip(t *testing.T) {
-	ev := bus.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", Version: 1795635703206340}
-	ev.At = presence.Event{Version: ev.Version}.At()
+	ev := contract.Event{UserID: "u-1", Status: "online", Reason: "heartbeat", Version: 1795635703206340}
+	ev.At = time.UnixMicro(ev.Version).UTC() // as the relay sets it
 	data, err := ev.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestEventJSONRoundTrip(t *testing.T) {
 	if string(data) != want {
 		t.Fatalf("got  %s\nwant %s", data, want)
 	}
-	var back bus.Event
+	var back contract.Event
 	if err := back.UnmarshalJSON(data); err != nil || back != ev {
 		t.Fatalf("round trip %+v, %v", back, err)
 	}
@@ -129,16 +129,16 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		req, err := bus.DecodeRequest(data, 1000)
+		req, err := contract.DecodeRequest(data, 1000)
 		if err != nil {
-			if !errors.Is(err, bus.ErrMalformed) && !errors.Is(err, bus.ErrTooMany) {
+			if !errors.Is(err, contract.ErrMalformed) && !errors.Is(err, contract.ErrTooMany) {
 				t.Fatalf("unclassified error %v", err)
 			}
 			return
 		}
 		seen := map[string]bool{}
 		for _, id := range req.IDs {
-			if err := presence.ValidateUserID(id); err != nil {
+			if err := contract.ValidateUserID(id); err != nil {
 				t.Fatalf("accepted invalid id %q: %v", id, err)
 			}
 			if seen[id] {

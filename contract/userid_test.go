@@ -1,4 +1,4 @@
-package presence_test
+package contract_test
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/contract"
 )
 
 func TestValidateUserID(t *testing.T) {
@@ -23,15 +23,15 @@ func TestValidateUserID(t *testing.T) {
 		{"a\xffb", "invalid_utf8"}, {"a\ufffdb", "invalid_utf8"},
 	}
 	for _, c := range cases {
-		err := presence.ValidateUserID(c.id)
+		err := contract.ValidateUserID(c.id)
 		if c.reason == "" {
 			if err != nil {
 				t.Errorf("%q: %v", c.id, err)
 			}
 			continue
 		}
-		if !errors.Is(err, presence.ErrInvalidUserID) || presence.InvalidReason(err) != c.reason {
-			t.Errorf("%q: err %v (reason %s), want reason %s", c.id, err, presence.InvalidReason(err), c.reason)
+		if !errors.Is(err, contract.ErrInvalidUserID) || contract.InvalidReason(err) != c.reason {
+			t.Errorf("%q: err %v (reason %s), want reason %s", c.id, err, contract.InvalidReason(err), c.reason)
 		}
 	}
 }
@@ -43,14 +43,14 @@ func FuzzValidateUserID(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, id string) {
-		err := presence.ValidateUserID(id)
+		err := contract.ValidateUserID(id)
 		if err != nil {
-			if !errors.Is(err, presence.ErrInvalidUserID) || presence.InvalidReason(err) == "other" {
+			if !errors.Is(err, contract.ErrInvalidUserID) || contract.InvalidReason(err) == "other" {
 				t.Fatalf("unclassified error %v", err)
 			}
 			return
 		}
-		if id == "" || len(id) > presence.MaxUserIDLen || !utf8.ValidString(id) || strings.ContainsAny(id, "*?[]\\ \x00\n\r\t") {
+		if id == "" || len(id) > contract.MaxUserIDLen || !utf8.ValidString(id) || strings.ContainsAny(id, "*?[]\\ \x00\n\r\t") {
 			t.Fatalf("accepted %q", id)
 		}
 	})

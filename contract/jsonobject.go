@@ -1,14 +1,13 @@
-// Package jsonobject reads a JSON object strictly, as presenced's wire
-// contract states it: only JSON white space (space, \t, \n, \r) around it,
-// member names matched exactly (after unescaping, as JSON defines a string's
-// value), and a name that appears twice is an error. encoding/json alone
-// would trim nothing but accept a name in any case ({"USERIDS":...}) and let
-// the last of two equal names win, so a message could mean something other
-// than what any strict reader sees.
-//
-// The decoders of the bus package (requests, queries) and of the client
-// (events, replies) share it, so both sides apply one rule.
-package jsonobject
+package contract
+
+// The strict JSON object reader every decoder of the contract uses, on both
+// sides (requests and queries on the server; replies and events in the
+// client): only JSON white space (space, \t, \n, \r) around the object,
+// member names matched exactly (after unescaping, as JSON defines a
+// string's value), and a name that appears twice is an error.
+// encoding/json alone would trim nothing but accept a name in any case
+// ({"USERIDS":...}) and let the last of two equal names win, so a message
+// could mean something other than what any strict reader sees.
 
 import (
 	"bytes"
@@ -18,25 +17,25 @@ import (
 	"io"
 )
 
-// Errors a caller may branch on; syntax errors are encoding/json's.
+// Errors of objectMembers besides encoding/json's syntax errors.
 var (
-	ErrEmpty     = errors.New("empty body")
-	ErrNotObject = errors.New("expected a JSON object")
+	errEmptyBody = errors.New("empty body")
+	errNotObject = errors.New("expected a JSON object")
 )
 
-// Members calls fn with each member of the JSON object in data, in order,
+// objectMembers calls fn with each member of the JSON object in data, in order,
 // with its name and raw value, and returns fn's first error. It fails
 // without calling fn further when data is not exactly one JSON object with
 // JSON white space around it, or when a name repeats (compared after
 // unescaping). fn must not keep value beyond its call unless it copies it;
 // value is valid JSON.
-func Members(data []byte, fn func(name string, value json.RawMessage) error) error {
-	i := skipSpace(data)
+func objectMembers(data []byte, fn func(name string, value json.RawMessage) error) error {
+	i := skipJSONSpace(data)
 	if i == len(data) {
-		return ErrEmpty
+		return errEmptyBody
 	}
 	if data[i] != '{' {
-		return ErrNotObject
+		return errNotObject
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if _, err := dec.Token(); err != nil { // '{'
@@ -70,18 +69,18 @@ func Members(data []byte, fn func(name string, value json.RawMessage) error) err
 	if _, err := dec.Token(); err != nil { // '}'
 		return unexpectedEOF(err)
 	}
-	if rest := data[dec.InputOffset():]; skipSpace(rest) != len(rest) {
+	if rest := data[dec.InputOffset():]; skipJSONSpace(rest) != len(rest) {
 		return errors.New("data after the object")
 	}
 	return nil
 }
 
-// Decode decodes the object in data (see Members) into fields: the value of
+// decodeObject decodes the object in data (see objectMembers) into fields: the value of
 // each member whose name is a key of fields is unmarshalled into that
 // destination (a pointer, as for json.Unmarshal); other members are
 // ignored.
-func Decode(data []byte, fields map[string]any) error {
-	return Members(data, func(name string, v json.RawMessage) error {
+func decodeObject(data []byte, fields map[string]any) error {
+	return objectMembers(data, func(name string, v json.RawMessage) error {
 		dst, ok := fields[name]
 		if !ok {
 			return nil
@@ -90,9 +89,9 @@ func Decode(data []byte, fields map[string]any) error {
 	})
 }
 
-// skipSpace returns the index of the first byte of b that is not JSON
+// skipJSONSpace returns the index of the first byte of b that is not JSON
 // white space.
-func skipSpace(b []byte) int {
+func skipJSONSpace(b []byte) int {
 	i := 0
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++

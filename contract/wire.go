@@ -1,4 +1,4 @@
-package bus
+package contract
 
 import (
 	"bytes"
@@ -8,24 +8,60 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"github.com/presenced/presenced/internal/jsonobject"
-	"github.com/presenced/presenced/internal/uniq"
-	"github.com/presenced/presenced/presence"
 )
 
-// The wire contract other services build against (see README.md).
+// The messages of the heartbeat and disconnect subjects and of the event
+// subjects, as other services build against them (see README.md).
+
+// Status is an event's status: which transition it announces.
+type Status string
+
+// The statuses on the wire. An event's subject is <prefix>.<status>
+// (Subjects.Event).
+const (
+	StatusOnline  Status = "online"
+	StatusOffline Status = "offline"
+	// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
+	// presence data set (or presenced started on an empty one), or lost its
+	// latest writes. Its version is above every version published before it:
+	// consumers remove the users whose last applied version is below it (not
+	// everyone: a reset republished late arrives after newer events) and drop
+	// later events below it for users they hold nothing for. Users still
+	// connected are online again through presence.online: re-announced (reason
+	// "resync") when their session survived in Redis, else at their next
+	// heartbeat.
+	StatusReset Status = "reset"
+)
+
+// Reason says why a transition happened.
+type Reason string
+
+// The reasons on the wire.
+const (
+	// ReasonHeartbeat: a heartbeat opened a session (online).
+	ReasonHeartbeat Reason = "heartbeat"
+	// ReasonResync: an online that re-announces a session that survived a
+	// partial data loss, after the reset.
+	ReasonResync Reason = "resync"
+	// ReasonExpired: no heartbeat came within the TTL (offline).
+	ReasonExpired Reason = "expired"
+	// ReasonDisconnect: a disconnect ended the session (offline).
+	ReasonDisconnect Reason = "disconnect"
+	// ReasonDataLoss: Redis lost presence data (reset).
+	ReasonDataLoss Reason = "data_loss"
+)
 
 // Event is a presence.online or presence.offline message (or, with Status
-// "reset" and no UserID, a presence.reset notice).
+// StatusReset and no UserID, a presence.reset notice).
 type Event struct {
+	// UserID is empty for a reset.
 	UserID string `json:"userId"`
-	// Status is "online" or "offline".
-	Status string `json:"status"`
-	// Reason is "heartbeat" for online ("resync" for an online that
-	// re-announces a session after a partial data loss); "expired" or
-	// "disconnect" for offline.
-	Reason string `json:"reason"`
+	// Status is StatusOnline, StatusOffline or StatusReset.
+	Status Status `json:"status"`
+	// Reason is ReasonHeartbeat for online (ReasonResync for an online that
+	// re-announces a session after a partial data loss); ReasonExpired or
+	// ReasonDisconnect for offline; ReasonDataLoss for a reset.
+	Reason Reason `json:"reason"`
 	// At is when the transition happened, Redis server time.
 	At time.Time `json:"-"`
 	// Version strictly increases across one user's successive events: a
@@ -38,8 +74,8 @@ const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 
 type eventJSON struct {
 	UserID  string `json:"userId"`
-	Status  string `json:"status"`
-	Reason  string `json:"reason"`
+	Status  Status `json:"status"`
+	Reason  Reason `json:"reason"`
 	At      string `json:"at"`
 	Version int64  `json:"version"`
 }
@@ -55,9 +91,9 @@ func (e Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"userId":`...)
 	dst = appendJSONString(dst, e.UserID)
 	dst = append(dst, `,"status":`...)
-	dst = appendJSONString(dst, e.Status)
+	dst = appendJSONString(dst, string(e.Status))
 	dst = append(dst, `,"reason":`...)
-	dst = appendJSONString(dst, e.Reason)
+	dst = appendJSONString(dst, string(e.Reason))
 	dst = append(dst, `,"at":"`...)
 	dst = e.At.UTC().AppendFormat(dst, TimeFormat)
 	dst = append(dst, `","version":`...)
@@ -100,7 +136,7 @@ func appendJSONString(dst []byte, s string) []byte {
 // requests (JSON white space only, exact member names, none repeated).
 func (e *Event) UnmarshalJSON(data []byte) error {
 	var j eventJSON
-	if err := jsonobject.Decode(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
+	if err := decodeObject(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
 		return err
 	}
 	at, err := time.Parse(time.RFC3339Nano, j.At)
@@ -119,17 +155,6 @@ func (e Event) MsgID() string {
 	}
 	return fmt.Sprintf("%s:%d", e.UserID, e.Version)
 }
-
-// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
-// presence data set (or presenced started on an empty one), or lost its
-// latest writes. Its version is above every version published before it:
-// consumers remove the users whose last applied version is below it (not
-// everyone: a reset republished late arrives after newer events) and drop
-// later events below it for users they hold nothing for. Users still
-// connected are online again through presence.online: re-announced (reason
-// "resync") when their session survived in Redis, else at their next
-// heartbeat.
-const StatusReset = "reset"
 
 // TimeoutHeader is the request header in which a heartbeat or disconnect
 // sender says how long, in milliseconds, it waits for the reply. presenced
@@ -201,7 +226,7 @@ func decodeSlow(data []byte, max int) (Request, error) {
 		UserID  json.RawMessage
 		UserIDs []json.RawMessage
 	}
-	err := jsonobject.Members(data, func(name string, v json.RawMessage) error {
+	err := objectMembers(data, func(name string, v json.RawMessage) error {
 		switch name {
 		case "userId":
 			raw.UserID = v
@@ -227,7 +252,7 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	add := func(r json.RawMessage) {
 		id, err := decodeID(r)
 		if err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: presence.InvalidReason(err)})
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, r), Error: err.Error(), Reason: InvalidReason(err)})
 			return
 		}
 		req.IDs = append(req.IDs, id)
@@ -238,22 +263,22 @@ func decodeSlow(data []byte, max int) (Request, error) {
 	for _, r := range raw.UserIDs {
 		add(r)
 	}
-	req.IDs = uniq.Append(req.IDs[:0], req.IDs)
+	req.IDs = AppendUnique(req.IDs[:0], req.IDs)
 	return req, nil
 }
 
 // decodeID returns the string in r and why it is not a valid user id.
 func decodeID(r json.RawMessage) (string, error) {
 	if len(r) == 0 || r[0] != '"' {
-		return "", presence.NewInvalidUserID("not_string", "not a string")
+		return "", NewInvalidUserID("not_string", "not a string")
 	}
 	var id string
 	if err := json.Unmarshal(r, &id); err != nil {
-		return "", presence.NewInvalidUserID("malformed", err.Error())
+		return "", NewInvalidUserID("malformed", err.Error())
 	}
 	// encoding/json turns invalid UTF-8 into U+FFFD, which ValidateUserID
 	// rejects, so broken encodings are reported rather than stored.
-	return id, presence.ValidateUserID(id)
+	return id, ValidateUserID(id)
 }
 
 // shown is what a rejection echoes as the userId: the decoded id when there
@@ -282,13 +307,13 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 	// Valid ids move to the front in place; repeats among them go.
 	req.IDs = f.ids[:0]
 	for _, id := range f.ids {
-		if err := presence.ValidateUserID(id); err != nil {
-			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: presence.InvalidReason(err)})
+		if err := ValidateUserID(id); err != nil {
+			req.Rejected = append(req.Rejected, Rejection{UserID: shown(id, nil), Error: err.Error(), Reason: InvalidReason(err)})
 			continue
 		}
 		req.IDs = append(req.IDs, id)
 	}
-	req.IDs = uniq.Append(req.IDs[:0], req.IDs)
+	req.IDs = AppendUnique(req.IDs[:0], req.IDs)
 	return req, true
 }
 
@@ -296,8 +321,8 @@ func decodeFast(data []byte, max int) (req Request, ok bool) {
 type fastIDs struct {
 	key string // "userId" or "userIds"
 	ids []string
-	// valid: every id is printable ASCII of at most presence.MaxUserIDLen
-	// bytes with no space and no glob character, so presence.ValidateUserID
+	// valid: every id is printable ASCII of at most MaxUserIDLen
+	// bytes with no space and no glob character, so ValidateUserID
 	// accepts each one (the parser itself refuses empty strings, escapes,
 	// control characters and anything beyond ASCII).
 	valid bool
@@ -438,7 +463,7 @@ func (p *fastParser) str() (start, end int, valid, ok bool) {
 		return 0, 0, false, false
 	}
 	p.i = end + 1
-	return start, end, class == 0 && end-start <= presence.MaxUserIDLen, true
+	return start, end, class == 0 && end-start <= MaxUserIDLen, true
 }
 
 // scanString returns the index of the first '"' in b from i (len(b) if
