@@ -9,9 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/fx"
-	"go.uber.org/fx/fxtest"
 )
 
 func env(kv ...string) func(string) string {
@@ -403,22 +400,5 @@ func TestLevel(t *testing.T) {
 		if got := (Config{LogLevel: tt.in}).Level(); got != tt.want {
 			t.Errorf("Level() for %q = %v, want %v", tt.in, got, tt.want)
 		}
-	}
-}
-
-func TestModule(t *testing.T) {
-	want := Default()
-	want.TTL = 5 * time.Second
-	var got Config
-	fxtest.New(t, Module(want), fx.Populate(&got)).RequireStart().RequireStop()
-	if got != want {
-		t.Fatalf("supplied %+v, want %+v", got, want)
-	}
-
-	bad := Default()
-	bad.InFlight = 0
-	app := fx.New(fx.NopLogger, Module(bad), fx.Populate(&got))
-	if err := app.Err(); err == nil || !strings.Contains(err.Error(), "PRESENCE_INFLIGHT must be between 1 and 64, got 0") {
-		t.Fatalf("fx.New with an invalid Config: err = %v", err)
 	}
 }

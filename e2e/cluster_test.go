@@ -160,7 +160,7 @@ func TestLocalCluster(t *testing.T) {
 			return err == nil && code == 200
 		}, "%s/readyz is not 200", r)
 	}
-	// The status page (status.PageModule) is served on the status address,
+	// The status page (mounted by internal/app) is served on the status address,
 	// not next to the metrics.
 	if code, body, err := get(c.status[0] + "/"); err != nil || code != 200 || !strings.Contains(body, `id="online"`) {
 		t.Fatalf("GET %s/: %d %v, want the status page", c.status[0], code, err)

@@ -18,6 +18,7 @@ import (
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
+	"github.com/presenced/presenced/internal/app"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
 )
@@ -195,7 +196,7 @@ func TestRedisACL(t *testing.T) {
 			// The query service's reads, as the ACL user.
 			cfg := config.Default()
 			cfg.RedisURL, cfg.RedisUsername, cfg.RedisPassword = "redis://"+r.Addr+"/0", "presenced", aclPassword
-			ropt, err := presence.RedisOptions(cfg)
+			ropt, err := app.RedisOptions(cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

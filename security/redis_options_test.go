@@ -7,7 +7,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/presenced/presenced/config"
-	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/internal/app"
 )
 
 const optSecret = "optPwSECRETf6"
@@ -57,7 +57,7 @@ func TestRedisOptions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := config.Default()
 			tt.mod(&cfg)
-			o, err := presence.RedisOptions(cfg)
+			o, err := app.RedisOptions(cfg)
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -93,7 +93,7 @@ func TestRedisOptions(t *testing.T) {
 			if !o.DisableIdentity || o.MaintNotificationsConfig == nil || o.MaintNotificationsConfig.Mode != maintnotifications.ModeDisabled {
 				t.Errorf("DisableIdentity %v, maintenance notifications %+v; want CLIENT SETINFO and MAINT_NOTIFICATIONS off", o.DisableIdentity, o.MaintNotificationsConfig)
 			}
-			o2, _ := presence.RedisOptions(cfg)
+			o2, _ := app.RedisOptions(cfg)
 			if o2 == o || (o.TLSConfig != nil && o2.TLSConfig == o.TLSConfig) {
 				t.Error("RedisOptions returned shared options; want fresh ones per call")
 			}

@@ -8,19 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"go.uber.org/fx"
 
-	"github.com/presenced/presenced/bus"
-	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
-	"github.com/presenced/presenced/presence"
 )
 
 //go:embed web/index.html
@@ -120,65 +114,9 @@ func NewPage(nc *nats.Conn, subjects contract.Subjects, count func(context.Conte
 	}
 }
 
-// PageModule serves the status page, and pprof when enabled, on the status
-// address (STATUS_ADDR; see PageServer): it needs the *bus.Bus and the
-// *presence.Store. With STATUS_ADDR "off" it does nothing.
-var PageModule = fx.Module("statuspage",
-	fx.Provide(NewPageServerFromConfig, NewPageFromConfig),
-	fx.Invoke(func(s *PageServer, p *Page) { s.Handle("/", p.Handler()) }),
-)
-
-// NewPageServerFromConfig returns the status address's server for cfg tied
-// to lc; with STATUS_ADDR "off" it returns one that never listens. A
-// serving failure after start shuts the application down with exit code 1.
-func NewPageServerFromConfig(lc fx.Lifecycle, sd fx.Shutdowner, cfg config.Config, log *slog.Logger) *PageServer {
-	log = log.With("component", "statuspage")
-	s := NewPageServer(PageOptions{Addr: cfg.StatusAddr, Pprof: cfg.Pprof, Logger: log,
-		OnFatal: func(error) { _ = sd.Shutdown(fx.ExitCode(1)) }})
-	if cfg.StatusAddr != "" {
-		lc.Append(fx.Hook{
-			OnStart: func(ctx context.Context) error {
-				if err := s.Start(ctx); err != nil {
-					return err
-				}
-				if !isLoopback(s.Addr()) {
-					log.Warn("the status page shows user ids without authentication and listens beyond loopback; keep STATUS_ADDR private", "addr", s.Addr(), "pprof", cfg.Pprof)
-				}
-				return nil
-			},
-			OnStop: s.Stop,
-		})
-	}
-	return s
-}
-
-// isLoopback reports whether addr (host:port, as listened on) is on a
-// loopback interface only.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.IsLoopback()
-}
-
-// NewPageFromConfig returns the page for cfg, started after the bus has
-// connected (it uses the bus's connection) and stopped before it drains.
-func NewPageFromConfig(lc fx.Lifecycle, cfg config.Config, b *bus.Bus, store *presence.Store, log *slog.Logger) *Page {
-	p := NewPage(nil, bus.SubjectsFromConfig(cfg), store.Count, log.With("component", "statuspage"))
-	if cfg.StatusAddr == "" {
-		return p
-	}
-	lc.Append(fx.Hook{
-		OnStart: func(ctx context.Context) error {
-			p.nc = b.Conn()
-			return p.Start(ctx)
-		},
-		OnStop: p.Stop,
-	})
-	return p
-}
+// UseConn sets the connection Start subscribes on, for a page made before
+// its connection was (the application's NATS connection starts later).
+func (p *Page) UseConn(nc *nats.Conn) { p.nc = nc }
 
 // Start subscribes to the event subjects and starts the update loop. It
 // returns an error if a subscription fails.

@@ -86,7 +86,7 @@ type PageOptions struct {
 }
 
 // PageServer is the status address: the status page is mounted on it with
-// Handle (PageModule), and with PageOptions.Pprof the profiles of
+// Handle (the composition root, internal/app, mounts the page), and with PageOptions.Pprof the profiles of
 // net/http/pprof. /debug/pprof/cmdline is always 404: the command line
 // may hold passwords given as flags.
 type PageServer struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
+	"github.com/presenced/presenced/internal/app"
 	"github.com/presenced/presenced/presence"
 )
 
@@ -121,7 +122,7 @@ func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) 
 			report(checkLine{checkSkip, n, why})
 		}
 	}
-	opts, err := presence.RedisOptions(cfg)
+	opts, err := app.RedisOptions(cfg)
 	if err != nil {
 		report(checkLine{checkFail, "redis", err.Error()})
 		skipAll("no redis connection")
@@ -338,7 +339,7 @@ func deniedHint(cmd string, err error, prefix string) string {
 // Replies (to heartbeat and query requests) cannot be checked: a server with
 // allow_responses only allows them to a request actually received.
 func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
-	subjects := bus.SubjectsFromConfig(cfg)
+	subjects := app.SubjectsFromConfig(cfg)
 	type op struct {
 		name     string
 		pub      bool
@@ -363,7 +364,7 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 			report(checkLine{checkSkip, o.name, why})
 		}
 	}
-	extra, err := bus.NATSOptions(cfg)
+	extra, err := app.NATSOptions(cfg)
 	if err != nil {
 		report(checkLine{checkFail, "nats", err.Error()})
 		skipAll("no nats connection")
@@ -468,7 +469,7 @@ func violation(errs []error, pub bool, subject string) error {
 // the first replica creates it (which needs STREAM.CREATE).
 func checkStream(ctx context.Context, cfg config.Config, report func(checkLine)) {
 	name := "nats stream " + cfg.Stream
-	extra, err := bus.NATSOptions(cfg)
+	extra, err := app.NATSOptions(cfg)
 	if err != nil {
 		report(checkLine{checkFail, name, err.Error()})
 		return
@@ -492,7 +493,7 @@ func checkStream(ctx context.Context, cfg config.Config, report func(checkLine))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		report(checkLine{checkWarn, name, fmt.Sprintf("does not exist: the first replica creates it on %s, %s, %s (the worker's user needs $JS.API.STREAM.CREATE.%s)",
-			bus.SubjectsFromConfig(cfg).Online(), bus.SubjectsFromConfig(cfg).Offline(), bus.SubjectsFromConfig(cfg).Reset(), cfg.Stream)})
+			app.SubjectsFromConfig(cfg).Online(), app.SubjectsFromConfig(cfg).Offline(), app.SubjectsFromConfig(cfg).Reset(), cfg.Stream)})
 		return
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		report(checkLine{checkFail, name, fmt.Sprintf("JetStream is not enabled for the worker's account: %v", err)})
@@ -502,9 +503,9 @@ func checkStream(ctx context.Context, cfg config.Config, report func(checkLine))
 		return
 	}
 	c := s.CachedInfo().Config
-	err = bus.CheckStream(c, bus.StreamOptions{Name: cfg.Stream, Subjects: bus.SubjectsFromConfig(cfg), Duplicates: 2 * cfg.OutboxClaimAfter})
+	err = bus.CheckStream(c, bus.StreamOptions{Name: cfg.Stream, Subjects: app.SubjectsFromConfig(cfg), Duplicates: 2 * cfg.OutboxClaimAfter})
 	if err != nil {
-		report(checkLine{checkFail, name, bus.StreamSettingError(fmt.Errorf("stream %q: %w", cfg.Stream, err), cfg).Error()})
+		report(checkLine{checkFail, name, app.StreamSettingError(fmt.Errorf("stream %q: %w", cfg.Stream, err), cfg).Error()})
 		return
 	}
 	report(checkLine{checkOK, name, fmt.Sprintf("subjects %v, duplicate window %s", c.Subjects, c.Duplicates)})

@@ -21,15 +21,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
-	"github.com/presenced/presenced/presence"
-	"github.com/presenced/presenced/status"
-	"github.com/presenced/presenced/worker"
+	"github.com/presenced/presenced/internal/app"
 )
 
 func main() {
@@ -125,43 +120,16 @@ func runApp(app *fx.App, log *slog.Logger, connectTimeout time.Duration) int {
 	return sig.ExitCode
 }
 
-// App is the whole worker: every module, wired in one place.
+// App is the whole worker (app.Modules) with this build's version for the
+// query service.
 func App(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option {
-	return fx.Options(
-		config.Module(cfg),
-		fx.Supply(log),
-		fx.WithLogger(func() fxevent.Logger {
-			l := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
-			l.UseLogLevel(slog.LevelDebug)
-			return l
-		}),
-		presence.Module,
-		fx.Supply(serviceVersion()),
-		bus.Module,
-		worker.Module,
-		status.Module,
-		status.PageModule,
-		fx.Provide(
-			readiness("redis", func(rdb *redis.Client) func(context.Context) error {
-				return func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
-			}),
-			readiness("worker", func(w *worker.Worker) func(context.Context) error {
-				return func(context.Context) error { return w.Ready() }
-			}),
-		),
-		fx.Options(extra...),
-	)
+	return app.Modules(cfg, log, append([]fx.Option{fx.Supply(serviceVersion())}, extra...)...)
 }
 
 // serviceVersion is the version the query service reports ($SRV.INFO).
-func serviceVersion() bus.ServiceVersion {
+func serviceVersion() app.ServiceVersion {
 	_, sv := buildVersion()
-	return bus.ServiceVersion(sv)
-}
-
-// readiness adapts a dependency's check into the status "checks" group.
-func readiness[T any](name string, f func(T) func(context.Context) error) any {
-	return fx.Annotate(func(t T) status.Check { return status.Check{Name: name, Fn: f(t)} }, fx.ResultTags(`group:"checks"`))
+	return app.ServiceVersion(sv)
 }
 
 // NewLogger returns the process logger: JSON or text on w at cfg's level.

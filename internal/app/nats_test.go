@@ -1,4 +1,4 @@
-package bus_test
+package app_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/internal/app"
 	"github.com/presenced/presenced/internal/testenv"
 )
 
@@ -23,7 +24,7 @@ const authSecret = "s3cr3t-Hunter2"
 // error of Start (the Bus is stopped at the end of the test).
 func connect(t *testing.T, url string, cfg config.Config) error {
 	t.Helper()
-	extra, err := bus.NATSOptions(cfg)
+	extra, err := app.NATSOptions(cfg)
 	if err != nil {
 		t.Fatalf("NATSOptions: %v", err)
 	}
@@ -76,7 +77,7 @@ func credsFile(t *testing.T, akp nkeys.KeyPair) string {
 }
 
 func TestNATSOptionsNone(t *testing.T) {
-	opts, err := bus.NATSOptions(config.Default())
+	opts, err := app.NATSOptions(config.Default())
 	if err != nil || len(opts) != 0 {
 		t.Fatalf("NATSOptions(Default()) = %d options, %v; want none", len(opts), err)
 	}
@@ -198,7 +199,7 @@ func TestNATSOptionsBadFiles(t *testing.T) {
 			if err := c.Validate(); err != nil {
 				t.Fatalf("Validate: %v (readable files pass; the content is NATSOptions' to check)", err)
 			}
-			_, err := bus.NATSOptions(c)
+			_, err := app.NATSOptions(c)
 			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
 				t.Fatalf("NATSOptions: err = %v, want it to start with %q", err, tt.want)
 			}

@@ -1,11 +1,7 @@
-package worker
+package app
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"log/slog"
-	"os"
 
 	"go.uber.org/fx"
 
@@ -13,18 +9,19 @@ import (
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/worker"
 )
 
-// Module provides the *Worker and starts it with the application: it
+// workerModule provides the *Worker and starts it with the application: it
 // subscribes after the bus has connected and stops (draining its
 // subscriptions and finishing work in flight) before the bus drains.
-var Module = fx.Module("worker",
-	fx.Provide(NewFromConfig),
-	fx.Invoke(func(*Worker) {}),
+var workerModule = fx.Module("worker",
+	fx.Provide(newWorker),
+	fx.Invoke(func(*worker.Worker) {}),
 )
 
-// Deps are the worker's dependencies in the fx graph.
-type Deps struct {
+// workerDeps are the worker's dependencies in the fx graph.
+type workerDeps struct {
 	fx.In
 	Lifecycle fx.Lifecycle
 	Config    config.Config
@@ -35,11 +32,11 @@ type Deps struct {
 	Logger    *slog.Logger
 }
 
-// NewFromConfig builds the worker from the presence and bus modules.
-func NewFromConfig(d Deps) *Worker {
+// newWorker builds the worker from the presence and bus modules.
+func newWorker(d workerDeps) *worker.Worker {
 	lc, cfg, store, expiry, b, m, log := d.Lifecycle, d.Config, d.Store, d.Expiry, d.Bus, d.Metrics, d.Logger
-	w := New(store, store.Outbox(ConsumerName()), b, expiry, Options{
-		Subjects:          bus.SubjectsFromConfig(cfg),
+	w := worker.New(store, store.Outbox(worker.ConsumerName()), b, expiry, worker.Options{
+		Subjects:          SubjectsFromConfig(cfg),
 		Queue:             cfg.QueueGroup,
 		MaxBatch:          cfg.MaxBatch,
 		InFlight:          cfg.InFlight,
@@ -59,13 +56,4 @@ func NewFromConfig(d Deps) *Worker {
 	})
 	lc.Append(fx.StartStopHook(w.Start, w.Stop))
 	return w
-}
-
-// ConsumerName is a name unique to this process for the outbox group:
-// hostname, pid and a random suffix (pids repeat across containers).
-func ConsumerName() string {
-	host, _ := os.Hostname()
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 }
