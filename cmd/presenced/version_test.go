@@ -11,11 +11,22 @@ import (
 // revision (not "dev"), and one built with -X main.version reports that;
 // both versions are valid semantic versions for the micro service.
 func TestVersionFromBuildInfo(t *testing.T) {
-	rev, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	// Go stamps the revision only from a checkout whose .git is a
+	// directory (not from a linked worktree), so build from a local clone
+	// of this one's HEAD.
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
 	if err != nil {
 		t.Fatalf("git rev-parse (the test runs in a git checkout): %v", err)
 	}
 	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if out, err := exec.Command("git", "clone", "-q", "--local", strings.TrimSpace(string(top)), src).CombinedOutput(); err != nil {
+		t.Fatalf("git clone: %v\n%s", err, out)
+	}
+	rev, err := exec.Command("git", "-C", src, "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name  string
 		flags []string
@@ -27,7 +38,9 @@ func TestVersionFromBuildInfo(t *testing.T) {
 		{"ldflags", []string{"-ldflags", "-X main.version=v1.4.2"}, "v1.4.2"},
 	} {
 		bin := filepath.Join(dir, c.name)
-		if out, err := exec.Command("go", append(append([]string{"build", "-o", bin}, c.flags...), ".")...).CombinedOutput(); err != nil {
+		build := exec.Command("go", append(append([]string{"build", "-o", bin}, c.flags...), "./cmd/presenced")...)
+		build.Dir = src
+		if out, err := build.CombinedOutput(); err != nil {
 			t.Fatalf("build %s: %v\n%s", c.name, err, out)
 		}
 		out, err := exec.Command(bin, "version").Output()
