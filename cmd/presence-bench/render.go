@@ -382,3 +382,10 @@ func writeJSON(path string, r *Report, stderr io.Writer) error {
 	}
 	return err
 }
+
+func mib(n int) string {
+	if n >= 1<<20 {
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.0f KiB", float64(n)/1024)
+}
