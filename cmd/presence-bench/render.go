@@ -73,7 +73,32 @@ func table(w io.Writer, align, title string, rows [][]string) {
 	}
 }
 
+// printReport writes the report as text tables, section by section; a
+// section with nothing measured is left out.
 func printReport(w io.Writer, r *Report) {
+	printHeader(w, r)
+	printCeiling(w, r)
+	printThroughput(w, r)
+	printOffline(w, r)
+	printIdle(w, r)
+	printQueries(w, r)
+	printStorm(w, r)
+	printRedisCommands(w, r)
+	printTargets(w, r)
+	printProfiles(w, r)
+	if len(r.Notes) > 0 {
+		fmt.Fprintln(w, "\nNotes:")
+		for _, n := range r.Notes {
+			fmt.Fprintf(w, "  - %s\n", n)
+		}
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "\nRUN FAILED: %s\n", r.Error)
+	}
+}
+
+// printHeader writes when and where the run happened and its settings.
+func printHeader(w io.Writer, r *Report) {
 	m := r.Machine
 	fmt.Fprintf(w, "presence-bench  %s .. %s\n", r.Started, r.Finished)
 	fmt.Fprintf(w, "machine: %d cpus, %s, %d MiB, %s; load1 %.2f at start, %.2f at end\n", m.NProc, m.CPUModel, m.MemTotalMB, m.Kernel, m.Load1Start, m.Load1End)
@@ -83,49 +108,63 @@ func printReport(w io.Writer, r *Report) {
 			s["scale"], s["replicas"], s["users"], s["background_keys"], s["user_id_length"], s["seed_concurrency"])
 	}
 	fmt.Fprintln(w, "CPU figures are % of one core (this machine has", m.NProc, "cores), as workers(sum of replicas)/redis/nats/bench, then the machine's idle % (all cores) in the phase.")
+}
 
-	if c := r.Ceiling; c != nil {
-		rows := [][]string{{"command", "requests", "ops/s", "redis cpu", "redis-benchmark cpu", "machine idle", "s"}}
-		for i, a := range c.Attempts {
-			name := fmt.Sprintf("SET key:__rand_int__ 1 EX 60 GET, run %d", i+1)
-			if a.N == c.N && a.OpsPerSec == c.SetExGet {
-				name += " (best)"
-			}
-			rows = append(rows, []string{name, num(float64(a.N)), num(a.OpsPerSec), fmt.Sprintf("%.0f%%", a.RedisCPU), fmt.Sprintf("%.0f%%", a.BenchmarkCPU), fmt.Sprintf("%.0f%%", a.MachineIdle), fmt.Sprintf("%.1f", a.Seconds)})
-		}
-		rows = append(rows, []string{"SET (-t set)", "", num(c.Set), fmt.Sprintf("%.0f%%", c.SetRedisCPU), "", "", ""})
-		sat := fmt.Sprintf("Redis saturated (>= %d%% of a core)", saturatedCPU)
-		if !c.Saturated {
-			sat = fmt.Sprintf("Redis NOT saturated in any run (at most %.0f%%, want >= %d%%): the ceiling is understated", c.maxRedisCPU(), saturatedCPU)
-		}
-		table(w, "lrrrrrr", fmt.Sprintf("Redis ceiling: redis-benchmark -P %d -r 1000000 on the same redis-server, no workers running; SET EX GET repeats (longer) until Redis is saturated, at most %d runs, best kept. %s", c.Pipeline, ceilingAttempts, sat), rows)
+// printCeiling writes the redis-benchmark runs, if the ceiling ran.
+func printCeiling(w io.Writer, r *Report) {
+	c := r.Ceiling
+	if c == nil {
+		return
 	}
-
-	if len(r.Throughput) > 0 {
-		rows := [][]string{{"scenario", "ids", "presenced ids/s", "seed ids/s", "ratio", "presenced cpu", "seed cpu", "presenced checks", "seed checks"}}
-		var phases []string
-		for _, t := range r.Throughput {
-			if !slices.Contains(phases, t.Phase) {
-				phases = append(phases, t.Phase)
-			}
+	rows := [][]string{{"command", "requests", "ops/s", "redis cpu", "redis-benchmark cpu", "machine idle", "s"}}
+	for i, a := range c.Attempts {
+		name := fmt.Sprintf("SET key:__rand_int__ 1 EX 60 GET, run %d", i+1)
+		if a.N == c.N && a.OpsPerSec == c.SetExGet {
+			name += " (best)"
 		}
-		for _, ph := range phases {
-			p, s := thr(r, "presenced", ph), thr(r, "seed", ph)
-			row := []string{ph, "", "-", "-", "-", "", "", "", ""}
-			if p != nil {
-				row[1], row[2], row[5], row[7] = num(float64(p.IDs)), num(p.IDsPerSec), cpuCell(p.Usage), checks(p)
-			}
-			if s != nil {
-				row[3], row[6], row[8] = num(s.IDsPerSec), cpuCell(s.Usage), checks(s)
-			}
-			if p != nil && s != nil {
-				row[4] = ratio(p.IDsPerSec, s.IDsPerSec)
-			}
-			rows = append(rows, row)
-		}
-		table(w, "lrrrrrrll", "Heartbeat throughput, end to end: published until applied in Redis (reply) and, for new users, every online event received; ratio = presenced/seed", rows)
+		rows = append(rows, []string{name, num(float64(a.N)), num(a.OpsPerSec), fmt.Sprintf("%.0f%%", a.RedisCPU), fmt.Sprintf("%.0f%%", a.BenchmarkCPU), fmt.Sprintf("%.0f%%", a.MachineIdle), fmt.Sprintf("%.1f", a.Seconds)})
 	}
+	rows = append(rows, []string{"SET (-t set)", "", num(c.Set), fmt.Sprintf("%.0f%%", c.SetRedisCPU), "", "", ""})
+	sat := fmt.Sprintf("Redis saturated (>= %d%% of a core)", saturatedCPU)
+	if !c.Saturated {
+		sat = fmt.Sprintf("Redis NOT saturated in any run (at most %.0f%%, want >= %d%%): the ceiling is understated", c.maxRedisCPU(), saturatedCPU)
+	}
+	table(w, "lrrrrrr", fmt.Sprintf("Redis ceiling: redis-benchmark -P %d -r 1000000 on the same redis-server, no workers running; SET EX GET repeats (longer) until Redis is saturated, at most %d runs, best kept. %s", c.Pipeline, ceilingAttempts, sat), rows)
+}
 
+// printThroughput writes one row per heartbeat phase, presenced beside the
+// seed.
+func printThroughput(w io.Writer, r *Report) {
+	if len(r.Throughput) == 0 {
+		return
+	}
+	rows := [][]string{{"scenario", "ids", "presenced ids/s", "seed ids/s", "ratio", "presenced cpu", "seed cpu", "presenced checks", "seed checks"}}
+	var phases []string
+	for _, t := range r.Throughput {
+		if !slices.Contains(phases, t.Phase) {
+			phases = append(phases, t.Phase)
+		}
+	}
+	for _, ph := range phases {
+		p, s := thr(r, "presenced", ph), thr(r, "seed", ph)
+		row := []string{ph, "", "-", "-", "-", "", "", "", ""}
+		if p != nil {
+			row[1], row[2], row[5], row[7] = num(float64(p.IDs)), num(p.IDsPerSec), cpuCell(p.Usage), checks(p)
+		}
+		if s != nil {
+			row[3], row[6], row[8] = num(s.IDsPerSec), cpuCell(s.Usage), checks(s)
+		}
+		if p != nil && s != nil {
+			row[4] = ratio(p.IDsPerSec, s.IDsPerSec)
+		}
+		rows = append(rows, row)
+	}
+	table(w, "lrrrrrrll", "Heartbeat throughput, end to end: published until applied in Redis (reply) and, for new users, every online event received; ratio = presenced/seed", rows)
+}
+
+// printOffline writes one table per number of users of the offline
+// scenario, presenced beside the seed.
+func printOffline(w io.Writer, r *Report) {
 	for _, n := range uniqueUsers(r.Offline) {
 		var p, s *OfflineRow
 		for i := range r.Offline {
@@ -188,98 +227,107 @@ func printReport(w io.Writer, r *Report) {
 		f("machine idle %", func(o *OfflineRow) float64 { return o.Usage.MachineIdlePc }, "%.0f", false)
 		table(w, "lrrr", title, rows)
 	}
+}
 
-	if len(r.Idle) > 0 {
-		var p, s *IdleRow
-		for i := range r.Idle {
-			if r.Idle[i].Impl == "presenced" {
-				p = &r.Idle[i]
-			} else {
-				s = &r.Idle[i]
-			}
-		}
-		ref := p
-		if ref == nil {
-			ref = s
-		}
-		rows := [][]string{{"metric", "presenced", "seed", "ratio"}}
-		f := func(name string, get func(o *IdleRow) float64, format string, withRatio bool) {
-			row := []string{name, "-", "-", ""}
-			var pv, sv float64 = -1, -1
-			if p != nil {
-				pv = get(p)
-				row[1] = cell(format, pv)
-			}
-			if s != nil {
-				sv = get(s)
-				row[2] = cell(format, sv)
-			}
-			if withRatio {
-				row[3] = ratio(pv, sv)
-			}
-			rows = append(rows, row)
-		}
-		f("busiest replica cpu %", func(o *IdleRow) float64 { return maxOr(o.Usage.WorkerCPU) }, "%.2f", false)
-		f("all replicas cpu %", func(o *IdleRow) float64 { return o.Usage.WorkerCPUSum }, "%.2f", false)
-		f("busiest replica rss MiB", func(o *IdleRow) float64 { return maxOr(o.Usage.WorkerRSSMB) }, "%.1f", true)
-		f("redis cpu %", func(o *IdleRow) float64 { return o.Usage.RedisCPU }, "%.2f", false)
-		f("redis data bytes per user", func(o *IdleRow) float64 { return o.MemPerUser }, "%.0f", true)
-		f("redis used_memory bytes per user", func(o *IdleRow) float64 { return o.UsedPerUser }, "%.0f", true)
-		if p != nil && len(p.Breakdown) > 0 {
-			for _, k := range breakdownGroups {
-				label := "  of which " + k
-				if k != groupUsers {
-					label += fmt.Sprintf(" (%d keys)", p.BreakdownKeys[k])
-				}
-				rows = append(rows, []string{label, fmt.Sprintf("%.0f", p.Breakdown[k]), "", ""})
-			}
-			rows = append(rows, []string{fmt.Sprintf("  breakdown took s (%d SCAN calls, MEMORY USAGE)", p.BreakdownScans), fmt.Sprintf("%.2f", p.BreakdownSeconds), "", ""})
-		}
-		f("redis used_memory MiB", func(o *IdleRow) float64 { return o.UsedMemoryMB }, "%.1f", true)
-		f("load: ids/s (batched, new)", func(o *IdleRow) float64 { return float64(o.Users) / o.LoadSeconds }, "%.0f", true)
-		table(w, "lrrr", fmt.Sprintf("Idle: %d users online (+%d background keys), no traffic, long TTL", ref.Users, ref.BackgroundKeys), rows)
+// printIdle writes the idle scenario: CPU and Redis memory per user.
+func printIdle(w io.Writer, r *Report) {
+	if len(r.Idle) == 0 {
+		return
 	}
+	var p, s *IdleRow
+	for i := range r.Idle {
+		if r.Idle[i].Impl == "presenced" {
+			p = &r.Idle[i]
+		} else {
+			s = &r.Idle[i]
+		}
+	}
+	ref := p
+	if ref == nil {
+		ref = s
+	}
+	rows := [][]string{{"metric", "presenced", "seed", "ratio"}}
+	f := func(name string, get func(o *IdleRow) float64, format string, withRatio bool) {
+		row := []string{name, "-", "-", ""}
+		var pv, sv float64 = -1, -1
+		if p != nil {
+			pv = get(p)
+			row[1] = cell(format, pv)
+		}
+		if s != nil {
+			sv = get(s)
+			row[2] = cell(format, sv)
+		}
+		if withRatio {
+			row[3] = ratio(pv, sv)
+		}
+		rows = append(rows, row)
+	}
+	f("busiest replica cpu %", func(o *IdleRow) float64 { return maxOr(o.Usage.WorkerCPU) }, "%.2f", false)
+	f("all replicas cpu %", func(o *IdleRow) float64 { return o.Usage.WorkerCPUSum }, "%.2f", false)
+	f("busiest replica rss MiB", func(o *IdleRow) float64 { return maxOr(o.Usage.WorkerRSSMB) }, "%.1f", true)
+	f("redis cpu %", func(o *IdleRow) float64 { return o.Usage.RedisCPU }, "%.2f", false)
+	f("redis data bytes per user", func(o *IdleRow) float64 { return o.MemPerUser }, "%.0f", true)
+	f("redis used_memory bytes per user", func(o *IdleRow) float64 { return o.UsedPerUser }, "%.0f", true)
+	if p != nil && len(p.Breakdown) > 0 {
+		for _, k := range breakdownGroups {
+			label := "  of which " + k
+			if k != groupUsers {
+				label += fmt.Sprintf(" (%d keys)", p.BreakdownKeys[k])
+			}
+			rows = append(rows, []string{label, fmt.Sprintf("%.0f", p.Breakdown[k]), "", ""})
+		}
+		rows = append(rows, []string{fmt.Sprintf("  breakdown took s (%d SCAN calls, MEMORY USAGE)", p.BreakdownScans), fmt.Sprintf("%.2f", p.BreakdownSeconds), "", ""})
+	}
+	f("redis used_memory MiB", func(o *IdleRow) float64 { return o.UsedMemoryMB }, "%.1f", true)
+	f("load: ids/s (batched, new)", func(o *IdleRow) float64 { return float64(o.Users) / o.LoadSeconds }, "%.0f", true)
+	table(w, "lrrr", fmt.Sprintf("Idle: %d users online (+%d background keys), no traffic, long TTL", ref.Users, ref.BackgroundKeys), rows)
+}
 
-	if len(r.Query) > 0 {
-		rows := [][]string{{"query", "presenced p50 ms", "p99 ms", "seed p50 ms", "p99 ms", "ratio p50", "presenced detail", "seed detail"}}
-		var names []string
+// printQueries writes one row per query, presenced beside the seed.
+func printQueries(w io.Writer, r *Report) {
+	if len(r.Query) == 0 {
+		return
+	}
+	rows := [][]string{{"query", "presenced p50 ms", "p99 ms", "seed p50 ms", "p99 ms", "ratio p50", "presenced detail", "seed detail"}}
+	var names []string
+	for _, q := range r.Query {
+		if !slices.Contains(names, q.Query) {
+			names = append(names, q.Query)
+		}
+	}
+	paths := map[string]string{}
+	for _, name := range names {
+		row := []string{name, "-", "-", "-", "-", "", "", ""}
+		var pv, sv float64 = -1, -1
 		for _, q := range r.Query {
-			if !slices.Contains(names, q.Query) {
-				names = append(names, q.Query)
+			if q.Query != name {
+				continue
+			}
+			paths[q.Impl] = q.Path
+			d := q.Detail
+			if q.Wrong > 0 {
+				d += fmt.Sprintf(" %d WRONG answers", q.Wrong)
+			}
+			if q.Missing > 0 {
+				d += fmt.Sprintf(" %d missing", q.Missing)
+			}
+			if q.Impl == "presenced" {
+				pv = q.P50Ms
+				row[1], row[2], row[6] = fmt.Sprintf("%.3f", q.P50Ms), fmt.Sprintf("%.3f", q.P99Ms), d
+			} else {
+				sv = q.P50Ms
+				row[3], row[4], row[7] = fmt.Sprintf("%.3f", q.P50Ms), fmt.Sprintf("%.3f", q.P99Ms), d
 			}
 		}
-		paths := map[string]string{}
-		for _, name := range names {
-			row := []string{name, "-", "-", "-", "-", "", "", ""}
-			var pv, sv float64 = -1, -1
-			for _, q := range r.Query {
-				if q.Query != name {
-					continue
-				}
-				paths[q.Impl] = q.Path
-				d := q.Detail
-				if q.Wrong > 0 {
-					d += fmt.Sprintf(" %d WRONG answers", q.Wrong)
-				}
-				if q.Missing > 0 {
-					d += fmt.Sprintf(" %d missing", q.Missing)
-				}
-				if q.Impl == "presenced" {
-					pv = q.P50Ms
-					row[1], row[2], row[6] = fmt.Sprintf("%.3f", q.P50Ms), fmt.Sprintf("%.3f", q.P99Ms), d
-				} else {
-					sv = q.P50Ms
-					row[3], row[4], row[7] = fmt.Sprintf("%.3f", q.P50Ms), fmt.Sprintf("%.3f", q.P99Ms), d
-				}
-			}
-			row[5] = ratio(pv, sv)
-			rows = append(rows, row)
-		}
-		table(w, "lrrrrrll", fmt.Sprintf("Query latency (presenced via %s; seed via %s); a listing is one timed run", paths["presenced"], paths["seed"]), rows)
+		row[5] = ratio(pv, sv)
+		rows = append(rows, row)
 	}
+	table(w, "lrrrrrll", fmt.Sprintf("Query latency (presenced via %s; seed via %s); a listing is one timed run", paths["presenced"], paths["seed"]), rows)
+}
 
-	printStorm(w, r)
-
+// printRedisCommands writes the top Redis commands of each phase.
+func printRedisCommands(w io.Writer, r *Report) {
 	var cmdRows [][]string
 	addCmds := func(label string, u usage) {
 		if len(u.RedisCommands) == 0 {
@@ -308,18 +356,26 @@ func printReport(w io.Writer, r *Report) {
 		table(w, "ll", "Redis time by command (INFO commandstats per second of the phase; a script's commands count inside EVALSHA and again on their own)",
 			append([][]string{{"phase", "top commands"}}, cmdRows...))
 	}
+}
 
-	if len(r.Targets) > 0 {
-		rows := [][]string{{"target", "want", "got", "status"}}
-		for _, t := range r.Targets {
-			st := t.Status
-			if t.Note != "" {
-				st += " (" + t.Note + ")"
-			}
-			rows = append(rows, []string{t.Name, t.Want, t.Got, st})
-		}
-		table(w, "llll", "Targets", rows)
+// printTargets writes each target with its verdict.
+func printTargets(w io.Writer, r *Report) {
+	if len(r.Targets) == 0 {
+		return
 	}
+	rows := [][]string{{"target", "want", "got", "status"}}
+	for _, t := range r.Targets {
+		st := t.Status
+		if t.Note != "" {
+			st += " (" + t.Note + ")"
+		}
+		rows = append(rows, []string{t.Name, t.Want, t.Got, st})
+	}
+	table(w, "llll", "Targets", rows)
+}
+
+// printProfiles writes the top of each CPU profile taken.
+func printProfiles(w io.Writer, r *Report) {
 	for _, p := range r.Profiles {
 		fmt.Fprintf(w, "\nCPU profile: %s replica 0, %s, %ds: %s\n", p.Impl, p.Phase, p.Seconds, p.File)
 		if p.PhaseEndedAfter > 0 {
@@ -331,15 +387,6 @@ func printReport(w io.Writer, r *Report) {
 		for _, line := range strings.Split(strings.TrimSpace(p.Top), "\n") {
 			fmt.Fprintf(w, "  %s\n", line)
 		}
-	}
-	if len(r.Notes) > 0 {
-		fmt.Fprintln(w, "\nNotes:")
-		for _, n := range r.Notes {
-			fmt.Fprintf(w, "  - %s\n", n)
-		}
-	}
-	if r.Error != "" {
-		fmt.Fprintf(w, "\nRUN FAILED: %s\n", r.Error)
 	}
 }
 

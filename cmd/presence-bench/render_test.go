@@ -138,3 +138,13 @@ func checkGolden(t *testing.T, name string, got []byte) {
 		t.Errorf("%s differs from the golden file (run with -update if the change is intended):\n--- got\n%s\n--- want\n%s", name, got, want)
 	}
 }
+
+// TestReportGoldenSparse pins a run that measured little: every section
+// with nothing in it must be left out.
+func TestReportGoldenSparse(t *testing.T) {
+	r := &Report{Started: "2024-01-02T03:04:05Z", Machine: Machine{NProc: 2}, Error: "redis: connection refused"}
+	r.Targets = targets(r, &config{batchSize: 500, queryIDs: 10000})
+	var text bytes.Buffer
+	printReport(&text, r)
+	checkGolden(t, "report.sparse.golden.txt", text.Bytes())
+}
