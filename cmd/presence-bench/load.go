@@ -330,3 +330,12 @@ func (c *collector) close() {
 		_ = s.Unsubscribe()
 	}
 }
+
+// rangePayload is {"userIds":[...]} for users start..end-1.
+func rangePayload(tag string, start, end int) []byte {
+	idx := make([]int, 0, end-start)
+	for i := start; i < end; i++ {
+		idx = append(idx, i)
+	}
+	return batchPayload(tag, idx)
+}

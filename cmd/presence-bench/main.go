@@ -1,22 +1,3 @@
-// Command presence-bench measures presenced end to end, and the seed's
-// algorithm (internal/seedbaseline) beside it in the same run: heartbeat
-// throughput, offline latency, query latency, Redis memory per online user,
-// and worker CPU and memory, against the Redis SET ceiling measured by
-// redis-benchmark on the same server.
-//
-//	presence-bench [flags]              run the scenarios, print tables (and --json)
-//	presence-bench seed-worker [flags]  (internal) one seed baseline worker process
-//
-// By default it starts everything itself on loopback, each in its own
-// process: nats-server (built from the module with go build), redis-server
-// (internal/localredis), --replicas presenced processes and as many seed
-// workers (this binary in seed-worker mode). The implementations never run
-// at the same time: before each scenario the workers are stopped, Redis is
-// flushed and the next implementation's workers start. With --nats-url and
-// --redis-url it drives a deployment whose presenced workers already run
-// (see BENCHMARKS.md for what is then measured).
-//
-// Every scenario is bounded by a count and by --timeout. See BENCHMARKS.md.
 package main
 
 import (
