@@ -14,6 +14,7 @@ import (
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
 	"github.com/presenced/presenced/worker"
 )
 
@@ -73,7 +74,7 @@ func startPresenced(t testing.TB, prefix string, ttl time.Duration) *presenced {
 	})
 	// The service shares the worker's connection, as in presenced, and
 	// stops before it (cleanups run last first).
-	svc, err := bus.StartQueryService(b.Conn(), store, bus.QueryOptions{Subjects: p.subjects})
+	svc, err := query.Start(b.Conn(), store, query.Options{Subjects: p.subjects})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,10 +12,10 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
 )
 
 const natsConf = "../deploy/nats/presenced.conf"
@@ -136,7 +136,7 @@ func TestNATSPermissions(t *testing.T) {
 	wnc, wErrs := connectAs(t, url, "worker", workerPassword)
 	rdb := r.Client(t)
 	store := presence.NewStore(rdb, presence.Options{Prefix: "presence:", TTL: time.Minute})
-	svc, err := bus.StartQueryService(wnc, store, bus.QueryOptions{Subjects: subjects})
+	svc, err := query.Start(wnc, store, query.Options{Subjects: subjects})
 	if err != nil {
 		t.Fatalf("start the query service as worker: %v", err)
 	}

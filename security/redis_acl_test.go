@@ -15,12 +15,12 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/app"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
 )
 
 const (
@@ -203,7 +203,7 @@ func TestRedisACL(t *testing.T) {
 			qrdb := redis.NewClient(ropt)
 			t.Cleanup(func() { _ = qrdb.Close() })
 			qnc := n.Conn(t)
-			svc, err := bus.StartQueryService(qnc, presence.NewStore(qrdb, presence.Options{Prefix: "presence:", TTL: time.Minute}), bus.QueryOptions{Subjects: subjects})
+			svc, err := query.Start(qnc, presence.NewStore(qrdb, presence.Options{Prefix: "presence:", TTL: time.Minute}), query.Options{Subjects: subjects})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
 )
 
 // busModule provides the *Bus and runs the query service. It owns the NATS
@@ -84,14 +85,14 @@ type queryDeps struct {
 func startQuery(d queryDeps) {
 	lc, cfg, b, store, view, log := d.Lifecycle, d.Config, d.Bus, d.Store, d.View, d.Logger
 	var svc micro.Service
-	var qs bus.QueryStore = store
+	var qs query.Store = store
 	if cfg.QueryView {
 		qs = view
 	}
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			var err error
-			svc, err = bus.StartQueryService(b.Conn(), qs, bus.QueryOptions{
+			svc, err = query.Start(b.Conn(), qs, query.Options{
 				Subjects: SubjectsFromConfig(cfg),
 				Queue:    cfg.QueueGroup,
 				MaxIDs:   cfg.MaxBatch,

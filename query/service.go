@@ -1,4 +1,8 @@
-package bus
+// Package query is presenced's query service: a NATS micro service named
+// "presence" (presence.query.status, .online, .list and .count) that
+// answers who is online from a consumer-side Store (presence.Store, or the
+// query View that follows the outbox).
+package query
 
 import (
 	"bytes"
@@ -26,20 +30,20 @@ import (
 // empty body: QueryBadRequest when the request itself is wrong,
 // QueryStoreFailure when Redis did not answer.
 
-// QueryStore is what the query service needs from the store (implemented by
+// Store is what the query service needs from the store (implemented by
 // *presence.Store and *presence.View). GetOnlineUsers is given the ids as
 // the request lists them, repeats included, and returns each online id
 // once, in the order of first appearance.
-type QueryStore interface {
+type Store interface {
 	Status(ctx context.Context, id string) (presence.Status, error)
 	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
 	List(ctx context.Context, cursor string, limit int) (presence.Page, error)
 	Count(ctx context.Context) (int64, error)
 }
 
-// QueryOptions configures the query service. Zero values take the
+// Options configures the query service. Zero values take the
 // documented defaults.
-type QueryOptions struct {
+type Options struct {
 	// Subjects; zero means prefix "presence".
 	Subjects contract.Subjects
 	// Queue is the micro queue group the replicas share; zero means
@@ -62,7 +66,7 @@ type QueryOptions struct {
 	Logger  *slog.Logger
 }
 
-func (o QueryOptions) withDefaults() QueryOptions {
+func (o Options) withDefaults() Options {
 	if o.Subjects.Prefix == "" {
 		o.Subjects.Prefix = "presence"
 	}
@@ -115,8 +119,8 @@ func storeFailure(err error) error {
 
 type queryService struct {
 	nc    *nats.Conn
-	store QueryStore
-	opts  QueryOptions
+	store Store
+	opts  Options
 	log   *slog.Logger
 	// listIDBytes is the JSON bytes per id of the last list page served
 	// (0 before the first): the first scan step of a page is sized so that
@@ -124,7 +128,7 @@ type queryService struct {
 	listIDBytes atomic.Int64
 }
 
-// StartQueryService adds the query service on nc and returns it once the
+// Start adds the query service on nc and returns it once the
 // server has its subscriptions (failing if that is not confirmed within
 // Timeout). The caller stops it with Stop, which drains its subscriptions so
 // requests being handled are answered, before draining or closing nc.
@@ -135,7 +139,7 @@ type queryService struct {
 //
 // Each endpoint handles its requests one at a time, in order, on its
 // subscription's goroutine; replicas in the queue group share the load.
-func StartQueryService(nc *nats.Conn, store QueryStore, opts QueryOptions) (micro.Service, error) {
+func Start(nc *nats.Conn, store Store, opts Options) (micro.Service, error) {
 	opts = opts.withDefaults()
 	q := &queryService{nc: nc, store: store, opts: opts, log: opts.Logger}
 	svc, err := micro.AddService(nc, micro.Config{

@@ -1,4 +1,4 @@
-package bus_test
+package query_test
 
 import (
 	"context"
@@ -16,13 +16,13 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
 )
 
-var _ bus.QueryStore = (*presence.Store)(nil)
+var _ query.Store = (*presence.Store)(nil)
 
 // queryEnv is one test's Redis, NATS, store and query service.
 type queryEnv struct {
@@ -35,7 +35,7 @@ type queryEnv struct {
 	svc      micro.Service
 }
 
-func newQueryEnv(t testing.TB, opts bus.QueryOptions, nopts ...testenv.NATSOption) *queryEnv {
+func newQueryEnv(t testing.TB, opts query.Options, nopts ...testenv.NATSOption) *queryEnv {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	n := testenv.StartNATS(t, nopts...)
@@ -43,7 +43,7 @@ func newQueryEnv(t testing.TB, opts bus.QueryOptions, nopts ...testenv.NATSOptio
 	e := &queryEnv{t: t, redis: r, rdb: r.Client(t), nc: n.Conn(t), subjects: contract.Subjects{Prefix: p}}
 	e.store = presence.NewStore(e.rdb, presence.Options{Prefix: p + ":", TTL: time.Minute})
 	opts.Subjects = e.subjects
-	svc, err := bus.StartQueryService(n.Conn(t), e.store, opts)
+	svc, err := query.Start(n.Conn(t), e.store, opts)
 	if err != nil {
 		t.Fatalf("start query service: %v", err)
 	}
@@ -101,7 +101,7 @@ func (e *queryEnv) call(endpoint string, body, out any) {
 
 func TestQueryEndpoints(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{})
+	e := newQueryEnv(t, query.Options{})
 	before := time.Now()
 	e.heartbeat("u-1", "u-2", "a<b&c>\"d") // HTML characters and a quote round-trip unharmed
 
@@ -171,7 +171,7 @@ func TestQueryEndpoints(t *testing.T) {
 
 func TestQueryBadRequests(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{MaxIDs: 3})
+	e := newQueryEnv(t, query.Options{MaxIDs: 3})
 	tests := []struct {
 		endpoint string
 		body     string
@@ -220,7 +220,7 @@ func TestQueryBadRequests(t *testing.T) {
 
 func TestQueryStoreFailure(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{Timeout: time.Second})
+	e := newQueryEnv(t, query.Options{Timeout: time.Second})
 	e.heartbeat("u-1")
 	e.redis.Stop(t)
 	for _, ep := range []struct {
@@ -247,7 +247,7 @@ func TestQueryStoreFailure(t *testing.T) {
 
 func TestQueryDiscovery(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{Version: "1.2.3"})
+	e := newQueryEnv(t, query.Options{Version: "1.2.3"})
 	msg, err := e.nc.Request("$SRV.PING.presence", nil, 5*time.Second)
 	if err != nil {
 		t.Fatalf("ping: %v", err)
@@ -347,7 +347,7 @@ func TestQueryListMillion(t *testing.T) {
 		t.Skip("populates a million users")
 	}
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{})
+	e := newQueryEnv(t, query.Options{})
 	const total, chunk = 1_000_000, 10_000
 	start := time.Now()
 	ids := make([]string, chunk)
@@ -388,7 +388,7 @@ func TestQueryListMillion(t *testing.T) {
 // its scan step until each page fits, and still lists every id.
 func TestQueryListOversizedIDs(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
+	e := newQueryEnv(t, query.Options{}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
 	if got := e.nc.MaxPayload(); got != 64<<10 {
 		t.Fatalf("max payload %d", got)
 	}
@@ -473,7 +473,7 @@ func (e *queryEnv) startViewService() (contract.Subjects, *presence.View) {
 		e.t.Fatal("view not built within 10s")
 	}
 	subjects := contract.Subjects{Prefix: e.subjects.Prefix + "v"}
-	svc, err := bus.StartQueryService(e.nc, view, bus.QueryOptions{Subjects: subjects})
+	svc, err := query.Start(e.nc, view, query.Options{Subjects: subjects})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -485,7 +485,7 @@ func (e *queryEnv) startViewService() (contract.Subjects, *presence.View) {
 // from the view too a disconnect stored before the query is seen by it.
 func TestOnlineFromView(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{})
+	e := newQueryEnv(t, query.Options{})
 	online := e.populate("us%05d", 2000)
 	viewSubjects, view := e.startViewService()
 	body, want := onlineRequest10k(online)
@@ -539,7 +539,7 @@ func onlineRequest10k(online []string) ([]byte, int) {
 // service and nats-server share this process, so -cpuprofile shows all
 // three; redis-server is a process of its own.
 func BenchmarkQueryOnline10k(b *testing.B) {
-	e := newQueryEnv(b, bus.QueryOptions{})
+	e := newQueryEnv(b, query.Options{})
 	online := e.populate("us%08d", 20_000)
 	body, want := onlineRequest10k(online)
 	// The same service answering from a query view.
@@ -592,7 +592,7 @@ func BenchmarkQueryOnline10k(b *testing.B) {
 // limits are the old worst-case cap (2035 ids for 1 MiB), the default
 // MaxList and a larger one.
 func BenchmarkQueryList100k(b *testing.B) {
-	e := newQueryEnv(b, bus.QueryOptions{MaxList: 50_000})
+	e := newQueryEnv(b, query.Options{MaxList: 50_000})
 	const n = 100_000
 	e.populate("us%08d", n)
 	for _, limit := range []int{2035, 10_000, 50_000} {
@@ -642,7 +642,7 @@ func TestQueryListLongIDs(t *testing.T) {
 	t.Parallel()
 	var log testenv.Buffer
 	logger := slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e := newQueryEnv(t, bus.QueryOptions{Logger: logger}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
+	e := newQueryEnv(t, query.Options{Logger: logger}, testenv.WithServerOptions(func(o *server.Options) { o.MaxPayload = 64 << 10 }))
 	if got := e.nc.MaxPayload(); got != 64<<10 {
 		t.Fatalf("max payload %d", got)
 	}
@@ -671,7 +671,7 @@ func TestQueryListLongIDs(t *testing.T) {
 // up to MaxList.
 func TestQueryListFullPages(t *testing.T) {
 	t.Parallel()
-	e := newQueryEnv(t, bus.QueryOptions{MaxList: 8000})
+	e := newQueryEnv(t, query.Options{MaxList: 8000})
 	const n = 25_000
 	e.populate("us%08d", n)
 	for _, tt := range []struct{ limit, maxPages int }{
