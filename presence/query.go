@@ -250,11 +250,9 @@ func (s *Store) Footprint(ctx context.Context) (Footprint, error) {
 	}
 	f.Count = count
 	shards := s.opts.Shards
-	if ep, err := s.rdb.Get(ctx, s.keys.Epoch()).Result(); err == nil {
-		if _, n, ok := strings.Cut(ep, ":"); ok {
-			if v, err := strconv.Atoi(n); err == nil {
-				shards = v
-			}
+	if v, err := s.rdb.Get(ctx, s.keys.Epoch()).Result(); err == nil {
+		if ep, err := parseEpoch(v); err == nil {
+			shards = ep.shards
 		}
 	}
 	buckets, err := s.rdb.ZRange(ctx, s.keys.Dir(), 0, -1).Result()

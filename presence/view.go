@@ -62,7 +62,7 @@ type View struct {
 	applied int64         // version of the last event applied
 	synced  bool          // false while (re)building
 	changed chan struct{} // closed and replaced whenever applied moves
-	epoch   string
+	epoch   epoch         // the data set the view holds (zero: none yet)
 	readyOK sync.Once
 
 	fromView, fromRedis, builds atomic.Int64
@@ -158,15 +158,15 @@ func (v *View) setSynced(ok bool) {
 // reaches the clock.
 func (v *View) rebuild(ctx context.Context) (string, error) {
 	start := time.Now()
-	var epoch, clock *redis.StringCmd
+	var epochCmd, clock *redis.StringCmd
 	var tail *redis.XMessageSliceCmd
 	_, _ = v.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		tail = p.XRevRangeN(ctx, v.keys.Outbox(), "+", "-", 1)
 		clock = p.Get(ctx, v.keys.Clock())
-		epoch = p.Get(ctx, v.keys.Epoch())
+		epochCmd = p.Get(ctx, v.keys.Epoch())
 		return nil
 	})
-	for _, err := range []error{tail.Err(), clock.Err(), epoch.Err()} {
+	for _, err := range []error{tail.Err(), clock.Err(), epochCmd.Err()} {
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return "", fmt.Errorf("read the outbox position: %w", err)
 		}
@@ -176,6 +176,13 @@ func (v *View) rebuild(ctx context.Context) (string, error) {
 		last = msgs[0].ID
 	}
 	applied, _ := strconv.ParseInt(clock.Val(), 10, 64)
+	var ep epoch
+	if epochCmd.Val() != "" {
+		var err error
+		if ep, err = parseEpoch(epochCmd.Val()); err != nil {
+			return "", fmt.Errorf("read the data set: %w", err)
+		}
+	}
 	online := newIDSet(v.Len())
 	for cursor := ""; ; {
 		p, err := v.List(ctx, cursor, 10000)
@@ -190,7 +197,7 @@ func (v *View) rebuild(ctx context.Context) (string, error) {
 		}
 	}
 	v.mu.Lock()
-	v.online, v.applied, v.epoch, v.synced = online, applied, epoch.Val(), true
+	v.online, v.applied, v.epoch, v.synced = online, applied, ep, true
 	v.broadcast()
 	v.mu.Unlock()
 	v.builds.Add(1)
@@ -224,14 +231,19 @@ func (v *View) follow(ctx context.Context, last string) error {
 		if floor, _ := vals[0].(string); floor != "" && streamIDLess(last, floor) {
 			return fmt.Errorf("%w: read up to %s, outbox trimmed up to %s", errResync, last, floor)
 		}
-		epoch, _ := vals[1].(string)
+		var ep epoch
+		if s, _ := vals[1].(string); s != "" {
+			if ep, err = parseEpoch(s); err != nil {
+				return fmt.Errorf("read the data set: %w", err)
+			}
+		}
 		cs, _ := vals[2].(string)
 		clock, _ := strconv.ParseInt(cs, 10, 64)
 		v.mu.RLock()
 		known, applied := v.epoch, v.applied
 		v.mu.RUnlock()
-		if known != "" && epoch != known {
-			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, epoch)
+		if known != (epoch{}) && ep != known {
+			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, ep)
 		}
 		if clock < applied {
 			// Every version applied was at most the clock when it was
@@ -239,56 +251,57 @@ func (v *View) follow(ctx context.Context, last string) error {
 			// holds (restarted from an older snapshot).
 			return fmt.Errorf("%w: version clock %d below the version applied, %d: redis lost writes", errResync, clock, applied)
 		}
-		if known == "" && epoch != "" {
+		if known == (epoch{}) && ep != (epoch{}) {
 			// The data set was created after the build: its reset entry is
 			// in what follows.
 			v.mu.Lock()
-			v.epoch = epoch
+			v.epoch = ep
 			v.mu.Unlock()
 		}
 		if len(res) != 1 || len(res[0].Messages) == 0 {
 			continue
 		}
 		msgs := res[0].Messages
-		v.apply(msgs, epoch)
+		v.apply(msgs, ep)
 		last = msgs[len(msgs)-1].ID
 	}
 }
 
 // apply applies the events of msgs in order under the lock. It reads the
-// entries' lines in place (the outbox format of appendEvents) rather than
-// decoding Events: a burst of new sessions brings hundreds of thousands of
-// events a second, and the view must keep up on a busy replica. A line it
-// cannot read is skipped (the relay reports those).
-func (v *View) apply(msgs []redis.XMessage, epoch string) {
+// entries' lines in place (decodeEntry, decodeLine) rather than building
+// Events: a burst of new sessions brings hundreds of thousands of events a
+// second, and the view must keep up on a busy replica. A line it cannot
+// read is skipped (the relay reports those).
+func (v *View) apply(msgs []redis.XMessage, ep epoch) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, m := range msgs {
-		body, _ := m.Values["e"].(string)
-		vs, _ := m.Values["v"].(string)
-		first, err := strconv.ParseInt(vs, 10, 64)
-		if err != nil {
+		entry, ok := decodeEntry(m.Values)
+		if !ok {
 			continue
 		}
-		n := int64(0)
-		for len(body) > 0 {
-			var line string
-			line, body = nextLine(body)
-			n++
-			status, rest, _ := strings.Cut(line, " ")
-			_, rest, _ = strings.Cut(rest, " ")
-			user, _, _ := strings.Cut(rest, " ")
-			switch contract.Status(status) {
+		last := entry.first - 1
+		for {
+			line, more := entry.next()
+			if !more {
+				break
+			}
+			last++
+			l, ok := decodeLine(line)
+			if !ok {
+				continue
+			}
+			switch l.status {
 			case contract.StatusOnline:
-				v.online.add(v.key(user))
+				v.online.add(v.key(l.user))
 			case contract.StatusOffline:
-				v.online.remove(v.key(user))
+				v.online.remove(v.key(l.user))
 			case contract.StatusReset:
 				v.online = newIDSet(0)
-				v.epoch = epoch
+				v.epoch = ep
 			}
 		}
-		if last := first + n - 1; last > v.applied {
+		if last > v.applied {
 			v.applied = last
 		}
 	}
