@@ -22,7 +22,10 @@ import (
 	"github.com/presenced/presenced/presence"
 )
 
-var _ bus.QueryStore = (*presence.Store)(nil)
+var (
+	_ bus.QueryStore = (*presence.Store)(nil)
+	_ bus.QueryStore = (*presence.View)(nil)
+)
 
 // queryEnv is one test's Redis, NATS, store and query service.
 type queryEnv struct {

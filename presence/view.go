@@ -40,9 +40,12 @@ import (
 // lapsed stays online until its offline event (the sweep's claim, at most
 // about half a second later), as downstream consumers of the events see it.
 //
-// View embeds the Store, so it serves every query of the query service.
+// Status, List and Count read Redis, through the store, so a View serves
+// every query of the query service; it exposes none of the store's writes.
 type View struct {
-	*Store
+	store viewStore
+	rdb   *redis.Client // the outbox, the version clock, the epoch and the floor
+	keys  Keys
 	// CatchUp bounds how long a query waits for the view to apply the
 	// transitions committed before it; zero means CatchUpTimeout. Set it
 	// before the view is used.
@@ -67,6 +70,17 @@ type View struct {
 
 	fromView, fromRedis, builds atomic.Int64
 }
+
+// viewStore is what the view asks the store: the listing it builds from,
+// and the queries it does not answer from memory.
+type viewStore interface {
+	List(ctx context.Context, cursor string, limit int) (Page, error)
+	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
+	Status(ctx context.Context, id string) (Status, error)
+	Count(ctx context.Context) (int64, error)
+}
+
+var _ viewStore = (*Store)(nil)
 
 // ViewStats are the view's counters.
 type ViewStats struct {
@@ -96,7 +110,7 @@ func NewView(s *Store, log *slog.Logger) *View {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &View{Store: s, log: log, online: newIDSet(0), changed: make(chan struct{}), ready: make(chan struct{}),
+	return &View{store: s, rdb: s.rdb, keys: s.keys, log: log, online: newIDSet(0), changed: make(chan struct{}), ready: make(chan struct{}),
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed()}
 }
 
@@ -185,7 +199,7 @@ func (v *View) rebuild(ctx context.Context) (string, error) {
 	}
 	online := newIDSet(v.Len())
 	for cursor := ""; ; {
-		p, err := v.List(ctx, cursor, 10000)
+		p, err := v.store.List(ctx, cursor, 10000)
 		if err != nil {
 			return "", err
 		}
@@ -308,6 +322,23 @@ func (v *View) apply(msgs []redis.XMessage, ep epoch) {
 	v.broadcast()
 }
 
+// Status returns id's presence from Redis (Store.Status): the view holds
+// no deadlines or versions.
+func (v *View) Status(ctx context.Context, id string) (Status, error) {
+	return v.store.Status(ctx, id)
+}
+
+// List returns one page of the users online from Redis (Store.List), so
+// that its cursors stay valid across replicas.
+func (v *View) List(ctx context.Context, cursor string, limit int) (Page, error) {
+	return v.store.List(ctx, cursor, limit)
+}
+
+// Count returns the number of open sessions from Redis (Store.Count).
+func (v *View) Count(ctx context.Context) (int64, error) {
+	return v.store.Count(ctx)
+}
+
 // GetOnlineUsers returns those of ids with an open session, each once, in
 // the order of first appearance, from the view once it has applied every
 // transition committed before the call; from Redis (Store.GetOnlineUsers)
@@ -396,7 +427,7 @@ var lookupScratch sync.Pool
 
 func (v *View) askRedis(ctx context.Context, ids []string) ([]string, error) {
 	v.fromRedis.Add(1)
-	return v.Store.GetOnlineUsers(ctx, ids)
+	return v.store.GetOnlineUsers(ctx, ids)
 }
 
 // streamIDLess reports whether stream id a sorts before b ("ms-seq").
