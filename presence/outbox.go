@@ -208,57 +208,32 @@ func (o *Outbox) Leave(ctx context.Context) error {
 // be decoded; such entries are acknowledged and dropped.
 var ErrBadEntry = errors.New("malformed outbox entry")
 
-// appendEvents decodes each entry into its events. An entry holds the events
-// of one script call: field "v" is the first event's version (the others
-// follow it one by one), field "e" one line per event, "<status> <reason>
-// <userId>[ <deadline ms>]" (user ids never contain spaces or newlines; see
-// contract.ValidateUserID). Decoding never fails: a malformed line or entry becomes an
-// Event with an empty Status, which the relay acknowledges and reports (see
-// Event.Valid).
+// appendEvents decodes each entry into its events (the format is in
+// layout.go: decodeEntry, decodeLine). Decoding never fails: a malformed
+// line or entry becomes an Event with an empty Status, which the relay
+// acknowledges and reports (see Event.Valid); a malformed line keeps its
+// version slot, so the lines after it keep their versions.
 func appendEvents(out []Event, msgs []redis.XMessage) []Event {
 	for _, m := range msgs {
-		body, ok := m.Values["e"].(string)
-		vs, _ := m.Values["v"].(string)
-		v, err := strconv.ParseInt(vs, 10, 64)
-		if !ok || body == "" || err != nil {
+		entry, ok := decodeEntry(m.Values)
+		if !ok {
 			out = append(out, Event{ID: m.ID})
 			continue
 		}
-		for len(body) > 0 {
-			var line string
-			line, body = nextLine(body)
-			out = append(out, decodeLine(m.ID, line, v))
-			v++
+		for v := entry.first; ; v++ {
+			line, more := entry.next()
+			if !more {
+				break
+			}
+			l, ok := decodeLine(line)
+			if !ok {
+				out = append(out, Event{ID: m.ID})
+				continue
+			}
+			out = append(out, Event{ID: m.ID, Status: l.status, Reason: l.reason, UserID: l.user, Version: v, Deadline: l.expiry})
 		}
 	}
 	return out
-}
-
-// nextLine splits the first line (without its newline) off body.
-func nextLine(body string) (line, rest string) {
-	if i := strings.IndexByte(body, '\n'); i >= 0 {
-		return body[:i], body[i+1:]
-	}
-	return body, ""
-}
-
-func decodeLine(id, line string, version int64) Event {
-	status, rest, ok1 := strings.Cut(line, " ")
-	reason, rest, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 {
-		return Event{ID: id}
-	}
-	e := Event{ID: id, Status: contract.Status(status), Reason: contract.Reason(reason), Version: version}
-	user, deadline, hasDeadline := strings.Cut(rest, " ")
-	e.UserID = user
-	if hasDeadline {
-		ms, err := strconv.ParseInt(deadline, 10, 64)
-		if err != nil {
-			return Event{ID: id}
-		}
-		e.Deadline = time.UnixMilli(ms).UTC()
-	}
-	return e
 }
 
 // Valid reports whether the event decoded completely.

@@ -14,13 +14,18 @@ import (
 	"github.com/presenced/presenced/contract"
 )
 
-// The seed's PresenceRepository operations. Writes go through the same
+// The seed-compatible API: the seed's PresenceRepository operations
+// (setOnline, refreshOnline, deleteOnline, isOnline, getOnlineUsers,
+// getAllOnlineUsers), a requirement of the design document, kept for
+// programs that used the repository and tested in TestSeedOperations. The
+// worker itself uses Heartbeat and Disconnect. Writes go through the same
 // scripts as the worker, so they keep the deadline index and the outbox
-// consistent with the keys; reads see exactly what EXISTS sees.
+// consistent with the keys; reads see exactly what EXISTS sees. The TTL is
+// the store's (Options.TTL), not an argument.
 
-// SetOnline marks id online (the seed's SET NX EX): it reports true when this
-// started a new session (an online event was queued), false for a refresh.
-// It fails with ErrKeyConflict when id's key holds another type.
+// SetOnline is the seed's setOnline (SET NX EX), seed-compatible API: it
+// marks id online and reports true when this started a new session (an
+// online event was queued), false for a refresh. It fails with ErrKeyConflict when id's key holds another type.
 func (s *Store) SetOnline(ctx context.Context, id string) (bool, error) {
 	v, err := s.Heartbeat(ctx, []string{id})
 	if err != nil {
@@ -32,17 +37,18 @@ func (s *Store) SetOnline(ctx context.Context, id string) (bool, error) {
 	return v[0] != 0, nil
 }
 
-// RefreshOnline extends id's presence by one TTL (the seed's SET EX); if id
-// had no session it starts one. It fails with ErrKeyConflict when id's key
-// holds another type.
+// RefreshOnline is the seed's refreshOnline (SET EX), seed-compatible API:
+// it extends id's presence by one TTL; if id had no session it starts one.
+// It fails with ErrKeyConflict when id's key holds another type.
 func (s *Store) RefreshOnline(ctx context.Context, id string) error {
 	_, err := s.SetOnline(ctx, id)
 	return err
 }
 
-// DeleteOnline marks id offline now (the seed's DEL): it reports true when id
-// was online (an offline event was queued). It fails with ErrKeyConflict
-// (and deletes nothing) when id's key holds another type.
+// DeleteOnline is the seed's deleteOnline (DEL), seed-compatible API: it
+// marks id offline now and reports true when id was online (an offline
+// event was queued). It fails with ErrKeyConflict (and deletes nothing)
+// when id's key holds another type.
 func (s *Store) DeleteOnline(ctx context.Context, id string) (bool, error) {
 	v, err := s.Disconnect(ctx, []string{id})
 	if err != nil {
@@ -54,7 +60,8 @@ func (s *Store) DeleteOnline(ctx context.Context, id string) (bool, error) {
 	return v[0] != 0, nil
 }
 
-// IsOnline reports whether id's presence key exists (the seed's EXISTS).
+// IsOnline is the seed's isOnline (EXISTS), seed-compatible API: it reports
+// whether id's presence key exists.
 func (s *Store) IsOnline(ctx context.Context, id string) (bool, error) {
 	n, err := s.rdb.Exists(ctx, s.keys.User(id)).Result()
 	if err != nil {
@@ -63,9 +70,11 @@ func (s *Store) IsOnline(ctx context.Context, id string) (bool, error) {
 	return n == 1, nil
 }
 
-// GetOnlineUsers returns those of ids that are online, each once, in the
-// order of first appearance, in one round trip (one MGET of the presence
-// keys). ids is not modified.
+// GetOnlineUsers is the seed's getOnlineUsers, seed-compatible API (and the
+// query service's online query without the view): it returns those of ids
+// that are online, each once, in the order of first appearance, in one
+// round trip (one MGET of the presence keys, where the seed pipelined an
+// EXISTS per id). ids is not modified.
 func (s *Store) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
@@ -157,8 +166,10 @@ func isDigits(s string) bool {
 // ErrInvalidCursor is returned by List for a cursor it did not produce.
 var ErrInvalidCursor = errors.New("invalid cursor")
 
-// GetAllOnlineUsers returns every user online (the seed's SCAN loop, but over
-// the deadline index, never KEYS). For large sets prefer List.
+// GetAllOnlineUsers is the seed's getAllOnlineUsers, seed-compatible API: it
+// returns every user with an open session, walking the sessions shards with
+// List (where the seed ran SCAN MATCH over the keys; never KEYS). For large
+// sets prefer List.
 func (s *Store) GetAllOnlineUsers(ctx context.Context) ([]string, error) {
 	var all []string
 	cursor := ""
@@ -250,11 +261,9 @@ func (s *Store) Footprint(ctx context.Context) (Footprint, error) {
 	}
 	f.Count = count
 	shards := s.opts.Shards
-	if ep, err := s.rdb.Get(ctx, s.keys.Epoch()).Result(); err == nil {
-		if _, n, ok := strings.Cut(ep, ":"); ok {
-			if v, err := strconv.Atoi(n); err == nil {
-				shards = v
-			}
+	if v, err := s.rdb.Get(ctx, s.keys.Epoch()).Result(); err == nil {
+		if ep, err := parseEpoch(v); err == nil {
+			shards = ep.shards
 		}
 	}
 	buckets, err := s.rdb.ZRange(ctx, s.keys.Dir(), 0, -1).Result()

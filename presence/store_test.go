@@ -39,6 +39,14 @@ func TestSeedOperations(t *testing.T) {
 	if err := s.RefreshOnline(ctx, "u-2"); err != nil {
 		t.Fatal(err)
 	}
+	// A refresh of an open session queues no event (the outbox below) and
+	// keeps the key's TTL.
+	if err := s.RefreshOnline(ctx, "u-1"); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := rdb.PTTL(ctx, s.Keys().User("u-1")).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Fatalf("PTTL after RefreshOnline = %v, want within the TTL", ttl)
+	}
 	// The seed's key format, exactly, and what its EXISTS check sees.
 	if v := rdb.Get(ctx, s.Keys().User("u-1")).Val(); v != "1" {
 		t.Fatalf("key value %q", v)

@@ -40,9 +40,12 @@ import (
 // lapsed stays online until its offline event (the sweep's claim, at most
 // about half a second later), as downstream consumers of the events see it.
 //
-// View embeds the Store, so it serves every query of the query service.
+// Status, List and Count read Redis, through the store, so a View serves
+// every query of the query service; it exposes none of the store's writes.
 type View struct {
-	*Store
+	store viewStore
+	rdb   *redis.Client // the outbox, the version clock, the epoch and the floor
+	keys  Keys
 	// CatchUp bounds how long a query waits for the view to apply the
 	// transitions committed before it; zero means CatchUpTimeout. Set it
 	// before the view is used.
@@ -62,11 +65,22 @@ type View struct {
 	applied int64         // version of the last event applied
 	synced  bool          // false while (re)building
 	changed chan struct{} // closed and replaced whenever applied moves
-	epoch   string
+	epoch   epoch         // the data set the view holds (zero: none yet)
 	readyOK sync.Once
 
 	fromView, fromRedis, builds atomic.Int64
 }
+
+// viewStore is what the view asks the store: the listing it builds from,
+// and the queries it does not answer from memory.
+type viewStore interface {
+	List(ctx context.Context, cursor string, limit int) (Page, error)
+	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
+	Status(ctx context.Context, id string) (Status, error)
+	Count(ctx context.Context) (int64, error)
+}
+
+var _ viewStore = (*Store)(nil)
 
 // ViewStats are the view's counters.
 type ViewStats struct {
@@ -96,7 +110,7 @@ func NewView(s *Store, log *slog.Logger) *View {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &View{Store: s, log: log, online: newIDSet(0), changed: make(chan struct{}), ready: make(chan struct{}),
+	return &View{store: s, rdb: s.rdb, keys: s.keys, log: log, online: newIDSet(0), changed: make(chan struct{}), ready: make(chan struct{}),
 		seed0: maphash.MakeSeed(), seed1: maphash.MakeSeed()}
 }
 
@@ -158,15 +172,15 @@ func (v *View) setSynced(ok bool) {
 // reaches the clock.
 func (v *View) rebuild(ctx context.Context) (string, error) {
 	start := time.Now()
-	var epoch, clock *redis.StringCmd
+	var epochCmd, clock *redis.StringCmd
 	var tail *redis.XMessageSliceCmd
 	_, _ = v.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		tail = p.XRevRangeN(ctx, v.keys.Outbox(), "+", "-", 1)
 		clock = p.Get(ctx, v.keys.Clock())
-		epoch = p.Get(ctx, v.keys.Epoch())
+		epochCmd = p.Get(ctx, v.keys.Epoch())
 		return nil
 	})
-	for _, err := range []error{tail.Err(), clock.Err(), epoch.Err()} {
+	for _, err := range []error{tail.Err(), clock.Err(), epochCmd.Err()} {
 		if err != nil && !errors.Is(err, redis.Nil) {
 			return "", fmt.Errorf("read the outbox position: %w", err)
 		}
@@ -176,9 +190,16 @@ func (v *View) rebuild(ctx context.Context) (string, error) {
 		last = msgs[0].ID
 	}
 	applied, _ := strconv.ParseInt(clock.Val(), 10, 64)
+	var ep epoch
+	if epochCmd.Val() != "" {
+		var err error
+		if ep, err = parseEpoch(epochCmd.Val()); err != nil {
+			return "", fmt.Errorf("read the data set: %w", err)
+		}
+	}
 	online := newIDSet(v.Len())
 	for cursor := ""; ; {
-		p, err := v.List(ctx, cursor, 10000)
+		p, err := v.store.List(ctx, cursor, 10000)
 		if err != nil {
 			return "", err
 		}
@@ -190,7 +211,7 @@ func (v *View) rebuild(ctx context.Context) (string, error) {
 		}
 	}
 	v.mu.Lock()
-	v.online, v.applied, v.epoch, v.synced = online, applied, epoch.Val(), true
+	v.online, v.applied, v.epoch, v.synced = online, applied, ep, true
 	v.broadcast()
 	v.mu.Unlock()
 	v.builds.Add(1)
@@ -224,14 +245,19 @@ func (v *View) follow(ctx context.Context, last string) error {
 		if floor, _ := vals[0].(string); floor != "" && streamIDLess(last, floor) {
 			return fmt.Errorf("%w: read up to %s, outbox trimmed up to %s", errResync, last, floor)
 		}
-		epoch, _ := vals[1].(string)
+		var ep epoch
+		if s, _ := vals[1].(string); s != "" {
+			if ep, err = parseEpoch(s); err != nil {
+				return fmt.Errorf("read the data set: %w", err)
+			}
+		}
 		cs, _ := vals[2].(string)
 		clock, _ := strconv.ParseInt(cs, 10, 64)
 		v.mu.RLock()
 		known, applied := v.epoch, v.applied
 		v.mu.RUnlock()
-		if known != "" && epoch != known {
-			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, epoch)
+		if known != (epoch{}) && ep != known {
+			return fmt.Errorf("%w: data set %q replaced by %q", errResync, known, ep)
 		}
 		if clock < applied {
 			// Every version applied was at most the clock when it was
@@ -239,60 +265,78 @@ func (v *View) follow(ctx context.Context, last string) error {
 			// holds (restarted from an older snapshot).
 			return fmt.Errorf("%w: version clock %d below the version applied, %d: redis lost writes", errResync, clock, applied)
 		}
-		if known == "" && epoch != "" {
+		if known == (epoch{}) && ep != (epoch{}) {
 			// The data set was created after the build: its reset entry is
 			// in what follows.
 			v.mu.Lock()
-			v.epoch = epoch
+			v.epoch = ep
 			v.mu.Unlock()
 		}
 		if len(res) != 1 || len(res[0].Messages) == 0 {
 			continue
 		}
 		msgs := res[0].Messages
-		v.apply(msgs, epoch)
+		v.apply(msgs, ep)
 		last = msgs[len(msgs)-1].ID
 	}
 }
 
 // apply applies the events of msgs in order under the lock. It reads the
-// entries' lines in place (the outbox format of appendEvents) rather than
-// decoding Events: a burst of new sessions brings hundreds of thousands of
-// events a second, and the view must keep up on a busy replica. A line it
-// cannot read is skipped (the relay reports those).
-func (v *View) apply(msgs []redis.XMessage, epoch string) {
+// entries' lines in place (decodeEntry, decodeLine) rather than building
+// Events: a burst of new sessions brings hundreds of thousands of events a
+// second, and the view must keep up on a busy replica. A line it cannot
+// read is skipped (the relay reports those).
+func (v *View) apply(msgs []redis.XMessage, ep epoch) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, m := range msgs {
-		body, _ := m.Values["e"].(string)
-		vs, _ := m.Values["v"].(string)
-		first, err := strconv.ParseInt(vs, 10, 64)
-		if err != nil {
+		entry, ok := decodeEntry(m.Values)
+		if !ok {
 			continue
 		}
-		n := int64(0)
-		for len(body) > 0 {
-			var line string
-			line, body = nextLine(body)
-			n++
-			status, rest, _ := strings.Cut(line, " ")
-			_, rest, _ = strings.Cut(rest, " ")
-			user, _, _ := strings.Cut(rest, " ")
-			switch contract.Status(status) {
+		last := entry.first - 1
+		for {
+			line, more := entry.next()
+			if !more {
+				break
+			}
+			last++
+			l, ok := decodeLine(line)
+			if !ok {
+				continue
+			}
+			switch l.status {
 			case contract.StatusOnline:
-				v.online.add(v.key(user))
+				v.online.add(v.key(l.user))
 			case contract.StatusOffline:
-				v.online.remove(v.key(user))
+				v.online.remove(v.key(l.user))
 			case contract.StatusReset:
 				v.online = newIDSet(0)
-				v.epoch = epoch
+				v.epoch = ep
 			}
 		}
-		if last := first + n - 1; last > v.applied {
+		if last > v.applied {
 			v.applied = last
 		}
 	}
 	v.broadcast()
+}
+
+// Status returns id's presence from Redis (Store.Status): the view holds
+// no deadlines or versions.
+func (v *View) Status(ctx context.Context, id string) (Status, error) {
+	return v.store.Status(ctx, id)
+}
+
+// List returns one page of the users online from Redis (Store.List), so
+// that its cursors stay valid across replicas.
+func (v *View) List(ctx context.Context, cursor string, limit int) (Page, error) {
+	return v.store.List(ctx, cursor, limit)
+}
+
+// Count returns the number of open sessions from Redis (Store.Count).
+func (v *View) Count(ctx context.Context) (int64, error) {
+	return v.store.Count(ctx)
 }
 
 // GetOnlineUsers returns those of ids with an open session, each once, in
@@ -383,7 +427,7 @@ var lookupScratch sync.Pool
 
 func (v *View) askRedis(ctx context.Context, ids []string) ([]string, error) {
 	v.fromRedis.Add(1)
-	return v.Store.GetOnlineUsers(ctx, ids)
+	return v.store.GetOnlineUsers(ctx, ids)
 }
 
 // streamIDLess reports whether stream id a sorts before b ("ms-seq").

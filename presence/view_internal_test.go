@@ -3,6 +3,7 @@ package presence
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -96,5 +97,19 @@ func TestOutboxRetention(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	if n, err := o.Trim(ctx); err != nil || n != 2 {
 		t.Fatalf("trim after the retention = %d, %v; want 2 (the last delivered entry stays)", n, err)
+	}
+}
+
+// The view exposes only the store's reads the query service needs, none of
+// its writes (Heartbeat, Sweep, ...): it holds the store behind viewStore.
+func TestViewExposesOnlyReads(t *testing.T) {
+	reads := map[string]bool{"Status": true, "List": true, "Count": true, "GetOnlineUsers": true}
+	view := reflect.TypeOf((*View)(nil))
+	store := reflect.TypeOf((*Store)(nil))
+	for i := 0; i < store.NumMethod(); i++ {
+		name := store.Method(i).Name
+		if _, ok := view.MethodByName(name); ok != reads[name] {
+			t.Errorf("View has Store's method %s: %v, want %v", name, ok, reads[name])
+		}
 	}
 }

@@ -22,7 +22,10 @@ import (
 	"github.com/presenced/presenced/query"
 )
 
-var _ query.Store = (*presence.Store)(nil)
+var (
+	_ query.Store = (*presence.Store)(nil)
+	_ query.Store = (*presence.View)(nil)
+)
 
 // queryEnv is one test's Redis, NATS, store and query service.
 type queryEnv struct {

@@ -33,39 +33,73 @@ const (
 // (SET ... NX GET and the XAUTOCLAIM reply it reads need 7.0).
 const minRedisMajor, minRedisMinor = 7, 0
 
-// checkScript runs, on scratch keys under the key prefix, the commands the
-// worker's Lua scripts run, so that an ACL that denies one of them (or the
-// scripts' keys) fails here rather than on the first heartbeat.
+// scriptProbes are the Lua lines of the scripts check, one per Redis command
+// the worker's scripts run (presence.ScriptCommands), in the order they run
+// on scratch keys under the key prefix:
 //
-//	KEYS[1] string, KEYS[2] sorted set, KEYS[3] hash, KEYS[4] stream
+//	KEYS[1] string, KEYS[2] sorted set, KEYS[3] hash, KEYS[4] stream with
+//	the consumer group "check" (created first by probeSetup)
 //
-// It deletes them and returns 1.
-var checkScript = redis.NewScript(checkScriptSrc)
+// so that an ACL that denies one of them (or the scripts' keys) fails here
+// rather than on the first heartbeat. A command the scripts run without a
+// probe here fails the check (and TestEveryScriptCommandHasAProbe); DEL,
+// which the scripts run too, comes last and removes the keys.
+var scriptProbes = []struct{ cmd, lua string }{
+	{"TIME", "redis.call('TIME')"},
+	{"SET", "redis.call('SET', KEYS[1], '1', 'PX', 60000, 'GET')"},
+	{"GET", "redis.call('GET', KEYS[1])"},
+	{"EXISTS", "redis.call('EXISTS', KEYS[1])"},
+	{"PTTL", "redis.call('PTTL', KEYS[1])"},
+	{"TYPE", "redis.call('TYPE', KEYS[1])"},
+	{"INCRBY", "redis.call('INCRBY', KEYS[1], 1)"},
+	{"ZADD", "redis.call('ZADD', KEYS[2], 1, 'u')"},
+	{"ZRANGEBYSCORE", "redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)"},
+	{"ZREM", "redis.call('ZREM', KEYS[2], 'u')"},
+	{"HSETNX", "redis.call('HSETNX', KEYS[3], 'u', '1')"},
+	{"HSET", "redis.call('HSET', KEYS[3], 'u', '1')"},
+	{"HGET", "redis.call('HGET', KEYS[3], 'u')"},
+	{"HLEN", "redis.call('HLEN', KEYS[3])"},
+	{"HKEYS", "redis.call('HKEYS', KEYS[3])"},
+	{"HGETALL", "redis.call('HGETALL', KEYS[3])"},
+	{"HSCAN", "redis.call('HSCAN', KEYS[3], 0)"},
+	{"HDEL", "redis.call('HDEL', KEYS[3], 'u')"},
+	{"XADD", "redis.call('XADD', KEYS[4], '*', 's', 'check')"},
+	{"XRANGE", "redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)"},
+	{"XPENDING", "redis.call('XPENDING', KEYS[4], 'check')"},
+	{"XCLAIM", "redis.call('XCLAIM', KEYS[4], 'check', 'check', 0, '0-1', 'JUSTID')"},
+	{"XINFO GROUPS", "redis.call('XINFO', 'GROUPS', KEYS[4])"},
+	{"XINFO CONSUMERS", "redis.call('XINFO', 'CONSUMERS', KEYS[4], 'check')"},
+	{"XGROUP DELCONSUMER", "redis.call('XGROUP', 'DELCONSUMER', KEYS[4], 'check', 'check')"},
+	{"XTRIM", "redis.call('XTRIM', KEYS[4], 'MINID', '0-1')"},
+	{"DEL", "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])"},
+}
 
-const checkScriptSrc = `
-redis.call('TIME')
-redis.call('SET', KEYS[1], '1', 'PX', 60000, 'GET')
-redis.call('GET', KEYS[1])
-redis.call('EXISTS', KEYS[1])
-redis.call('PTTL', KEYS[1])
-redis.call('TYPE', KEYS[1])
-redis.call('INCRBY', KEYS[1], 1)
-redis.call('ZADD', KEYS[2], 1, 'u')
-redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-redis.call('ZREM', KEYS[2], 'u')
-redis.call('HSETNX', KEYS[3], 'u', '1')
-redis.call('HSET', KEYS[3], 'u', '1')
-redis.call('HGET', KEYS[3], 'u')
-redis.call('HEXISTS', KEYS[3], 'u')
-redis.call('HGETALL', KEYS[3])
-redis.call('HSCAN', KEYS[3], 0)
-redis.call('HDEL', KEYS[3], 'u')
-local id = redis.call('XADD', KEYS[4], '*', 's', 'check')
-redis.call('XRANGE', KEYS[4], id, id)
-redis.call('XTRIM', KEYS[4], 'MINID', id)
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-return 1
-`
+// probeSetup creates the stream and group the stream probes read; the
+// worker runs XGROUP CREATE itself (outside scripts) when it starts.
+const probeSetup = "redis.call('XGROUP', 'CREATE', KEYS[4], 'check', '$', 'MKSTREAM')"
+
+// checkScriptSource returns the scripts check for cmds (the commands the
+// worker's scripts run): probeSetup, then the probe of each of cmds, then
+// "return 1"; and those of cmds that have no probe.
+func checkScriptSource(cmds []string) (src string, missing []string) {
+	want := make(map[string]bool, len(cmds))
+	for _, c := range cmds {
+		want[c] = true
+	}
+	lines := []string{probeSetup}
+	for _, p := range scriptProbes {
+		if want[p.cmd] {
+			lines = append(lines, p.lua)
+			delete(want, p.cmd)
+		}
+	}
+	for _, c := range cmds {
+		if want[c] {
+			missing = append(missing, c)
+		}
+	}
+	return strings.Join(append(lines, "return 1"), "\n") + "\n", missing
+}
 
 // checkLine is one result.
 type checkLine struct {
@@ -234,18 +268,28 @@ func redisNotifications(ctx context.Context, rdb *redis.Client) checkLine {
 
 func redisScripts(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
 	const name = "redis scripts"
+	cmds, err := presence.ScriptCommands()
+	if err != nil {
+		return checkLine{checkFail, name, fmt.Sprintf("cannot tell which commands the worker's scripts run: %v", err)}
+	}
+	src, missing := checkScriptSource(cmds)
+	if len(missing) > 0 {
+		return checkLine{checkFail, name, fmt.Sprintf("the worker's scripts run %s, which presenced check has no probe for (add one to scriptProbes in cmd/presenced/check.go)",
+			strings.Join(missing, ", "))}
+	}
+	script := redis.NewScript(src)
 	k := prefix + "check"
 	keys := []string{k, k + ":z", k + ":h", k + ":stream"}
 	// Run loads the script (SCRIPT LOAD) and calls EVALSHA, as the worker does.
-	if err := checkScript.Load(ctx, rdb).Err(); err != nil {
-		return checkLine{checkFail, name, deniedHint("SCRIPT LOAD", err, prefix)}
+	if err := script.Load(ctx, rdb).Err(); err != nil {
+		return checkLine{checkFail, name, deniedHint("SCRIPT LOAD", err, prefix, src)}
 	}
-	err := checkScript.EvalSha(ctx, rdb, keys).Err()
+	err = script.EvalSha(ctx, rdb, keys).Err()
 	if err != nil {
 		_ = rdb.Del(context.WithoutCancel(ctx), keys...).Err() // best effort: the script stopped half-way
-		return checkLine{checkFail, name, deniedHint("EVALSHA", err, prefix)}
+		return checkLine{checkFail, name, deniedHint("EVALSHA", err, prefix, src)}
 	}
-	return checkLine{checkOK, name, fmt.Sprintf("SCRIPT LOAD, EVALSHA and the scripts' commands on %s* keys", prefix)}
+	return checkLine{checkOK, name, fmt.Sprintf("SCRIPT LOAD, EVALSHA and the %d commands the scripts run, on %s* keys", len(cmds), prefix)}
 }
 
 func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
@@ -267,11 +311,6 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 		{"XAUTOCLAIM", func() error {
 			return rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: k, Group: "check", Consumer: "check", Start: "0", Count: 1}).Err()
 		}},
-		{"XCLAIM", func() error {
-			return rdb.XClaimJustID(ctx, &redis.XClaimArgs{Stream: k, Group: "check", Consumer: "check", Messages: []string{"0-1"}}).Err()
-		}},
-		{"XINFO GROUPS", func() error { return rdb.XInfoGroups(ctx, k).Err() }},
-		{"XINFO CONSUMERS", func() error { return rdb.XInfoConsumers(ctx, k, "check").Err() }},
 		{"XACK", func() error { return rdb.XAck(ctx, k, "check", "0-1").Err() }},
 		{"XLEN", func() error { return rdb.XLen(ctx, k).Err() }},
 		{"XREAD", func() error {
@@ -285,7 +324,7 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 	}
 	for _, s := range steps {
 		if err := s.run(); err != nil && !errors.Is(err, redis.Nil) {
-			return checkLine{checkFail, name, deniedHint(s.cmd, err, prefix)}
+			return checkLine{checkFail, name, deniedHint(s.cmd, err, prefix, "")}
 		}
 	}
 	return checkLine{checkOK, name, fmt.Sprintf("outbox stream commands and MGET on %s* keys", prefix)}
@@ -311,13 +350,14 @@ func isDenied(err error) bool {
 	return strings.Contains(s, "NOPERM") || strings.Contains(s, "unknown command") || strings.HasPrefix(s, "ERR unknown")
 }
 
-func deniedHint(cmd string, err error, prefix string) string {
+// deniedHint explains err from cmd; src is the script that ran, if any.
+func deniedHint(cmd string, err error, prefix, src string) string {
 	msg := err.Error()
 	// A denial inside a script names only the script's line: show it.
-	if _, after, ok := strings.Cut(msg, "@user_script:"); ok {
+	if _, after, ok := strings.Cut(msg, "@user_script:"); ok && src != "" {
 		digits := strings.TrimRightFunc(after, func(r rune) bool { return r < '0' || r > '9' })
 		if n, err := strconv.Atoi(digits); err == nil {
-			if lines := strings.Split(checkScriptSrc, "\n"); n >= 1 && n <= len(lines) { // the source starts with a newline: line 1 is empty
+			if lines := strings.Split(src, "\n"); n >= 1 && n <= len(lines) {
 				msg += " (" + strings.TrimSpace(lines[n-1]) + ")"
 			}
 		}

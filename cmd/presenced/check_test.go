@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
 )
 
 // checkRun runs `presenced check` with env and returns the exit code and
@@ -194,5 +197,84 @@ func TestCheckStream(t *testing.T) {
 				t.Fatalf("exit %d, stream check %s; want exit %d, %s, and %q in:\n%s", code, outcome(out, "nats stream "+name), tc.code, tc.outcome, tc.contains, out)
 			}
 		})
+	}
+}
+
+// Every command the worker's scripts run has a probe in the scripts check,
+// and every probe is for a command they run: a script that gains a command
+// fails here until check.go probes it.
+func TestEveryScriptCommandHasAProbe(t *testing.T) {
+	cmds, err := presence.ScriptCommands()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, missing := checkScriptSource(cmds); len(missing) > 0 {
+		t.Errorf("the scripts run %v without a probe in scriptProbes", missing)
+	}
+	used := map[string]bool{}
+	for _, c := range cmds {
+		used[c] = true
+	}
+	for _, p := range scriptProbes {
+		if !used[p.cmd] {
+			t.Errorf("scriptProbes has a probe for %s, which no script runs", p.cmd)
+		}
+	}
+	// A command without a probe is reported, not skipped.
+	src, missing := checkScriptSource(append(cmds, "FLUSHALL"))
+	if !slices.Equal(missing, []string{"FLUSHALL"}) || strings.Contains(src, "FLUSHALL") {
+		t.Errorf("an unknown command: missing %v, want [FLUSHALL]", missing)
+	}
+}
+
+// TestCheckWithDeployACL: presenced check passes its Redis checks as the
+// user of deploy/redis/users.acl (the ACL the worker needs and no more),
+// the scripts check included; only the keyspace events check warns (CONFIG
+// is not granted).
+func TestCheckWithDeployACL(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartNATS(t)
+	data, err := os.ReadFile("../../deploy/redis/users.acl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "user" && f[1] == "presenced" {
+			rules = f[2:]
+		}
+	}
+	if rules == nil {
+		t.Fatal("no presenced user line in deploy/redis/users.acl")
+	}
+	args := []any{"ACL", "SETUSER", "presenced"}
+	for _, r := range rules {
+		if strings.HasPrefix(r, "#") { // the password hash placeholder
+			r = ">pw"
+		}
+		args = append(args, r)
+	}
+	if err := r.Client(t).Do(context.Background(), args...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	u := url.URL{Scheme: "redis", Host: r.Addr, Path: "/0", User: url.UserPassword("presenced", "pw")}
+	code, out := checkRun(t, map[string]string{"REDIS_URL": u.String(), "NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": testenv.Prefix(t)})
+	for name, w := range map[string]string{
+		"redis":                     "ok",
+		"redis version":             "ok",
+		"redis keyspace events":     "WARN",
+		"redis scripts":             "ok",
+		"redis streams and reads":   "ok",
+		"redis expiry subscription": "ok",
+	} {
+		if got := outcome(out, name); got != w {
+			t.Errorf("%s: %s, want %s", name, got, w)
+		}
+	}
+	if code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
 	}
 }

@@ -35,8 +35,11 @@ func get(t *testing.T, url string) (int, string) {
 // is served nowhere.
 func TestHealthAddrServesNoUserIDsOrPprof(t *testing.T) {
 	a := startPageApp(t, func(c *config.Config) { c.Pprof = true })
-	// Ready once the expiry subscription is up, which follows start.
-	testenv.Eventually(t, 10*time.Second, func() bool { code, _ := get(t, a.health+"/readyz"); return code == http.StatusOK }, "not ready")
+	// Ready once the expiry subscription, started after the app, is up.
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		code, _ := get(t, a.health+"/readyz")
+		return code == http.StatusOK
+	}, "HTTP_ADDR never ready")
 	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
 		if code, body := get(t, a.health+path); code != http.StatusOK {
 			t.Errorf("GET %s on HTTP_ADDR: %d %s", path, code, body)

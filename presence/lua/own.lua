@@ -20,11 +20,13 @@ end
 if #owned > 0 then
   -- Claimed by its owner with min-idle 0: the idle time becomes 0; JUSTID
   -- leaves the delivery count as it was.
-  local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+  -- The command is spelled out (not built in a table): ScriptCommands
+  -- reads it from here, for presenced check and the ACL.
+  local args = {}
   for _, id in ipairs(owned) do
     args[#args + 1] = id
   end
   args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(args))
 end
 return owned
