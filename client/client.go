@@ -8,7 +8,6 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -345,7 +344,7 @@ func (c *Client) call(ctx context.Context, subject string, req any, out json.Unm
 		data = r.appendJSON(nil)
 	} else {
 		var err error
-		if data, err = encode(req); err != nil {
+		if data, err = contract.Marshal(req); err != nil {
 			return &encodeError{err}
 		}
 	}
@@ -414,7 +413,7 @@ func (c *Client) chunks(ids []string) [][]string {
 }
 
 // encodedLen is the length of id as a JSON string written by appendString
-// (and by encode, but for control characters, some of which encode writes
+// (and by contract.Marshal, but for control characters, some of which it writes
 // in 2 bytes, not 6).
 func encodedLen(id string) int {
 	n := 2
@@ -436,15 +435,4 @@ func encodedLen(id string) int {
 		i += size
 	}
 	return n
-}
-
-// encode marshals v without HTML escaping, as encodedLen assumes.
-func encode(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }

@@ -96,7 +96,7 @@ var ErrFailed = errors.New("presence request failed")
 // chunks budgets byte for byte.
 type idsRequest contract.OnlineRequest
 
-// appendJSON appends the request as encode writes it, but without
+// appendJSON appends the request as contract.Marshal writes it, but without
 // reflection and with every control character as \u00XX: the body is
 // {"userIds":[]} plus encodedLen(id) per id and the commas between them.
 func (r idsRequest) appendJSON(dst []byte) []byte {

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/presenced/presenced/contract"
 )
 
 var seedIDs = []string{"u-1", `a"b`, `a\b`, "a\x00b", "a\nb", "a<b&c>", "пользователь", "\xff", "\u2028", "\ufffd", ""}
@@ -19,7 +21,7 @@ func FuzzIDsRequestAppendJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b string) {
 		req := idsRequest{UserIDs: []string{a, b}}
 		got := req.appendJSON([]byte("x"))[1:]
-		want, err := encode(req)
+		want, err := contract.Marshal(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -474,3 +474,17 @@ func scanString(b []byte, i int) (end int, class uint8) {
 	}
 	return end, class
 }
+
+// Marshal encodes v as JSON the way the contract writes it: without HTML
+// escaping (so '<', '>' and '&' in ids stay one byte, as the appenders
+// write them) and without a trailing newline. Used for the shapes that
+// have no appender.
+func Marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}

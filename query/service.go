@@ -5,9 +5,7 @@
 package query
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -189,7 +187,7 @@ func (q *queryService) handler(name string, fn func(context.Context, []byte) (an
 		if err == nil {
 			data, ok := reply.([]byte) // online and list encode their own
 			if !ok {
-				data, err = encode(reply)
+				data, err = contract.Marshal(reply)
 			}
 			if err == nil {
 				if err := req.Respond(data); err != nil {
@@ -222,18 +220,6 @@ func description(err error) string {
 		s = s[:maxDescription] + "…"
 	}
 	return s
-}
-
-// encode marshals v without HTML escaping (so '<', '>' and '&' in ids stay
-// one byte, as in OnlineReply.AppendJSON) and without a trailing newline.
-func encode(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
-	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // badRequestFrom makes a request the contract refused (malformed, an
