@@ -162,7 +162,7 @@ func TestReplicaCutFromRedisLeavesQueueGroup(t *testing.T) {
 	if err := b.w.Ready(); err == nil {
 		t.Fatal("a replica out of the queue group reports ready")
 	}
-	time.Sleep(8 * time.Second) // the observation window: flaps would show here
+	time.Sleep(8 * time.Second) // users keep heartbeating while the replica is out: a flap would show here
 	if n := e.offline.Len(); n != 0 {
 		t.Fatalf("%d offline events for users who kept heartbeating while one replica was cut from Redis: %v", n, summaryOf(e))
 	}

@@ -56,6 +56,6 @@
 //
 //   - report.go: what is measured: the Report, one row type per
 //     scenario, the machine, and finishing a run.
-//   - verdict.go: the targets of the issue and the judgement of each.
+//   - verdict.go: the performance targets and the judgement of each.
 //   - render.go: the text tables and the JSON file.
 package main

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// Target is one goal of the issue and whether this run met it.
+// Target is one performance goal and whether this run met it.
 type Target struct {
 	Name   string `json:"name"`
 	Want   string `json:"want"`
@@ -248,7 +248,7 @@ func largestIdle(r *Report, impl string) *IdleRow {
 	return best
 }
 
-// issueSeedKeyBytes is the seed's bare key as the issue sizes it.
+// issueSeedKeyBytes is the seed's bare key as the memory target sizes it.
 const issueSeedKeyBytes = 72
 
 // memoryTarget judges Redis memory per online user. Only the idle
@@ -257,7 +257,7 @@ const issueSeedKeyBytes = 72
 // Redis's dicts can land on few users; see BENCHMARKS.md). The verdict
 // compares with the seed's bytes per user measured in the same run (its
 // key with the dict and expiry overhead that any key pays); without a seed
-// run, with the issue's 72 bytes. Both ratios are printed.
+// run, with the target's 72 bytes. Both ratios are printed.
 func memoryTarget(r *Report) Target {
 	t := Target{Name: "Redis memory per online user", Want: "<= 2x the seed's bare key (~72 bytes)", Status: "n/a"}
 	p := largestIdle(r, "presenced")

@@ -361,8 +361,8 @@ func TestScanBreakdown(t *testing.T) {
 // TestOfflineSettleKeepsUsersAlive: the offline scenario's users are quiet
 // from the load until their first steady heartbeat, up to the settle plus
 // one interval; that must stay under the TTL, or users expire before the
-// measurement and show as false offlines (session 3's 45 s settle did that
-// at both scales).
+// measurement and show as false offlines (a 45 s settle does that at both
+// scales).
 func TestOfflineSettleKeepsUsersAlive(t *testing.T) {
 	for _, c := range []struct{ ttl, interval time.Duration }{
 		{5 * time.Second, 2500 * time.Millisecond}, // small
