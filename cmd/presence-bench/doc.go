@@ -28,6 +28,8 @@
 //   - cluster.go: the processes under test (nats-server, redis-server,
 //     presenced and seed workers), resetting them between scenarios, and
 //     usage, the CPU and memory meter of a phase.
+//   - measure.go: what the bench reads off the cluster: Redis INFO and
+//     memory, Redis and worker CPU (the meter), command statistics.
 //   - proc.go: starting, watching and stopping a child process; CPU and
 //     memory from /proc.
 //   - seedworker.go: the seed-worker mode, one seed baseline worker.
@@ -40,7 +42,7 @@
 //   - idle.go: the idle scenario (CPU with users online and no traffic,
 //     Redis memory per user), which also loads the users of the queries.
 //   - query.go: query latency (status, online, listing, count).
-//   - storm.go: the reconnect storm, with its own target and table.
+//   - storm.go: the reconnect storm; storm_report.go its target and table.
 //
 // What the scenarios share:
 //
