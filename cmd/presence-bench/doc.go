@@ -26,8 +26,7 @@
 //   - bench.go: the bench and its driver, which runs the selected scenarios
 //     in order and records the settings in the report.
 //   - cluster.go: the processes under test (nats-server, redis-server,
-//     presenced and seed workers), resetting them between scenarios, and
-//     usage, the CPU and memory meter of a phase.
+//     presenced and seed workers) and resetting them between scenarios.
 //   - measure.go: what the bench reads off the cluster: Redis INFO and
 //     memory, Redis and worker CPU (the meter), command statistics.
 //   - proc.go: starting, watching and stopping a child process; CPU and
