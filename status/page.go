@@ -12,8 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/contract"
 )
 
@@ -33,7 +32,6 @@ const (
 	pageClientBuf  = 16                     // updates queued per client (4s)
 	pageKeepAlive  = 15 * time.Second       // SSE comment on an idle stream
 	pageWriteLimit = 10 * time.Second       // a write stuck longer ends the stream
-	pagePending    = 65536                  // NATS pending-message limit
 )
 
 // Page is the live status page: GET / serves a small HTML page and GET
@@ -51,26 +49,24 @@ const (
 //
 // The methods are safe for concurrent use. Start and Stop are called once.
 type Page struct {
-	nc       *nats.Conn
-	subjects contract.Subjects
-	count    func(context.Context) (int64, error)
-	log      *slog.Logger
+	c     *client.Client
+	count func(context.Context) (int64, error)
+	log   *slog.Logger
 
-	subs   []*nats.Subscription
-	cancel context.CancelFunc
-	loop   sync.WaitGroup
-	done   chan struct{} // closed by Stop: open streams end
+	stopSub func() error // ends the client's subscription
+	cancel  context.CancelFunc
+	loop    sync.WaitGroup
+	done    chan struct{} // closed by Stop: open streams end
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	pending  [][]byte         // raw events arrived since the last tick, at most PageRecent
-	skipped  int              // arrivals since the last tick not in pending
-	arrived  [2]int64         // online, offline arrivals since the last tick
-	malforms int64            // messages that did not decode
-	recent   []contract.Event // the latest PageRecent events, oldest first
-	state    pageState        // the last update's figures
-	clients  map[*pageClient]struct{}
+	mu      sync.Mutex
+	started bool
+	stopped bool
+	pending []contract.Event // events arrived since the last tick, at most PageRecent
+	skipped int              // arrivals since the last tick not in pending
+	arrived [2]int64         // online, offline arrivals since the last tick
+	recent  []contract.Event // the latest PageRecent events, oldest first
+	state   pageState        // the last update's figures
+	clients map[*pageClient]struct{}
 }
 
 // pageState is what the page shows besides the events.
@@ -97,56 +93,43 @@ type pageClient struct {
 	ch chan []byte // encoded SSE messages; closed when the client is dropped
 }
 
-// NewPage returns a page that subscribes on nc to subjects' online and
-// offline events and calls count for the number of users online (for
-// example presence.Store.Count). It does no I/O until Start.
-func NewPage(nc *nats.Conn, subjects contract.Subjects, count func(context.Context) (int64, error), log *slog.Logger) *Page {
+// NewPage returns a page that follows presenced's online and offline
+// events through the Go client c (a consumer like any other: duplicates
+// and late republishes are dropped by version) and calls count for the
+// number of users online (for example c.Count). It does no I/O until
+// Start.
+func NewPage(c *client.Client, count func(context.Context) (int64, error), log *slog.Logger) *Page {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Page{
-		nc:       nc,
-		subjects: subjects,
-		count:    count,
-		log:      log,
-		done:     make(chan struct{}),
-		clients:  make(map[*pageClient]struct{}),
+		c:       c,
+		count:   count,
+		log:     log,
+		done:    make(chan struct{}),
+		clients: make(map[*pageClient]struct{}),
 	}
 }
 
-// UseConn sets the connection Start subscribes on, for a page made before
-// its connection was (the application's NATS connection starts later).
-func (p *Page) UseConn(nc *nats.Conn) { p.nc = nc }
+// UseClient sets the client and the count, for a page made before its
+// connection was (the application's NATS connection starts later).
+func (p *Page) UseClient(c *client.Client, count func(context.Context) (int64, error)) {
+	p.c, p.count = c, count
+}
 
-// Start subscribes to the event subjects and starts the update loop. It
-// returns an error if a subscription fails.
+// Start subscribes to the events through the client and starts the update
+// loop. It returns an error if the subscription fails.
 func (p *Page) Start(ctx context.Context) error {
-	if p.nc == nil {
-		return errors.New("start status page: no nats connection")
-	}
-	for _, subj := range []string{p.subjects.Online(), p.subjects.Offline()} {
-		sub, err := p.nc.Subscribe(subj, p.receive)
-		if err != nil {
-			p.unsubscribe()
-			return fmt.Errorf("status page: subscribe %s: %w", subj, err)
-		}
-		if err := sub.SetPendingLimits(pagePending, 64<<20); err != nil {
-			_ = sub.Unsubscribe()
-			p.unsubscribe()
-			return fmt.Errorf("status page: set pending limits on %s: %w", subj, err)
-		}
-		p.subs = append(p.subs, sub)
-	}
-	if _, ok := ctx.Deadline(); !ok { // FlushWithContext wants a deadline
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-	}
-	if err := p.nc.FlushWithContext(ctx); err != nil {
-		p.unsubscribe()
-		return fmt.Errorf("status page: flush subscriptions: %w", err)
+	if p.c == nil {
+		return errors.New("start status page: no client")
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
+	stop, err := p.c.Subscribe(loopCtx, p.receive)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("status page: %w", err)
+	}
+	p.stopSub = stop
 	p.cancel = cancel
 	p.mu.Lock()
 	p.started = true
@@ -193,23 +176,21 @@ func (p *Page) Stop(ctx context.Context) error {
 }
 
 func (p *Page) unsubscribe() {
-	for _, s := range p.subs {
-		_ = s.Unsubscribe() // fails only when the connection is closed already
+	if p.stopSub != nil {
+		_ = p.stopSub() // waits for the handler's last call
+		p.stopSub = nil
 	}
-	p.subs = nil
 }
 
-// receive runs on the NATS subscription's goroutine: it only records.
-// receive counts an event by its subject and keeps its raw bytes; decoding
-// waits for the tick, and only the last PageRecent of a tick are decoded,
-// so a busy replica does not pay for events nobody looks at.
-func (p *Page) receive(m *nats.Msg) {
-	if m.Header.Get(contract.ProbeHeader) != "" {
+// receive is the client's event handler: it counts an event by its status
+// and keeps the last PageRecent of a tick. Resets are not shown.
+func (p *Page) receive(ev client.Event) {
+	if ev.Status != contract.StatusOnline && ev.Status != contract.StatusOffline {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if m.Subject == p.subjects.Online() {
+	if ev.Status == contract.StatusOnline {
 		p.arrived[0]++
 	} else {
 		p.arrived[1]++
@@ -219,28 +200,7 @@ func (p *Page) receive(m *nats.Msg) {
 		p.pending = p.pending[:PageRecent-1]
 		p.skipped++
 	}
-	p.pending = append(p.pending, m.Data)
-}
-
-// decode turns the raw events of a tick into events, counting (and logging
-// now and then) those that do not decode.
-func (p *Page) decode(raw [][]byte) []contract.Event {
-	events := make([]contract.Event, 0, len(raw))
-	for _, data := range raw {
-		var ev contract.Event
-		if err := json.Unmarshal(data, &ev); err != nil || (ev.Status != contract.StatusOnline && ev.Status != contract.StatusOffline) {
-			p.mu.Lock()
-			p.malforms++
-			n := p.malforms
-			p.mu.Unlock()
-			if n%1000 == 1 {
-				p.log.Warn("status page: undecodable event", "err", err, "total", n)
-			}
-			continue
-		}
-		events = append(events, ev)
-	}
-	return events
+	p.pending = append(p.pending, ev)
 }
 
 // run sends one update per tick until ctx is done.
@@ -257,11 +217,10 @@ func (p *Page) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		p.mu.Lock()
-		raw, skipped, arrived := p.pending, p.skipped, p.arrived
+		events, skipped, arrived := p.pending, p.skipped, p.arrived
 		p.pending, p.skipped, p.arrived = nil, 0, [2]int64{}
 		state := p.state
 		p.mu.Unlock()
-		events := p.decode(raw)
 
 		if len(rates) == window {
 			rates = append(rates[:0], rates[1:]...)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/presenced/presenced/contract"
+	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/internal/testenv"
 	"github.com/presenced/presenced/metrics"
 )
@@ -17,7 +17,7 @@ import (
 // stream at once.
 func TestPageClientLimits(t *testing.T) {
 	n := testenv.StartNATS(t)
-	p := NewPage(n.Conn(t), contract.Subjects{Prefix: testenv.Prefix(t)}, func(context.Context) (int64, error) { return 7, nil }, nil)
+	p := NewPage(client.New(n.Conn(t), client.WithPrefix(testenv.Prefix(t))), func(context.Context) (int64, error) { return 7, nil }, nil)
 	if _, _, err := p.attach(); err == nil {
 		t.Fatal("attach before Start succeeded")
 	}

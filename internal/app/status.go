@@ -9,9 +9,9 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/client"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/metrics"
-	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/status"
 )
 
@@ -79,16 +79,18 @@ func isLoopback(addr string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// newPage returns the page for cfg, started after the bus has
-// connected (it uses the bus's connection) and stopped before it drains.
-func newPage(lc fx.Lifecycle, cfg config.Config, b *bus.Bus, store *presence.Store, log *slog.Logger) *status.Page {
-	p := status.NewPage(nil, SubjectsFromConfig(cfg), store.Count, log.With("component", "statuspage"))
+// newPage returns the page for cfg: a consumer of the events through the
+// Go client on the bus's connection, counting through the query service.
+// It starts after the bus has connected and stops before it drains.
+func newPage(lc fx.Lifecycle, cfg config.Config, b *bus.Bus, log *slog.Logger) *status.Page {
+	p := status.NewPage(nil, nil, log.With("component", "statuspage"))
 	if cfg.StatusAddr == "" {
 		return p
 	}
 	lc.Append(fx.Hook{
 		OnStart: func(ctx context.Context) error {
-			p.UseConn(b.Conn())
+			c := client.New(b.Conn(), client.WithPrefix(cfg.SubjectPrefix), client.WithLogger(log.With("component", "statuspage")))
+			p.UseClient(c, c.Count)
 			return p.Start(ctx)
 		},
 		OnStop: p.Stop,
