@@ -185,20 +185,7 @@ func printOffline(w io.Writer, r *Report) {
 			n, ref.BackgroundKeys, ref.Replicas, ref.TTL, ref.HBInterval, ref.LeavePctPerMin, ref.Duration)
 		rows := [][]string{{"metric", "presenced", "seed", "ratio"}}
 		f := func(name string, get func(o *OfflineRow) float64, format string, withRatio bool) {
-			row := []string{name, "-", "-", ""}
-			var pv, sv float64 = -1, -1
-			if p != nil {
-				pv = get(p)
-				row[1] = cell(format, pv)
-			}
-			if s != nil {
-				sv = get(s)
-				row[2] = cell(format, sv)
-			}
-			if withRatio {
-				row[3] = ratio(pv, sv)
-			}
-			rows = append(rows, row)
+			rows = append(rows, compareRow(p, s, name, get, format, withRatio))
 		}
 		f("users who left", func(o *OfflineRow) float64 { return float64(o.Leavers) }, "%.0f", false)
 		f("p50 ms", func(o *OfflineRow) float64 { return o.P50Ms }, "%.1f", true)
@@ -248,20 +235,7 @@ func printIdle(w io.Writer, r *Report) {
 	}
 	rows := [][]string{{"metric", "presenced", "seed", "ratio"}}
 	f := func(name string, get func(o *IdleRow) float64, format string, withRatio bool) {
-		row := []string{name, "-", "-", ""}
-		var pv, sv float64 = -1, -1
-		if p != nil {
-			pv = get(p)
-			row[1] = cell(format, pv)
-		}
-		if s != nil {
-			sv = get(s)
-			row[2] = cell(format, sv)
-		}
-		if withRatio {
-			row[3] = ratio(pv, sv)
-		}
-		rows = append(rows, row)
+		rows = append(rows, compareRow(p, s, name, get, format, withRatio))
 	}
 	f("busiest replica cpu %", func(o *IdleRow) float64 { return maxOr(o.Usage.WorkerCPU) }, "%.2f", false)
 	f("all replicas cpu %", func(o *IdleRow) float64 { return o.Usage.WorkerCPUSum }, "%.2f", false)
@@ -435,4 +409,23 @@ func mib(n int) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%.0f KiB", float64(n)/1024)
+}
+
+// compareRow is one metric of presenced's row p and the seed's row s, side
+// by side: "-" for a side that did not run, and their ratio when asked.
+func compareRow[R any](p, s *R, name string, get func(*R) float64, format string, withRatio bool) []string {
+	row := []string{name, "-", "-", ""}
+	var pv, sv float64 = -1, -1
+	if p != nil {
+		pv = get(p)
+		row[1] = cell(format, pv)
+	}
+	if s != nil {
+		sv = get(s)
+		row[2] = cell(format, sv)
+	}
+	if withRatio {
+		row[3] = ratio(pv, sv)
+	}
+	return row
 }
