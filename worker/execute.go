@@ -193,7 +193,7 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	default:
 	}
 	now := since()
-	live := run[:0:0]
+	live := run[:0] // filtered in place: each job is read before its slot is reused
 	for _, j := range run {
 		switch {
 		case aborted:

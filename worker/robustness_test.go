@@ -200,7 +200,7 @@ func TestStopOutOfTimeAnswersShuttingDown(t *testing.T) {
 // decoded message.
 func TestRejectionsChargedToBudget(t *testing.T) {
 	e := newEnv(t, time.Minute)
-	e.startReplica(func(o *worker.Options, _ *presence.Options) {
+	rep := e.startReplica(func(o *worker.Options, _ *presence.Options) {
 		o.InFlight = 1
 		o.IntakeBytes = 4 << 20
 	})
@@ -221,7 +221,9 @@ func TestRejectionsChargedToBudget(t *testing.T) {
 	if err := e.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	// 300 messages of ~50 KB cannot fit a 4 MiB intake while Redis holds
+	// the store calls: once it drops, the queue and the intake are full.
+	testenv.Eventually(t, 5*time.Second, func() bool { return rep.w.IntakeDropped() > 0 }, "the intake never filled")
 	held := heap() - base
 	t.Logf("heap held while Redis is paused: %.1f MiB (intake bound 4 MiB)", float64(held)/(1<<20))
 	if held > 32<<20 {
