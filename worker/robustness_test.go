@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -229,4 +230,14 @@ func TestRejectionsChargedToBudget(t *testing.T) {
 	if held > 32<<20 {
 		t.Fatalf("heap grew by %.1f MiB with a 4 MiB intake: decoded messages escape the bound", float64(held)/(1<<20))
 	}
+	// Once Redis takes writes again, the worker works off what it kept:
+	// the intake empties and the valid id of each kept message comes online
+	// (the first message was queued before anything could be dropped).
+	if err := e.rdb.Do(context.Background(), "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		now, _ := rep.w.IntakeBytes()
+		return now == 0 && slices.Contains(summaryOf(e), "v-0:online:heartbeat")
+	}, "intake not drained after the pause ended: %v", summaryOf(e))
 }
