@@ -24,6 +24,8 @@ const (
 	QueryOnline = "online"
 	QueryList   = "list"
 	QueryCount  = "count"
+	// QueryGateway: a gateway's lease and connections (GatewayRequest).
+	QueryGateway = "gateway"
 )
 
 // StatusRequest is the body of a status query.
@@ -40,6 +42,91 @@ type StatusReply struct {
 	Since     string `json:"since,omitempty"`
 	ExpiresAt string `json:"expiresAt,omitempty"`
 	Version   int64  `json:"version"`
+	// Connections are the user's live connections, when any was named
+	// (connection heartbeats); a user kept online by plain heartbeats only
+	// has none listed.
+	Connections []ConnectionStatus `json:"connections"`
+	// HeldUntil is set while the user's last connection has ended and the
+	// offline is held for the grace (PRESENCE_OFFLINE_GRACE): the session is
+	// still open (no offline published) but Online is false; a connection
+	// before then continues it.
+	HeldUntil string `json:"heldUntil,omitempty"`
+}
+
+// ConnectionStatus is one live connection in a StatusReply.
+type ConnectionStatus struct {
+	ConnectionID string `json:"connectionId"`
+	GatewayID    string `json:"gatewayId"`
+	Since        string `json:"since"`
+	ExpiresAt    string `json:"expiresAt"`
+}
+
+// GatewayRequest is the body of a gateway query.
+type GatewayRequest struct {
+	GatewayID string `json:"gatewayId"`
+}
+
+// GatewayReply answers a gateway query: whether the gateway holds a lease,
+// until when, under which instance, and how many connections are
+// registered under it (connections that lapsed since their last heartbeat
+// count until they are pruned).
+type GatewayReply struct {
+	GatewayID   string `json:"gatewayId"`
+	Leased      bool   `json:"leased"`
+	InstanceID  string `json:"instanceId,omitempty"`
+	ExpiresAt   string `json:"expiresAt,omitempty"`
+	Connections int64  `json:"connections"`
+}
+
+// GatewayLeaseRequest is the message of GatewayHeartbeat and
+// GatewayDisconnect: InstanceID is random per gateway process start, so a
+// restarted gateway is told apart from the one it replaces.
+type GatewayLeaseRequest struct {
+	GatewayID  string `json:"gatewayId"`
+	InstanceID string `json:"instanceId"`
+}
+
+// GatewayLeaseReply answers a lease message that has a reply subject.
+type GatewayLeaseReply struct {
+	// ExpiresAt is when the lease lapses unless renewed (omitted after a
+	// disconnect, or on error).
+	ExpiresAt string `json:"expiresAt,omitempty"`
+	// Replaced is set when this heartbeat took the lease from another
+	// instance of the gateway: that instance's connections are ending.
+	Replaced bool   `json:"replaced,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Retry    bool   `json:"retry,omitempty"`
+}
+
+// DecodeGatewayLeaseRequest decodes a lease message strictly: both ids
+// present and valid (the user-id rules).
+func DecodeGatewayLeaseRequest(data []byte) (GatewayLeaseRequest, error) {
+	var r GatewayLeaseRequest
+	if err := decodeObject(data, map[string]any{"gatewayId": &r.GatewayID, "instanceId": &r.InstanceID}); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	for _, p := range []struct{ v, field string }{{r.GatewayID, "gatewayId"}, {r.InstanceID, "instanceId"}} {
+		if err := ValidateUserID(p.v); err != nil {
+			e := *err.(*InvalidUserIDError)
+			e.Field = p.field
+			return r, fmt.Errorf("%w: %v", ErrMalformed, &e)
+		}
+	}
+	return r, nil
+}
+
+// DecodeGatewayRequest decodes a gateway query strictly.
+func DecodeGatewayRequest(data []byte) (GatewayRequest, error) {
+	var r GatewayRequest
+	if err := decodeObject(data, map[string]any{"gatewayId": &r.GatewayID}); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := ValidateUserID(r.GatewayID); err != nil {
+		e := *err.(*InvalidUserIDError)
+		e.Field = "gatewayId"
+		return r, fmt.Errorf("%w: %v", ErrMalformed, &e)
+	}
+	return r, nil
 }
 
 // OnlineRequest is the body of an online query: up to the service's

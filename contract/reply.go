@@ -28,7 +28,7 @@ func (r *Reply) UnmarshalJSON(data []byte) error {
 // the wire and stays empty.
 func (r *Rejection) UnmarshalJSON(data []byte) error {
 	var out Rejection
-	if err := decodeObject(data, map[string]any{"userId": &out.UserID, "error": &out.Error}); err != nil {
+	if err := decodeObject(data, map[string]any{"userId": &out.UserID, "connectionId": &out.ConnectionID, "error": &out.Error}); err != nil {
 		return fmt.Errorf("rejection: %w", err)
 	}
 	*r = out
@@ -38,10 +38,20 @@ func (r *Rejection) UnmarshalJSON(data []byte) error {
 // UnmarshalJSON decodes a status reply strictly.
 func (r *StatusReply) UnmarshalJSON(data []byte) error {
 	var out StatusReply
-	if err := decodeObject(data, map[string]any{"userId": &out.UserID, "online": &out.Online, "since": &out.Since, "expiresAt": &out.ExpiresAt, "version": &out.Version}); err != nil {
+	if err := decodeObject(data, map[string]any{"userId": &out.UserID, "online": &out.Online, "since": &out.Since, "expiresAt": &out.ExpiresAt, "version": &out.Version, "connections": &out.Connections, "heldUntil": &out.HeldUntil}); err != nil {
 		return err
 	}
 	*r = out
+	return nil
+}
+
+// UnmarshalJSON decodes one connection of a status reply strictly.
+func (c *ConnectionStatus) UnmarshalJSON(data []byte) error {
+	var out ConnectionStatus
+	if err := decodeObject(data, map[string]any{"connectionId": &out.ConnectionID, "gatewayId": &out.GatewayID, "since": &out.Since, "expiresAt": &out.ExpiresAt}); err != nil {
+		return fmt.Errorf("connection: %w", err)
+	}
+	*c = out
 	return nil
 }
 

@@ -9,6 +9,14 @@ func (s Subjects) Heartbeat() string { return s.Prefix + ".heartbeat" }
 // Disconnect is the subject gateways publish disconnects to.
 func (s Subjects) Disconnect() string { return s.Prefix + ".disconnect" }
 
+// GatewayHeartbeat is the subject a gateway takes and renews its lease on
+// (GatewayLeaseRequest).
+func (s Subjects) GatewayHeartbeat() string { return s.Prefix + ".gateway.heartbeat" }
+
+// GatewayDisconnect is the subject a gateway ends its lease on when it
+// shuts down (GatewayLeaseRequest).
+func (s Subjects) GatewayDisconnect() string { return s.Prefix + ".gateway.disconnect" }
+
 // Online is the subject online events are published to.
 func (s Subjects) Online() string { return s.Prefix + ".online" }
 

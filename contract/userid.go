@@ -18,9 +18,18 @@ var ErrInvalidUserID = errors.New("invalid userId")
 type InvalidUserIDError struct {
 	Reason string // empty, too_long, invalid_utf8, control_char, space, glob_char, not_string, malformed
 	Detail string
+	// Field is the member that holds the value: "" for userId; connectionId
+	// and gatewayId follow the same rules.
+	Field string
 }
 
-func (e *InvalidUserIDError) Error() string { return "invalid userId: " + e.Detail }
+func (e *InvalidUserIDError) Error() string {
+	f := e.Field
+	if f == "" {
+		f = "userId"
+	}
+	return "invalid " + f + ": " + e.Detail
+}
 
 // Is makes errors.Is(err, ErrInvalidUserID) true.
 func (e *InvalidUserIDError) Is(target error) bool { return target == ErrInvalidUserID }

@@ -49,6 +49,13 @@ const (
 	ReasonDisconnect Reason = "disconnect"
 	// ReasonDataLoss: Redis lost presence data (reset).
 	ReasonDataLoss Reason = "data_loss"
+	// ReasonGatewayLost: the user's last connections were on a gateway
+	// whose lease lapsed, ended, or was taken by a restarted instance
+	// (offline).
+	ReasonGatewayLost Reason = "gateway_lost"
+	// ReasonKicked: a disconnect with allConnections ended every connection
+	// of the user (offline).
+	ReasonKicked Reason = "kicked"
 )
 
 // Event is a presence.online or presence.offline message (or, with Status
@@ -167,7 +174,9 @@ const TimeoutHeader = "Presence-Timeout"
 // Rejection is one id that was not accepted, with the reason.
 type Rejection struct {
 	UserID string `json:"userId"`
-	Error  string `json:"error"`
+	// ConnectionID names the connection of a rejected connection entry.
+	ConnectionID string `json:"connectionId,omitempty"`
+	Error        string `json:"error"`
 	// Reason is a stable label for metrics, not sent on the wire.
 	Reason string `json:"-"`
 }
@@ -196,8 +205,16 @@ var (
 
 // Request is a decoded heartbeat or disconnect message.
 type Request struct {
-	// IDs are the valid ids, duplicates removed, in first-seen order.
+	// IDs are the valid ids of plain entries (each the user's implicit
+	// connection, without a gateway or a sequence), duplicates removed, in
+	// first-seen order.
 	IDs []string
+	// Conns are the valid connection entries (see Conn), one per
+	// connection, in first-seen order.
+	Conns []Conn
+	// All: "allConnections": every connection of the IDs' users ends (a
+	// disconnect only; Conns is empty then).
+	All bool
 	// Rejected are the invalid ones; the valid ids are still processed.
 	Rejected []Rejection
 }
@@ -206,7 +223,10 @@ type Request struct {
 const maxShown = 64
 
 // DecodeRequest decodes {"userId":"u-1"} or {"userIds":["u-1",...]} (both
-// may appear; their ids are merged; other members are ignored). The body is
+// may appear; their ids are merged; other members are ignored), and the
+// connection shapes (see decodeConns): a "connectionId", "gatewayId" or
+// "seq" beside "userId", a "gatewayId" beside "userIds", a "connections"
+// batch, or "allConnections". The body is
 // strict JSON: only JSON white space around the object, the member names
 // exactly as written here, and a repeated member makes it malformed. Invalid ids are rejected one by one
 // without costing the valid ones. The message fails as a whole (ErrMalformed,
@@ -222,28 +242,41 @@ func DecodeRequest(data []byte, max int) (Request, error) {
 // space only around it, member names exact, none repeated; other members
 // ignored), then encoding/json element by element.
 func decodeSlow(data []byte, max int) (Request, error) {
-	var raw struct {
-		UserID  json.RawMessage
-		UserIDs []json.RawMessage
-	}
+	var raw rawRequest
 	err := objectMembers(data, func(name string, v json.RawMessage) error {
 		switch name {
 		case "userId":
 			raw.UserID = v
 		case "userIds":
 			return json.Unmarshal(v, &raw.UserIDs)
+		case "connectionId":
+			raw.ConnID = v
+		case "gatewayId":
+			raw.GatewayID = v
+		case "seq":
+			raw.Seq = v
+		case "connections":
+			return json.Unmarshal(v, &raw.Conns)
+		case "allConnections":
+			return json.Unmarshal(v, &raw.All)
 		}
 		return nil
 	})
 	if err != nil {
 		return Request{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
-	n := len(raw.UserIDs)
+	n := len(raw.UserIDs) + len(raw.Conns)
 	if raw.UserID != nil {
 		n++
 	}
 	if n == 0 {
-		return Request{}, fmt.Errorf(`%w: no "userId" or "userIds"`, ErrMalformed)
+		return Request{}, fmt.Errorf(`%w: no "userId", "userIds" or "connections"`, ErrMalformed)
+	}
+	if raw.connShaped() {
+		if n > max {
+			return Request{}, fmt.Errorf("%w: %d entries, the maximum is %d", ErrTooMany, n, max)
+		}
+		return decodeConns(raw)
 	}
 	if n > max {
 		return Request{}, fmt.Errorf("%w: %d ids, the maximum is %d", ErrTooMany, n, max)

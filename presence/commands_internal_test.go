@@ -15,9 +15,9 @@ func TestScriptCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"DEL", "EXISTS", "GET", "HDEL", "HGET", "HGETALL", "HKEYS", "HLEN", "HSCAN", "HSET", "HSETNX",
-		"INCRBY", "PTTL", "SET", "TIME", "TYPE", "XADD", "XCLAIM", "XGROUP DELCONSUMER", "XINFO CONSUMERS", "XINFO GROUPS",
-		"XPENDING", "XRANGE", "XTRIM", "ZADD", "ZRANGEBYSCORE", "ZREM"}
+	want := []string{"DEL", "EXISTS", "GET", "HDEL", "HGET", "HGETALL", "HINCRBY", "HKEYS", "HLEN", "HSCAN", "HSET", "HSETNX",
+		"INCR", "INCRBY", "PEXPIREAT", "PTTL", "SET", "TIME", "TYPE", "XADD", "XCLAIM", "XGROUP DELCONSUMER", "XINFO CONSUMERS", "XINFO GROUPS",
+		"XPENDING", "XRANGE", "XTRIM", "ZADD", "ZCOUNT", "ZRANGEBYSCORE", "ZREM"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("ScriptCommands() =\n%q\nwant\n%q", got, want)
 	}

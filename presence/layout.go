@@ -71,6 +71,26 @@ func (k Keys) Epoch() string { return k.prefix + "epoch" }
 // only while that walk is under way.
 func (k Keys) Resync() string { return k.prefix + "resync" }
 
+// Gateway holds a gateway's current lease, "<lease> <instanceId>", with
+// the lease time as its TTL (see lua/lease.lua).
+func (k Keys) Gateway(id string) string { return k.prefix + "gw:" + id }
+
+// LeaseCounts is a HASH lease -> connections registered under it.
+func (k Keys) LeaseCounts() string { return k.prefix + "leasen" }
+
+// parseLease splits a gateway key's value into the lease number and the
+// instance that holds it.
+func parseLease(v string) (lease, instance string, ok bool) {
+	lease, instance, ok = strings.Cut(v, " ")
+	if !ok || lease == "" {
+		return "", "", false
+	}
+	if _, err := strconv.ParseUint(lease, 10, 64); err != nil {
+		return "", "", false
+	}
+	return lease, instance, true
+}
+
 // epoch is the value of the epoch key, "<version>:<shards>": the version of
 // the reset that announced the data set and its sessions shard count.
 // lua/lib.lua (check_epoch) writes it when it creates the data set and

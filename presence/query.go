@@ -205,6 +205,20 @@ type Status struct {
 	Since     time.Time // start of the session (zero when offline)
 	ExpiresAt time.Time // the deadline (zero when offline)
 	Version   int64     // the session's online event version (0 when offline)
+	// Connections are the live connections the user has records of (none
+	// for a user kept online by plain heartbeats only).
+	Connections []Connection
+	// HeldUntil is set while the user's offline is held for the grace: no
+	// live connection, the session still open (Version set).
+	HeldUntil time.Time
+}
+
+// Connection is one live connection of a user.
+type Connection struct {
+	ID        string // "" for the implicit connection
+	GatewayID string
+	Since     time.Time
+	ExpiresAt time.Time
 }
 
 // Status returns id's presence in one round trip. A user is online while
@@ -214,12 +228,29 @@ func (s *Store) Status(ctx context.Context, id string) (Status, error) {
 	if err != nil {
 		return Status{}, fmt.Errorf("status of %q: %w", id, scriptError(err))
 	}
-	if len(vals) != 2 {
+	if len(vals) != 4 {
 		return Status{}, fmt.Errorf("status of %q: unexpected reply %v", id, vals)
 	}
 	pttl, _ := vals[0].(int64)
 	st := Status{UserID: id, Online: pttl != -2}
-	if !st.Online {
+	if held, _ := vals[3].(string); held != "" {
+		if _, until, ok := strings.Cut(held, " "); ok {
+			if ms, err := strconv.ParseInt(until, 10, 64); err == nil {
+				st.HeldUntil = time.UnixMilli(ms).UTC()
+			}
+		}
+	}
+	conns, _ := vals[2].([]any)
+	for i := 0; i+3 < len(conns); i += 4 {
+		c := Connection{}
+		c.ID, _ = conns[i].(string)
+		c.GatewayID, _ = conns[i+1].(string)
+		since, _ := conns[i+2].(int64)
+		dl, _ := conns[i+3].(int64)
+		c.Since, c.ExpiresAt = time.UnixMilli(since).UTC(), time.UnixMilli(dl).UTC()
+		st.Connections = append(st.Connections, c)
+	}
+	if !st.Online && st.HeldUntil.IsZero() {
 		return st, nil
 	}
 	if pttl >= 0 {

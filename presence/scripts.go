@@ -30,6 +30,14 @@ var (
 	luaReset string
 	//go:embed lua/reannounce.lua
 	luaReannounce string
+	//go:embed lua/connect.lua
+	luaConnect string
+	//go:embed lua/release.lua
+	luaRelease string
+	//go:embed lua/lease.lua
+	luaLease string
+	//go:embed lua/lapse.lua
+	luaLapse string
 
 	scriptHeartbeat  = libScript("heartbeat", luaHeartbeat)
 	scriptDisconnect = libScript("disconnect", luaDisconnect)
@@ -37,6 +45,10 @@ var (
 	scriptClaim      = libScript("claim", luaClaim)
 	scriptReset      = libScript("reset", luaReset)
 	scriptReannounce = libScript("reannounce", luaReannounce)
+	scriptConnect    = libScript("connect", luaConnect)
+	scriptRelease    = libScript("release", luaRelease)
+	scriptLease      = libScript("lease", luaLease)
+	scriptLapse      = libScript("lapse", luaLapse)
 )
 
 // Read-only scripts: lib.lua too, for the epoch's shard count and the hash.

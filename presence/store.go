@@ -44,6 +44,16 @@ type Options struct {
 	// View can follow the stream (one that falls further behind reads the
 	// sessions again); zero keeps none.
 	OutboxRetention time.Duration
+	// OfflineGrace holds the offline of a user whose last connection ended
+	// by a disconnect or a lost gateway this long: a connection within it
+	// continues the session with no events. Zero holds none.
+	OfflineGrace time.Duration
+	// GatewayLease is how long a gateway's lease lasts after its last
+	// lease heartbeat; zero means 15s.
+	GatewayLease time.Duration
+	// MaxConnections is the most live connections one user may have; a new
+	// one beyond it is refused (TooManyConnections). Zero means 64.
+	MaxConnections int
 }
 
 // DefaultShards suits up to about a million users online (~64 per shard).
@@ -61,6 +71,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Shards <= 0 {
 		o.Shards = DefaultShards
+	}
+	if o.GatewayLease <= 0 {
+		o.GatewayLease = 15 * time.Second
+	}
+	if o.MaxConnections <= 0 {
+		o.MaxConnections = 64
 	}
 	return o
 }
@@ -88,7 +104,7 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
-	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptSweep, scriptClaim, scriptReset, scriptReannounce, scriptTrim, scriptStatus, scriptList} {
+	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptConnect, scriptRelease, scriptLease, scriptLapse, scriptSweep, scriptClaim, scriptReset, scriptReannounce, scriptTrim, scriptStatus, scriptList} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("load scripts: %w", err)
 		}
@@ -142,7 +158,8 @@ var ErrKeyConflict = errors.New("the presence key holds another data type (not p
 // The online events are in the outbox when Heartbeat returns.
 func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
-	res, err := s.runChunks(ctx, scriptHeartbeat, ids, func(chunk []string) ([]string, []any) {
+	res, err := s.runChunks(ctx, scriptHeartbeat, len(ids), func(lo, hi int) ([]string, []any) {
+		chunk := ids[lo:hi]
 		keys := s.baseKeys(len(chunk))
 		args := append(s.baseArgs(1+len(chunk)), ttl)
 		for _, id := range chunk {
@@ -157,15 +174,17 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 	return res, nil
 }
 
-// Disconnect ends the sessions of ids now. It returns one result per id:
-// the offline event's version, 0 when the user had no session, or
-// KeyConflict when the id's key holds another type (the key is not deleted
-// and nothing of that id changes; the sweep ends a session still open on
-// such a key).
+// Disconnect ends the implicit connections of ids now: for a user with no
+// other live connection, the session ends (or its offline is held for
+// OfflineGrace). It returns one result per id: the offline event's
+// version, 0 when no offline was published, or KeyConflict when the id's
+// key holds another type (the key is not deleted and nothing of that id
+// changes; the sweep ends a session still open on such a key).
 func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := s.runChunks(ctx, scriptDisconnect, ids, func(chunk []string) ([]string, []any) {
+	res, err := s.runChunks(ctx, scriptDisconnect, len(ids), func(lo, hi int) ([]string, []any) {
+		chunk := ids[lo:hi]
 		keys := s.baseKeys(len(chunk))
-		args := s.baseArgs(len(chunk))
+		args := append(s.baseArgs(2+len(chunk)), s.ttlMS(), s.graceMS())
 		for _, id := range chunk {
 			keys = append(keys, s.keys.User(id))
 			args = append(args, id)
@@ -178,19 +197,20 @@ func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
 	return res, nil
 }
 
-// runChunks runs script once per ChunkSize ids, all in one pipeline, and
-// concatenates the per-id results (each reply is {now_ms, r1..rn}).
-func (s *Store) runChunks(ctx context.Context, script *redis.Script, ids []string, build func([]string) ([]string, []any)) ([]int64, error) {
-	if len(ids) == 0 {
+// runChunks runs script once per ChunkSize of n entries, all in one
+// pipeline (build makes a call's keys and args for entries [lo, hi)), and
+// concatenates the per-entry results (each reply is {now_ms, r1..rn}).
+func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, build func(lo, hi int) ([]string, []any)) ([]int64, error) {
+	if n == 0 {
 		return nil, nil
 	}
 	type call struct {
 		keys []string
 		args []any
 	}
-	calls := make([]call, 0, (len(ids)+ChunkSize-1)/ChunkSize)
-	for start := 0; start < len(ids); start += ChunkSize {
-		k, a := build(ids[start:min(start+ChunkSize, len(ids))])
+	calls := make([]call, 0, (n+ChunkSize-1)/ChunkSize)
+	for start := 0; start < n; start += ChunkSize {
+		k, a := build(start, min(start+ChunkSize, n))
 		calls = append(calls, call{k, a})
 	}
 	var cmds []*redis.Cmd
@@ -215,7 +235,7 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, ids []strin
 	if err != nil {
 		return nil, scriptError(err)
 	}
-	out := make([]int64, 0, len(ids))
+	out := make([]int64, 0, n)
 	for _, c := range cmds {
 		vals, err := c.Int64Slice()
 		if err != nil {

@@ -26,8 +26,17 @@ end
 local n = 0
 for i = 4, #ARGV do
   local id = ARGV[i]
-  if redis.call('EXISTS', user_key(id)) == 0 and end_session(id, hash(id), OFFLINE_EXPIRED) ~= 0 then
-    n = n + 1
+  if redis.call('EXISTS', user_key(id)) == 0 then
+    local h = hash(id)
+    local held = nil
+    if conns_on() then
+      local _
+      _, held = summary(id, h)
+    end
+    -- a held offline is the sweep's (its key was deleted, not expired)
+    if not held and close_user(id, h, OFFLINE_EXPIRED) ~= 0 then
+      n = n + 1
+    end
   end
 end
 flush()

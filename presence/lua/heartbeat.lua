@@ -18,6 +18,11 @@
 -- own id: nothing of that user is written, and the other ids of the call
 -- are applied as usual.
 --
+-- The ids are implicit connections (see lib.lua). For a user that also has
+-- connection records, the implicit one is recorded too, so that it keeps
+-- the user online when the others end; a user whose offline is held, or
+-- whose key lapsed unclaimed, continues its session (revive).
+--
 -- Returns {now_ms, r1, ..., rn}: ri is the online event's version when user i
 -- started a session, 0 for a refresh, KEY_CONFLICT (-1) when user i's key
 -- holds another type (nothing written for user i).
@@ -37,8 +42,28 @@ for i = 1, #ARGV - 3 do
       file(id, h, deadline, v)
       res[i + 1] = emit(ONLINE .. id)
       COUNT_DELTA = COUNT_DELTA + 1
+    else
+      revive(id, h)
     end
-  elseif type(old) == 'table' and old.err then
+  elseif type(old) ~= 'table' then
+    if conns_on() then
+      local id = ARGV[i + 3]
+      local h = hash(id)
+      local n = summary(id, h)
+      if n ~= nil then
+        local f = id .. ' '
+        local rec = redis.call('HGET', conn_key(h), f)
+        local lease, seq, dl, since = 0, 0, 0, NOW_MS
+        if rec then lease, seq, dl, since = parse_rec(rec) end
+        if not rec or dl <= NOW_MS then
+          -- a new implicit connection (or one that died: started again)
+          since = NOW_MS
+          if not rec then set_summary(id, h, n + 1) end
+        end
+        redis.call('HSET', conn_key(h), f, fmt_rec(lease, seq, deadline, since))
+      end
+    end
+  elseif old.err then
     if string.sub(old.err, 1, 9) ~= 'WRONGTYPE' then
       -- not a conflict (never seen): keep what was done consistent, then fail
       flush()

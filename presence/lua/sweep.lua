@@ -26,6 +26,11 @@
 -- The cost of a call is O(log B + entries read), B the number of buckets:
 -- users whose slot has not ended are never read.
 --
+-- A user whose offline is held (its last connection ended, see last_gone
+-- in lib.lua) keeps its entries until the hold ends; then its session ends
+-- with the hold's reason, counted as claimed. A user whose key is gone
+-- loses its connection records with its session.
+--
 -- Returns {claimed, graced, more, walk}: more is 1 when the limit was
 -- reached and the caller should call again at once; walk is 1 while the
 -- re-announce walk is under way (the caller takes its steps).
@@ -63,11 +68,32 @@ while i <= #buckets and read < limit do
       -- presenced's (which always has one), so the session is gone
       pttl = -2
     end
-    if pttl == -2 and not cutoff then
+    local held, untl
+    if pttl == -2 and conns_on() then
+      local _
+      _, held, untl = summary(id, h)
+    end
+    if held then
+      -- the user's last connection ended and its offline is held: the
+      -- entry (the hold's, or the session's own) waits until the hold
+      -- ends, then the session ends with the hold's reason. Entries of
+      -- other sessions are dropped.
+      local sv = redis.call('HGET', shard_key(h), id)
+      if sv and (ev == nil or ev == sv or ev == 'H' .. sv) then
+        if untl > NOW_MS then
+          file(id, h, untl, ev or sv)
+        else
+          set_summary(id, h, 0)
+          if end_session(id, h, 'offline ' .. held .. ' ') ~= 0 then
+            claimed = claimed + 1
+          end
+        end
+      end
+    elseif pttl == -2 and not cutoff then
       -- removing the session is the claim (no session: nothing to do; the
       -- user's key lapsed, so whichever entry comes due first ends it, as
       -- the keyspace path does)
-      if end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+      if close_user(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
         claimed = claimed + 1
       end
     else
@@ -84,7 +110,11 @@ while i <= #buckets and read < limit do
           redis.call('SET', k, '1', 'PX', ARGV[5])
           file(id, h, NOW_MS + ttl, sv)
           graced = graced + 1
-        elseif end_session(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
+          if conns_on() then
+            -- the user's connections get the same grace as its key
+            extend_conns(id, h, NOW_MS + ttl)
+          end
+        elseif close_user(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
           -- never graced: SET would overwrite another program's key
           claimed = claimed + 1
         end

@@ -1,0 +1,76 @@
+-- lapse.lua: one step of ending the connections of a gateway lease that is
+-- due (not renewed in time, replaced by a restarted gateway, or ended).
+-- Requires lib.lua (see its connections layout).
+--
+-- ARGV[3]  index entries to read in this call, at most (whole buckets)
+-- ARGV[4]  offline grace in ms (0: none)
+--
+-- Takes the lease due first (ZSET <p>leases). The gateway's key is deleted
+-- if it still names that lease, so its connections' next heartbeats do not
+-- register under it. Then the lease's index buckets are read in order from
+-- the lease's cursor: each connection still registered under the lease is
+-- ended; a user left with no live connection goes offline with reason
+-- "gateway_lost" (held for the grace), one with another live connection
+-- keeps its session silently. A bucket read is deleted and the cursor
+-- moves in the same call, so any replica may take any step and none reads
+-- a bucket twice; after the last bucket the lease is forgotten.
+--
+-- Returns {ended, left, more}: connections ended, users left with no live
+-- connection (their offline published, or held), and 1 when a lease is
+-- still due (call again at once).
+local err = check_epoch()
+if err then return err end
+local limit = tonumber(ARGV[3])
+local grace = tonumber(ARGV[4])
+local due = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', string.format('%d', NOW_MS), 'LIMIT', 0, 1)
+if #due == 0 then
+  flush()
+  return {0, 0, 0}
+end
+local lease = due[1]
+local ln = tonumber(lease)
+local gw = redis.call('HGET', P .. 'leasegw', lease)
+if gw then
+  local cur = redis.call('GET', P .. 'gw:' .. gw)
+  if cur and string.match(cur, '^(%d+)') == lease then
+    redis.call('DEL', P .. 'gw:' .. gw)
+  end
+end
+local b = tonumber(redis.call('HGET', P .. 'leasecur', lease) or '0')
+-- BUCKETS_PER_CALL bounds the buckets one call reads, empty ones included.
+local BUCKETS_PER_CALL = 4096
+local ended, offline, read, stop = 0, 0, 0, b + BUCKETS_PER_CALL
+while b < SHARDS and b < stop and read < limit do
+  local bk = string.format('%sg:%s:%d', P, lease, b)
+  local e = redis.call('HGETALL', bk)
+  for j = 1, #e, 2 do
+    local field = e[j]
+    local id = string.match(field, '^(%S+) ')
+    local h = hash(id)
+    local rec = redis.call('HGET', conn_key(h), field)
+    if rec and parse_rec(rec) == ln then
+      local n = summary(id, h) or 1
+      redis.call('HDEL', conn_key(h), field)
+      ended = ended + 1
+      if not others_after(id, h, n) then
+        last_gone(id, h, OFFLINE_GATEWAY_LOST, 'gateway_lost', grace)
+        offline = offline + 1
+      end
+    end
+  end
+  read = read + #e / 2
+  if #e > 0 then redis.call('DEL', bk) end
+  b = b + 1
+end
+local more = 1
+if b >= SHARDS then
+  redis.call('ZREM', P .. 'leases', lease)
+  redis.call('HDEL', P .. 'leasegw', lease)
+  redis.call('HDEL', P .. 'leasen', lease)
+  redis.call('HDEL', P .. 'leasecur', lease)
+  if redis.call('ZCOUNT', P .. 'leases', '-inf', string.format('%d', NOW_MS)) == 0 then more = 0 end
+else
+  redis.call('HSET', P .. 'leasecur', lease, string.format('%d', b))
+end
+flush()
+return {ended, offline, more}
