@@ -49,6 +49,16 @@ type Metrics struct {
 	// ConsumersRemoved counts outbox consumers removed because they had
 	// nothing pending and were idle (left by replicas that stopped).
 	ConsumersRemoved prometheus.Counter
+	// StaleEntries counts connection heartbeats and disconnects ignored
+	// because their seq was not above the last applied for the connection.
+	StaleEntries prometheus.Counter
+	// GatewayConnectionsLost counts connections ended because their
+	// gateway's lease was lost (lapsed, replaced by a restart, or ended).
+	GatewayConnectionsLost prometheus.Counter
+	// Leases counts gateway lease messages by result: renewed, taken,
+	// replaced (taken from a restarted gateway's previous instance),
+	// ended, rejected, failed.
+	Leases *prometheus.CounterVec
 }
 
 // New returns fresh collectors registered on a new registry, with the Go and
@@ -74,8 +84,12 @@ func New() *Metrics {
 	m.IntakeDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_intake_dropped_total", Help: "Heartbeat and disconnect messages dropped because the intake held PRESENCE_INTAKE_MB (answered \"overloaded\" when they had a reply subject)."})
 	m.QueueGroupLeaves = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_queue_group_leaves_total", Help: "Times this replica left the queue group because Redis was unavailable (it rejoins when Redis answers)."})
 	m.ConsumersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_consumers_removed_total", Help: "Outbox consumers removed with nothing pending after being idle (left by replicas that stopped without leaving the group)."})
+	m.StaleEntries = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_stale_entries_total", Help: "Connection heartbeats and disconnects ignored because their seq was not above the last applied for their connection."})
+	m.GatewayConnectionsLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_gateway_connections_lost_total", Help: "Connections ended because their gateway's lease was lost (lapsed, taken by a restarted instance, or ended)."})
+	m.Leases = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_gateway_leases_total", Help: "Gateway lease messages, by result (renewed, taken, replaced, ended, rejected, failed)."}, []string{"result"})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
-		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves, m.ConsumersRemoved} {
+		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves, m.ConsumersRemoved,
+		m.StaleEntries, m.GatewayConnectionsLost, m.Leases} {
 		f(c)
 	}
 	return m

@@ -31,30 +31,24 @@ func newResultCounters(v *prometheus.CounterVec) resultCounters {
 // results counts the ids of o by result.
 func (w *Worker) results(o op) *resultCounters { return &w.counts[o] }
 
-// finish records one stored (or failed) part of r, whose ids are ids, and
-// answers r when it was the last. conflicts holds the ids of the store call
-// that were not stored because their key holds another type.
-func (w *Worker) finish(r *request, ids []string, err error, conflicts map[string]struct{}) {
+// finish records one stored (or failed) part of r, n entries of which
+// rejected were not stored (their key holds another type, or their user has
+// too many connections), and answers r when it was the last.
+func (w *Worker) finish(r *request, n int, err error, rejected []contract.Rejection) {
 	results := w.results(r.op)
-	var rejected []contract.Rejection
-	if err == nil && len(conflicts) > 0 {
-		for _, id := range ids {
-			if _, ok := conflicts[id]; ok {
-				rejected = append(rejected, contract.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
-			}
+	if err == nil && len(rejected) > 0 {
+		for _, rj := range rejected {
+			w.m.Rejections.WithLabelValues(rj.Reason).Inc()
 		}
-		if n := len(rejected); n > 0 {
-			w.m.Rejections.WithLabelValues(reasonKeyConflict).Add(float64(n))
-			results.rejected.Add(float64(n))
-			w.debugf("rejected ids: their presence key holds another type", "op", r.op, "count", n, "first", rejected[0].UserID)
-		}
+		results.rejected.Add(float64(len(rejected)))
+		w.debugf("rejected entries", "op", r.op, "count", len(rejected), "first", rejected[0].UserID, "err", rejected[0].Error)
 	}
-	stored := len(ids) - len(rejected)
+	stored := n - len(rejected)
 	switch {
 	case errors.Is(err, errExpired):
-		results.expired.Add(float64(len(ids)))
+		results.expired.Add(float64(n))
 	case err != nil:
-		results.failed.Add(float64(len(ids)))
+		results.failed.Add(float64(n))
 	default:
 		results.accepted.Add(float64(stored))
 	}
@@ -77,6 +71,18 @@ func (w *Worker) finish(r *request, ids []string, err error, conflicts map[strin
 		return
 	}
 	w.respond(r.msg, contract.Reply{Accepted: r.accepted, Rejected: r.rejected})
+}
+
+// conflicted are the rejections of those of ids in conflicts (their
+// presence key holds another type).
+func conflicted(ids []string, conflicts map[string]struct{}) []contract.Rejection {
+	var out []contract.Rejection
+	for _, id := range ids {
+		if _, ok := conflicts[id]; ok {
+			out = append(out, contract.Rejection{UserID: id, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
+		}
+	}
+	return out
 }
 
 // failedReply is the answer to a request a part of which failed with err.
@@ -170,11 +176,12 @@ func (w *Worker) execute(ctx context.Context, q <-chan job) {
 	}
 }
 
-// storeBatch stores runs of same-op jobs in order, one store call per run.
+// storeBatch stores runs of jobs of the same op and kind in order, one
+// store call per run.
 func (w *Worker) storeBatch(ctx context.Context, batch []job) {
 	for start := 0; start < len(batch); {
 		end := start + 1
-		for end < len(batch) && batch[end].op == batch[start].op {
+		for end < len(batch) && batch[end].op == batch[start].op && batch[end].kind == batch[start].kind {
 			end++
 		}
 		w.storeRun(ctx, batch[start:end])
@@ -197,16 +204,20 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	for _, j := range run {
 		switch {
 		case aborted:
-			w.finish(j.req, j.ids, errAborted, nil)
+			w.finish(j.req, j.n(), errAborted, nil)
 			w.queued.give(j.cost)
 		case j.req.deadline != 0 && now > j.req.deadline:
-			w.finish(j.req, j.ids, errExpired, nil)
+			w.finish(j.req, j.n(), errExpired, nil)
 			w.queued.give(j.cost)
 		default:
 			live = append(live, j)
 		}
 	}
 	if len(live) == 0 {
+		return
+	}
+	if live[0].kind == kindConn {
+		w.storeConns(ctx, live)
 		return
 	}
 	run = live
@@ -225,9 +236,12 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 	}
 	var err error
 	var versions []int64
-	if run[0].op == opHeartbeat {
+	switch {
+	case run[0].kind == kindKick:
+		versions, err = w.store.Kick(ctx, ids)
+	case run[0].op == opHeartbeat:
 		versions, err = w.store.Heartbeat(ctx, ids)
-	} else {
+	default:
 		versions, err = w.store.Disconnect(ctx, ids)
 	}
 	var conflicts map[string]struct{}
@@ -249,7 +263,50 @@ func (w *Worker) storeRun(ctx context.Context, run []job) {
 		}
 	}
 	for _, j := range run {
-		w.finish(j.req, j.ids, err, conflicts)
+		w.finish(j.req, len(j.ids), err, conflicted(j.ids, conflicts))
+		w.queued.give(j.cost)
+	}
+}
+
+// storeConns stores a run of connection jobs with one store call (their
+// entries in order; a connection named twice is applied twice, in order)
+// and answers each job's entries by position.
+func (w *Worker) storeConns(ctx context.Context, run []job) {
+	conns := run[0].conns
+	if len(run) > 1 {
+		conns = nil
+		for _, j := range run {
+			conns = append(conns, j.conns...)
+		}
+	}
+	var res []int64
+	var err error
+	if run[0].op == opHeartbeat {
+		res, err = w.store.Connect(ctx, conns)
+	} else {
+		res, err = w.store.Release(ctx, conns)
+	}
+	if err != nil {
+		w.log.Warn("store batch failed", "op", run[0].op, "connections", len(conns), "err", err)
+		w.storeFailed(err)
+	}
+	at := 0
+	for _, j := range run {
+		var rejected []contract.Rejection
+		if err == nil {
+			for i, c := range j.conns {
+				switch res[at+i] {
+				case presence.KeyConflict:
+					rejected = append(rejected, contract.Rejection{UserID: c.UserID, ConnectionID: c.ConnectionID, Error: presence.ErrKeyConflict.Error(), Reason: reasonKeyConflict})
+				case presence.TooManyConnections:
+					rejected = append(rejected, contract.Rejection{UserID: c.UserID, ConnectionID: c.ConnectionID, Error: presence.ErrTooManyConnections.Error(), Reason: reasonTooManyConnections})
+				case presence.Stale:
+					w.m.StaleEntries.Inc()
+				}
+			}
+		}
+		at += len(j.conns)
+		w.finish(j.req, len(j.conns), err, rejected)
 		w.queued.give(j.cost)
 	}
 }

@@ -42,6 +42,10 @@ var (
 // another type (presence.KeyConflict), in presenced_rejections_total.
 const reasonKeyConflict = "key_conflict"
 
+// reasonTooManyConnections labels connections refused because their user
+// has the most live connections allowed (presence.TooManyConnections).
+const reasonTooManyConnections = "too_many_connections"
+
 // request is one decoded message whose ids are being stored, possibly by
 // several executors (each owns a share of the users, see dispatch). The
 // last part to finish answers it.
@@ -57,13 +61,28 @@ type request struct {
 	err      error // first failure
 }
 
+// kind is what a job's entries are: plain ids (implicit connections),
+// connection entries, or users whose every connection ends.
+type kind uint8
+
+const (
+	kindPlain kind = iota
+	kindConn
+	kindKick
+)
+
 // job is the part of one request that one executor stores.
 type job struct {
-	req  *request
-	op   op
-	ids  []string
-	cost int // taken from Worker.queued, given back once stored
+	req   *request
+	op    op
+	kind  kind
+	ids   []string        // kindPlain, kindKick
+	conns []contract.Conn // kindConn
+	cost  int             // taken from Worker.queued, given back once stored
 }
+
+// n is the number of entries the job stores.
+func (j job) n() int { return len(j.ids) + len(j.conns) }
 
 // pump moves messages from the subscriptions' channel into the intake,
 // all that are waiting at once, until closing is closed (the subscriptions
@@ -170,8 +189,16 @@ func (w *Worker) dispatch(abort <-chan struct{}) {
 // byte limit.
 func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	o := opHeartbeat
-	if msg.Subject == w.disconnectSubject {
+	switch msg.Subject {
+	case w.disconnectSubject:
 		o = opDisconnect
+	case w.leaseSubjects[0], w.leaseSubjects[1]:
+		select {
+		case w.leaseQ <- msg:
+		default:
+			w.respondLease(msg, contract.GatewayLeaseReply{Error: errOverloaded, Retry: true})
+		}
+		return
 	}
 	results := w.results(o)
 	select {
@@ -194,6 +221,12 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: err.Error()})
 		return
 	}
+	if req.All && o == opHeartbeat {
+		w.m.Rejections.WithLabelValues("malformed").Inc()
+		results.rejected.Inc()
+		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: contract.ErrMalformed.Error() + `: "allConnections" is for disconnects`})
+		return
+	}
 	for _, r := range req.Rejected {
 		w.m.Rejections.WithLabelValues(r.Reason).Inc()
 	}
@@ -201,9 +234,10 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 		results.rejected.Add(float64(n))
 		w.debugf("rejected ids", "subject", msg.Subject, "count", n, "first", req.Rejected[0].UserID, "err", req.Rejected[0].Error)
 	}
+	entries := len(req.IDs) + len(req.Conns)
 	deadline := requestDeadline(msg, at)
 	if deadline != 0 && since() > deadline {
-		results.expired.Add(float64(len(req.IDs)))
+		results.expired.Add(float64(entries))
 		w.respond(msg, contract.Reply{Rejected: []contract.Rejection{}, Error: errExpired.Error(), Retry: true})
 		return
 	}
@@ -211,65 +245,94 @@ func (w *Worker) handle(msg *nats.Msg, at int64, abort <-chan struct{}) {
 	if r.rejected == nil {
 		r.rejected = []contract.Rejection{}
 	}
-	if len(req.IDs) == 0 {
+	if entries == 0 {
 		w.respond(msg, contract.Reply{Rejected: r.rejected})
 		return
 	}
 	// The queue is bounded in ids by the budget, then in messages by the
 	// executors' channels; the budget's wait yields to an abort. Rejections
 	// are charged too: the request holds them until it is answered.
-	cost := w.queued.take(len(req.IDs)+len(req.Rejected), abort)
+	cost := w.queued.take(entries+len(req.Rejected), abort)
 	if cost == 0 {
-		results.failed.Add(float64(len(req.IDs)))
+		results.failed.Add(float64(entries))
 		w.respond(msg, contract.Reply{Rejected: r.rejected, Error: errShuttingDown, Retry: true})
 		return
 	}
-	n := len(w.execQ)
-	if n == 1 || len(req.IDs) == 1 {
+	k := kindPlain
+	switch {
+	case req.All:
+		k = kindKick
+	case len(req.Conns) > 0:
+		k = kindConn
+	}
+	if len(w.execQ) == 1 || entries == 1 {
+		user := ""
+		if k == kindConn {
+			user = req.Conns[0].UserID
+		} else {
+			user = req.IDs[0]
+		}
 		r.parts = 1
-		w.execQ[w.owner(req.IDs[0])] <- job{req: r, op: o, ids: req.IDs, cost: cost}
+		w.execQ[w.owner(user)] <- job{req: r, op: o, kind: k, ids: req.IDs, conns: req.Conns, cost: cost}
 		return
 	}
-	// Split by owner into one backing array: count, then place.
+	// Split by owner; each executor with a share gets one job.
+	var jobs []job
+	var execs []int
+	if k == kindConn {
+		for e, p := range split(w, req.Conns, func(c contract.Conn) string { return c.UserID }) {
+			if len(p) > 0 {
+				jobs, execs = append(jobs, job{req: r, op: o, kind: k, conns: p}), append(execs, e)
+			}
+		}
+	} else {
+		for e, p := range split(w, req.IDs, func(id string) string { return id }) {
+			if len(p) > 0 {
+				jobs, execs = append(jobs, job{req: r, op: o, kind: k, ids: p}), append(execs, e)
+			}
+		}
+	}
+	r.parts = len(jobs)
+	// The cost goes back with the parts (any split is fine: the budget only
+	// needs the total back), the remainder with the last one queued.
+	for i, j := range jobs {
+		j.cost = min(j.n(), cost)
+		if i == len(jobs)-1 {
+			j.cost = cost
+		}
+		cost -= j.cost
+		w.execQ[execs[i]] <- j
+	}
+}
+
+// split groups items by the executor that owns each one's user (key), in
+// one backing array: parts[k] is executor k's share, in arrival order.
+func split[T any](w *Worker, items []T, key func(T) string) [][]T {
+	n := len(w.execQ)
+	parts := make([][]T, n)
 	owners := w.owners[:0]
 	counts := make([]int, n+1)
-	for _, id := range req.IDs {
-		k := w.owner(id)
+	for _, it := range items {
+		k := w.owner(key(it))
 		owners = append(owners, uint16(k))
 		counts[k+1]++
 	}
 	w.owners = owners
-	used := 0
 	for k := 1; k <= n; k++ {
-		if counts[k] > 0 {
-			used++
-		}
 		counts[k] += counts[k-1]
 	}
-	split := make([]string, len(req.IDs))
+	out := make([]T, len(items))
 	next := make([]int, n)
 	copy(next, counts[:n])
-	for i, id := range req.IDs {
+	for i, it := range items {
 		k := owners[i]
-		split[next[k]] = id
+		out[next[k]] = it
 		next[k]++
 	}
-	r.parts = used
-	// The cost goes back with the parts (any split is fine: the budget only
-	// needs the total back), the remainder with the last one queued.
 	for k := range n {
-		p := split[counts[k]:counts[k+1]]
-		if len(p) == 0 {
-			continue
-		}
-		c := min(len(p), cost)
-		used--
-		if used == 0 {
-			c = cost
-		}
-		cost -= c
-		w.execQ[k] <- job{req: r, op: o, ids: p, cost: c}
+		parts[k] = out[counts[k]:counts[k+1]]
 	}
+	return parts
 }
 
 // owner is the executor that stores id: the same one for every message, so

@@ -19,7 +19,8 @@ import (
 // share of every user's heartbeats and fail them while the healthy
 // replicas swept those users offline.
 
-// subscribe joins the queue group on both subjects, delivering into the
+// subscribe joins the queue group on the heartbeat, disconnect and gateway
+// lease subjects, delivering into the
 // intake; it does nothing while the worker is stopping.
 func (w *Worker) subscribe() error {
 	w.subsMu.Lock()
@@ -27,8 +28,8 @@ func (w *Worker) subscribe() error {
 	if w.stopped.Load() || w.subs != nil {
 		return nil
 	}
-	subs := make([]*nats.Subscription, 0, 2)
-	for _, subject := range []string{w.opts.Subjects.Heartbeat(), w.opts.Subjects.Disconnect()} {
+	subs := make([]*nats.Subscription, 0, 4)
+	for _, subject := range []string{w.opts.Subjects.Heartbeat(), w.opts.Subjects.Disconnect(), w.leaseSubjects[0], w.leaseSubjects[1]} {
 		sub, err := w.bus.ChanQueueSubscribe(subject, w.opts.Queue, w.in.ch)
 		if err != nil {
 			for _, s := range subs {

@@ -30,6 +30,12 @@ import (
 type Store interface {
 	Heartbeat(ctx context.Context, ids []string) ([]int64, error)
 	Disconnect(ctx context.Context, ids []string) ([]int64, error)
+	Connect(ctx context.Context, conns []contract.Conn) ([]int64, error)
+	Release(ctx context.Context, conns []contract.Conn) ([]int64, error)
+	Kick(ctx context.Context, ids []string) ([]int64, error)
+	RenewLease(ctx context.Context, gateway, instance string) (presence.Lease, error)
+	EndLease(ctx context.Context, gateway, instance string) (presence.Lease, error)
+	Lapse(ctx context.Context, limit int) (presence.LapseResult, error)
 	Sweep(ctx context.Context, limit int) (presence.SweepResult, error)
 	Claim(ctx context.Context, ids []string) (int, error)
 	Count(ctx context.Context) (int64, error)
@@ -167,7 +173,9 @@ type Worker struct {
 	in                *intake
 	overloaded        chan *nats.Msg // dropped by the intake, to be answered "overloaded"
 	disconnectSubject string
-	execQ             []chan job // one queue per executor; a user's ids always go to the same one
+	leaseSubjects     [2]string      // gateway heartbeat, gateway disconnect
+	leaseQ            chan *nats.Msg // lease messages, answered by leases
+	execQ             []chan job     // one queue per executor; a user's ids always go to the same one
 	seed              maphash.Seed
 	owners            []uint16      // the dispatcher's scratch: owner of each id of a message
 	queued            *budget       // ids queued for and held by the executors
@@ -207,6 +215,8 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 		in:                newIntake(opts.IntakeBytes),
 		overloaded:        make(chan *nats.Msg, 1024),
 		disconnectSubject: opts.Subjects.Disconnect(),
+		leaseSubjects:     [2]string{opts.Subjects.GatewayHeartbeat(), opts.Subjects.GatewayDisconnect()},
+		leaseQ:            make(chan *nats.Msg, 256),
 		seed:              maphash.MakeSeed(),
 		queued:            newBudget(opts.QueueIDs),
 		closing:           make(chan struct{}),
@@ -266,6 +276,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.goLoop(func() { w.rejoin(runCtx) })
 	w.goLoop(func() { w.reconcile(runCtx) })
+	w.goLoop(func() { w.leases(runCtx) })
 	w.goLoop(func() { w.relay(runCtx) })
 	if w.expiry != nil {
 		w.goLoop(func() { _ = w.expiry.Run(runCtx) })
