@@ -78,6 +78,7 @@ type viewStore interface {
 	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
 	Status(ctx context.Context, id string) (Status, error)
 	Count(ctx context.Context) (int64, error)
+	Gateway(ctx context.Context, gateway string) (GatewayStatus, error)
 }
 
 var _ viewStore = (*Store)(nil)
@@ -326,6 +327,11 @@ func (v *View) apply(msgs []redis.XMessage, ep epoch) {
 // no deadlines or versions.
 func (v *View) Status(ctx context.Context, id string) (Status, error) {
 	return v.store.Status(ctx, id)
+}
+
+// Gateway returns a gateway's lease from Redis (Store.Gateway).
+func (v *View) Gateway(ctx context.Context, gateway string) (GatewayStatus, error) {
+	return v.store.Gateway(ctx, gateway)
 }
 
 // List returns one page of the users online from Redis (Store.List), so

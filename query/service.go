@@ -1,5 +1,5 @@
 // Package query is presenced's query service: a NATS micro service named
-// "presence" (presence.query.status, .online, .list and .count) that
+// "presence" (presence.query.status, .online, .list, .count and .gateway) that
 // answers who is online from a consumer-side Store (presence.Store, or the
 // query View that follows the outbox).
 package query
@@ -22,7 +22,7 @@ import (
 
 // The query service: a nats.go micro service named QueryServiceName that
 // answers who is online. Its endpoints are <prefix>.query.status, .online,
-// .list and .count; it is discoverable with $SRV.PING, $SRV.INFO and
+// .list, .count and .gateway; it is discoverable with $SRV.PING, $SRV.INFO and
 // $SRV.STATS like any micro service. A failed request is answered with the
 // micro error headers (Nats-Service-Error-Code, Nats-Service-Error) and an
 // empty body: QueryBadRequest when the request itself is wrong,
@@ -37,6 +37,7 @@ type Store interface {
 	GetOnlineUsers(ctx context.Context, ids []string) ([]string, error)
 	List(ctx context.Context, cursor string, limit int) (presence.Page, error)
 	Count(ctx context.Context) (int64, error)
+	Gateway(ctx context.Context, gateway string) (presence.GatewayStatus, error)
 }
 
 // Options configures the query service. Zero values take the
@@ -143,7 +144,7 @@ func Start(nc *nats.Conn, store Store, opts Options) (micro.Service, error) {
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:        contract.QueryServiceName,
 		Version:     opts.Version,
-		Description: "who is online: status, online, list, count",
+		Description: "who is online: status, online, list, count, gateway",
 		Metadata:    map[string]string{"prefix": opts.Subjects.Prefix},
 		QueueGroup:  opts.Queue,
 		ErrorHandler: func(_ micro.Service, err *micro.NATSError) {
@@ -162,6 +163,7 @@ func Start(nc *nats.Conn, store Store, opts Options) (micro.Service, error) {
 		{contract.QueryOnline, q.online},
 		{contract.QueryList, q.list},
 		{contract.QueryCount, q.count},
+		{contract.QueryGateway, q.gateway},
 	}
 	for _, ep := range endpoints {
 		if err := g.AddEndpoint(ep.name, q.handler(ep.name, ep.fn),
@@ -243,6 +245,30 @@ func (q *queryService) status(ctx context.Context, data []byte) (any, error) {
 	}
 	if !st.ExpiresAt.IsZero() {
 		r.ExpiresAt = st.ExpiresAt.UTC().Format(contract.TimeFormat)
+	}
+	if !st.HeldUntil.IsZero() {
+		r.HeldUntil = st.HeldUntil.UTC().Format(contract.TimeFormat)
+	}
+	r.Connections = make([]contract.ConnectionStatus, 0, len(st.Connections))
+	for _, c := range st.Connections {
+		r.Connections = append(r.Connections, contract.ConnectionStatus{ConnectionID: c.ID, GatewayID: c.GatewayID,
+			Since: c.Since.UTC().Format(contract.TimeFormat), ExpiresAt: c.ExpiresAt.UTC().Format(contract.TimeFormat)})
+	}
+	return r, nil
+}
+
+func (q *queryService) gateway(ctx context.Context, data []byte) (any, error) {
+	req, err := contract.DecodeGatewayRequest(data)
+	if err != nil {
+		return nil, badRequestFrom(err)
+	}
+	g, err := q.store.Gateway(ctx, req.GatewayID)
+	if err != nil {
+		return nil, storeFailure(err)
+	}
+	r := contract.GatewayReply{GatewayID: g.GatewayID, Leased: g.Leased, InstanceID: g.InstanceID, Connections: g.Connections}
+	if !g.ExpiresAt.IsZero() {
+		r.ExpiresAt = g.ExpiresAt.UTC().Format(contract.TimeFormat)
 	}
 	return r, nil
 }

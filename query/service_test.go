@@ -279,6 +279,7 @@ func TestQueryDiscovery(t *testing.T) {
 	p := e.subjects.Prefix
 	want := []string{
 		"count " + p + ".query.count presenced",
+		"gateway " + p + ".query.gateway presenced",
 		"list " + p + ".query.list presenced",
 		"online " + p + ".query.online presenced",
 		"status " + p + ".query.status presenced",
