@@ -130,7 +130,7 @@ func TestQueryEndpoints(t *testing.T) {
 
 	// Offline: no session fields at all on the wire.
 	msg := e.request(contract.QueryStatus, []byte(`{"userId":"nobody"}`))
-	if got, want := string(msg.Data), `{"userId":"nobody","online":false,"version":0}`; got != want {
+	if got, want := string(msg.Data), `{"userId":"nobody","online":false,"version":0,"connections":[]}`; got != want {
 		t.Fatalf("status of nobody = %s, want %s", got, want)
 	}
 
@@ -167,7 +167,7 @@ func TestQueryEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	msg = e.request(contract.QueryStatus, contract.StatusRequest{UserID: "u-1"})
-	if got, want := string(msg.Data), `{"userId":"u-1","online":false,"version":0}`; got != want {
+	if got, want := string(msg.Data), `{"userId":"u-1","online":false,"version":0,"connections":[]}`; got != want {
 		t.Fatalf("status after disconnect = %s, want %s", got, want)
 	}
 }
