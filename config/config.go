@@ -165,6 +165,19 @@ type Config struct {
 	// again (PRESENCE_OUTBOX_RETENTION, --outbox-retention). Default 30s;
 	// 0 to 1h, and at least 1s with QueryView.
 	OutboxRetention time.Duration
+	// OfflineGrace holds the offline of a user whose last connection ended
+	// by a disconnect or a lost gateway this long; a connection within it
+	// continues the session with no events (PRESENCE_OFFLINE_GRACE,
+	// --offline-grace). Default 0s (none); 0 to 10m.
+	OfflineGrace time.Duration
+	// GatewayLease is how long a gateway's lease lasts after its last lease
+	// heartbeat; when it lapses, the gateway's connections end
+	// (PRESENCE_GATEWAY_LEASE, --gateway-lease). Default 15s; 1s to 10m.
+	GatewayLease time.Duration
+	// MaxConnectionsPerUser is the most live connections one user may have;
+	// a new one beyond it is rejected (PRESENCE_MAX_CONNECTIONS_PER_USER,
+	// --max-connections-per-user). Default 64; 1 to 10000.
+	MaxConnectionsPerUser int
 	// LogLevel is debug, info, warn or error (LOG_LEVEL, --log-level).
 	// Default "info".
 	LogLevel string

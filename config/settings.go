@@ -348,6 +348,39 @@ var settings = []Setting{
 		},
 	},
 	{
+		Flag: "offline-grace", Env: "PRESENCE_OFFLINE_GRACE", Default: "0s",
+		Usage: "hold the offline of a user whose last connection ended by disconnect or gateway loss this long; a connection within it continues the session silently (0 to 10m)",
+		field: durationField(func(c *Config) *time.Duration { return &c.OfflineGrace }),
+		check: func(c Config, name func(string) string) error {
+			if c.OfflineGrace < 0 || c.OfflineGrace > 10*time.Minute {
+				return fmt.Errorf("%s must be between 0 and 10m, got %s", name("PRESENCE_OFFLINE_GRACE"), c.OfflineGrace)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "gateway-lease", Env: "PRESENCE_GATEWAY_LEASE", Default: "15s",
+		Usage: "how long a gateway's lease lasts after its last lease heartbeat; its connections end when it lapses (1s to 10m)",
+		field: durationField(func(c *Config) *time.Duration { return &c.GatewayLease }),
+		check: func(c Config, name func(string) string) error {
+			if c.GatewayLease < time.Second || c.GatewayLease > 10*time.Minute {
+				return fmt.Errorf("%s must be between 1s and 10m, got %s", name("PRESENCE_GATEWAY_LEASE"), c.GatewayLease)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "max-connections-per-user", Env: "PRESENCE_MAX_CONNECTIONS_PER_USER", Default: "64",
+		Usage: "most live connections one user may have; a new one beyond it is rejected (1 to 10000)",
+		field: intField(func(c *Config) *int { return &c.MaxConnectionsPerUser }),
+		check: func(c Config, name func(string) string) error {
+			if c.MaxConnectionsPerUser < 1 || c.MaxConnectionsPerUser > 10000 {
+				return fmt.Errorf("%s must be between 1 and 10000, got %d", name("PRESENCE_MAX_CONNECTIONS_PER_USER"), c.MaxConnectionsPerUser)
+			}
+			return nil
+		},
+	},
+	{
 		Flag: "log-level", Env: "LOG_LEVEL", Default: "info",
 		Usage: "debug, info, warn or error",
 		field: stringField(func(c *Config) *string { return &c.LogLevel }),

@@ -50,7 +50,8 @@ func newRedisClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log 
 
 // newStore returns the Store on rdb with cfg's settings.
 func newStore(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *presence.Store {
-	s := presence.NewStore(rdb, presence.Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards, OutboxRetention: cfg.OutboxRetention})
+	s := presence.NewStore(rdb, presence.Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards, OutboxRetention: cfg.OutboxRetention,
+		OfflineGrace: cfg.OfflineGrace, GatewayLease: cfg.GatewayLease, MaxConnections: cfg.MaxConnectionsPerUser})
 	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 		defer cancel()
