@@ -125,7 +125,10 @@ func TestEventJSONRoundTrip(t *testing.T) {
 // valid, unique, and never glob patterns or control characters.
 func FuzzDecodeRequest(f *testing.F) {
 	for _, s := range []string{`{"userId":"u"}`, `{"userIds":["a","b","a"]}`, `{"userIds":[1,null,"*","a\u0000"]}`, `{`, ``, `[]`,
-		"{\"userId\":\"\xff\"}", `{"userIds":["a\ud800"]}`, `{"userId":"a","userIds":["b"]}`} {
+		"{\"userId\":\"\xff\"}", `{"userIds":["a\ud800"]}`, `{"userId":"a","userIds":["b"]}`,
+		`{"userId":"u","connectionId":"c","gatewayId":"g","seq":3}`, `{"gatewayId":"g","connections":[{"userId":"u","connectionId":"c","seq":1},{"userId":"u","connectionId":"c","seq":2}]}`,
+		`{"gatewayId":"g","userIds":["a","b"]}`, `{"userId":"u","allConnections":true}`, `{"userIds":["u"],"allConnections":true,"seq":1}`,
+		`{"connections":[1,{"userId":"*"},{"userId":"u","seq":-1},{"userId":"u","connectionId":" "}]}`, `{"userId":"u","seq":1e3}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -145,6 +148,24 @@ func FuzzDecodeRequest(f *testing.F) {
 				t.Fatalf("duplicate id %q", id)
 			}
 			seen[id] = true
+		}
+		type connKey struct{ user, conn string }
+		conns := map[connKey]bool{}
+		for _, c := range req.Conns {
+			if err := contract.ValidateConn(c); err != nil {
+				t.Fatalf("accepted invalid connection %+v: %v", c, err)
+			}
+			if k := (connKey{c.UserID, c.ConnectionID}); conns[k] {
+				t.Fatalf("connection %+v twice", c)
+			} else {
+				conns[k] = true
+			}
+		}
+		if req.All && len(req.Conns) > 0 {
+			t.Fatalf("allConnections with connection entries: %+v", req)
+		}
+		if len(req.IDs)+len(req.Conns)+len(req.Rejected) == 0 {
+			t.Fatalf("decoded to nothing without an error: %+v", req)
 		}
 		for _, r := range req.Rejected {
 			if r.Error == "" || r.Reason == "" || !utf8.ValidString(r.Error) {
