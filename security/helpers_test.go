@@ -195,15 +195,26 @@ func disconnect(t *testing.T, nc *nats.Conn, subjects contract.Subjects, ids ...
 
 func request(t *testing.T, nc *nats.Conn, subject string, ids []string) {
 	t.Helper()
-	data, _ := json.Marshal(map[string]any{"userIds": ids})
+	if r := send(t, nc, subject, map[string]any{"userIds": ids}); r.Accepted != len(ids) {
+		t.Fatalf("reply to %s: %+v, want %d accepted", subject, r, len(ids))
+	}
+}
+
+// send requests body on subject and fails when the reply says "error" or
+// rejects anything; it returns the reply read as a contract.Reply.
+func send(t *testing.T, nc *nats.Conn, subject string, body any) contract.Reply {
+	t.Helper()
+	data, _ := json.Marshal(body)
 	msg, err := nc.Request(subject, data, 10*time.Second)
 	if err != nil {
 		t.Fatalf("request %s: %v", subject, err)
 	}
+	// A lease reply has "error" too; its other members are ignored.
 	var r contract.Reply
-	if err := json.Unmarshal(msg.Data, &r); err != nil || r.Accepted != len(ids) {
-		t.Fatalf("reply to %s %s: %s (%v), want %d accepted", subject, data, msg.Data, err, len(ids))
+	if err := json.Unmarshal(msg.Data, &r); err != nil || r.Error != "" || len(r.Rejected) > 0 {
+		t.Fatalf("reply to %s %s: %s (%v)", subject, data, msg.Data, err)
 	}
+	return r
 }
 
 // waitEvent waits until c has an event for user with the given status.

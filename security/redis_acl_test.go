@@ -181,6 +181,17 @@ func TestRedisACL(t *testing.T) {
 			waitEvent(t, offline, "u-3", "offline")
 			waitEvent(t, offline, "u-1", "offline") // expired
 			waitEvent(t, offline, "u-2", "offline")
+			// Connections: a gateway takes a lease, a user connects twice
+			// through it, one connection ends (the key's expiry follows the
+			// other), then the lease ends and the sweep ends the rest.
+			lease := map[string]string{"gatewayId": "gw", "instanceId": "i"}
+			send(t, nc, subjects.GatewayHeartbeat(), lease)
+			send(t, nc, subjects.Heartbeat(), map[string]any{"gatewayId": "gw", "connections": []map[string]any{
+				{"userId": "c-1", "connectionId": "a", "seq": 1}, {"userId": "c-1", "connectionId": "b", "seq": 1}}})
+			waitEvent(t, online, "c-1", "online")
+			send(t, nc, subjects.Disconnect(), map[string]any{"userId": "c-1", "connectionId": "a", "seq": 2})
+			send(t, nc, subjects.GatewayDisconnect(), lease)
+			waitEvent(t, offline, "c-1", "offline")
 			// The sweep reads the index buckets of u-1..u-3 once their slot
 			// ends (HGETALL, PTTL, DEL, ZREM), whether or not the keyspace
 			// event claimed first; wait for it, so that its commands are
