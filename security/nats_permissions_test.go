@@ -191,6 +191,10 @@ func TestNATSPermissions(t *testing.T) {
 	if n, err := rdb.Exists(context.Background(), "presence:user:intruder").Result(); err != nil || n != 0 {
 		t.Fatalf("the consumer's heartbeat was stored: EXISTS = %d, %v", n, err)
 	}
+	// The gateway's lease messages reach the worker and are answered.
+	lease := map[string]string{"gatewayId": "gw-1", "instanceId": "i-1"}
+	send(t, gw, subjects.GatewayHeartbeat(), lease)
+	send(t, gw, subjects.GatewayDisconnect(), lease)
 
 	// The consumer's queries and service discovery reach the worker's
 	// query service and are answered.

@@ -20,8 +20,8 @@ import (
 // and, with PRESENCE_STREAM, the stream.
 
 // checkNATS checks that NATS answers and that the worker's user may
-// subscribe to the heartbeat, disconnect and query subjects and publish
-// events.
+// subscribe to the heartbeat, disconnect, gateway lease and query subjects
+// and publish events.
 //
 // NATS has no dry run: the publish check sends one message with an empty
 // body and the contract.ProbeHeader header to each event subject, which
@@ -37,7 +37,7 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 		subjects []string
 	}
 	query := []string{}
-	for _, ep := range []string{contract.QueryStatus, contract.QueryOnline, contract.QueryList, contract.QueryCount} {
+	for _, ep := range []string{contract.QueryStatus, contract.QueryOnline, contract.QueryList, contract.QueryCount, contract.QueryGateway} {
 		query = append(query, subjects.Query(ep))
 	}
 	for _, verb := range []string{"PING", "INFO", "STATS"} { // micro service discovery
@@ -46,6 +46,7 @@ func checkNATS(ctx context.Context, cfg config.Config, report func(checkLine)) {
 	ops := []op{
 		{"nats subscribe " + subjects.Heartbeat(), false, []string{subjects.Heartbeat()}},
 		{"nats subscribe " + subjects.Disconnect(), false, []string{subjects.Disconnect()}},
+		{"nats subscribe gateway leases", false, []string{subjects.GatewayHeartbeat(), subjects.GatewayDisconnect()}},
 		{"nats subscribe query service", false, query},
 		{"nats publish " + subjects.Online(), true, []string{subjects.Online()}},
 		{"nats publish " + subjects.Offline(), true, []string{subjects.Offline()}},
