@@ -90,7 +90,7 @@ func (c *Client) lease(ctx context.Context, subject string, req contract.Gateway
 // leaseOutcome is a lease reply as an outcome.
 type leaseOutcome struct{ r *contract.GatewayLeaseReply }
 
-func (o leaseOutcome) UnmarshalJSON(b []byte) error { return loose[contract.GatewayLeaseReply]{o.r}.UnmarshalJSON(b) }
+func (o leaseOutcome) UnmarshalJSON(b []byte) error { return json.Unmarshal(b, o.r) }
 func (o leaseOutcome) reset()                       { *o.r = contract.GatewayLeaseReply{} }
 func (o leaseOutcome) failure() (string, bool)      { return o.r.Error, o.r.Retry }
 

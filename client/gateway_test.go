@@ -293,8 +293,8 @@ func TestGatewayMessages(t *testing.T) {
 	type message struct {
 		subject string
 		body    struct {
-			GatewayID   string         `json:"gatewayId"`
-			InstanceID  string         `json:"instanceId"`
+			GatewayID   string        `json:"gatewayId"`
+			InstanceID  string        `json:"instanceId"`
 			Connections []client.Conn `json:"connections"`
 		}
 	}
