@@ -56,19 +56,11 @@ func ExampleClient_Subscribe() {
 	}
 	defer stop()
 
-	next := func() {
-		select {
-		case ev := <-events:
-			fmt.Println(ev.UserID, ev.Status, ev.Reason)
-		case <-time.After(10 * time.Second):
-			fmt.Println("no event")
-		}
-	}
 	_, _ = c.Heartbeat(ctx, "alice")
-	next()
+	printNext(events)
 	_, _ = c.Heartbeat(ctx, "alice") // a refresh: no event
 	_, _ = c.Disconnect(ctx, "alice")
-	next()
+	printNext(events)
 	// Output:
 	// alice online heartbeat
 	// alice offline disconnect
@@ -134,16 +126,20 @@ func ExampleGateway() {
 	// Closing one tab publishes nothing; closing the last one, the offline.
 	_ = gw.Disconnect(ctx, "alice", "tab-1")
 	_ = gw.Disconnect(ctx, "alice", "tab-2")
-	for range 2 {
-		select {
-		case ev := <-events:
-			fmt.Println(ev.UserID, ev.Status, ev.Reason)
-		case <-time.After(10 * time.Second):
-			fmt.Println("no event")
-		}
-	}
+	printNext(events)
+	printNext(events)
 	// Output:
 	// alice online: true connections: 2
 	// alice online heartbeat
 	// alice offline disconnect
+}
+
+// printNext prints the next event a Subscribe handler passed on.
+func printNext(events <-chan client.Event) {
+	select {
+	case ev := <-events:
+		fmt.Println(ev.UserID, ev.Status, ev.Reason)
+	case <-time.After(10 * time.Second):
+		fmt.Println("no event")
+	}
 }

@@ -42,6 +42,18 @@ func expectEvent(t *testing.T, ev client.Event, user string, status contract.Sta
 	}
 }
 
+// setup starts presenced with the store's options and returns a client of
+// it and the events it publishes.
+func setup(t *testing.T, opts presence.Options, copts ...client.Option) (*presenced, *client.Client, events) {
+	t.Helper()
+	if opts.TTL == 0 {
+		opts.TTL = time.Minute
+	}
+	p := startPresencedWith(t, testenv.Prefix(t), opts)
+	c := client.New(p.nats.Conn(t), append([]client.Option{client.WithPrefix(p.prefix)}, copts...)...)
+	return p, c, subscribe(t, c)
+}
+
 func startGateway(t *testing.T, c *client.Client, id string, opts ...client.GatewayOption) *client.Gateway {
 	t.Helper()
 	g := client.NewGateway(c, id, opts...)
@@ -61,10 +73,8 @@ func connect(t *testing.T, g *client.Gateway, user, conn string) {
 
 func TestConnectionHeartbeatsDisconnectsAndKick(t *testing.T) {
 	t.Parallel()
-	p := startPresencedWith(t, testenv.Prefix(t), presence.Options{TTL: time.Minute, MaxConnections: 2})
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix), client.WithBatchSize(2))
+	_, c, evs := setup(t, presence.Options{MaxConnections: 2}, client.WithBatchSize(2))
 	ctx := context.Background()
-	evs := subscribe(t, c)
 
 	// Two connections of u on two gateways and an invalid entry, in two
 	// requests (batch size 2): one online.
@@ -122,10 +132,8 @@ func TestConnectionHeartbeatsDisconnectsAndKick(t *testing.T) {
 // closing the other publishes one offline.
 func TestGatewayUserOnTwoGateways(t *testing.T) {
 	t.Parallel()
-	p := startPresenced(t, testenv.Prefix(t), time.Minute)
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix))
+	_, c, evs := setup(t, presence.Options{})
 	ctx := context.Background()
-	evs := subscribe(t, c)
 	a, b := startGateway(t, c, "gw-a"), startGateway(t, c, "gw-b")
 
 	connect(t, a, "u", "tab-1")
@@ -176,10 +184,8 @@ func TestGatewayUserOnTwoGateways(t *testing.T) {
 func TestGatewayCrashEndsItsConnections(t *testing.T) {
 	t.Parallel()
 	const lease = time.Second
-	p := startPresencedWith(t, testenv.Prefix(t), presence.Options{TTL: time.Minute, GatewayLease: lease})
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix))
+	_, c, evs := setup(t, presence.Options{GatewayLease: lease})
 	ctx := context.Background()
-	evs := subscribe(t, c)
 	a := startGateway(t, c, "gw-a", client.WithLease(lease))
 	b := startGateway(t, c, "gw-b", client.WithLease(lease))
 
@@ -223,10 +229,8 @@ func TestGatewayCrashEndsItsConnections(t *testing.T) {
 // are live.
 func TestGatewayRestartEndsOldInstance(t *testing.T) {
 	t.Parallel()
-	p := startPresencedWith(t, testenv.Prefix(t), presence.Options{TTL: time.Minute, GatewayLease: time.Minute})
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix))
+	_, c, evs := setup(t, presence.Options{GatewayLease: time.Minute})
 	ctx := context.Background()
-	evs := subscribe(t, c)
 	old := startGateway(t, c, "gw", client.WithLease(time.Minute))
 	connect(t, old, "a", "1")
 	connect(t, old, "b", "1")
@@ -259,10 +263,8 @@ func TestGatewayRestartEndsOldInstance(t *testing.T) {
 // disconnect (a counter from 1 would be ignored as stale).
 func TestGatewaySeqContinuesAcrossRestart(t *testing.T) {
 	t.Parallel()
-	p := startPresenced(t, testenv.Prefix(t), time.Minute)
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix))
+	_, c, evs := setup(t, presence.Options{})
 	ctx := context.Background()
-	evs := subscribe(t, c)
 
 	first := startGateway(t, c, "gw")
 	connect(t, first, "u", "device-1")
@@ -285,9 +287,8 @@ func TestGatewaySeqContinuesAcrossRestart(t *testing.T) {
 // message, the lease messages carry the instance id.
 func TestGatewayMessages(t *testing.T) {
 	t.Parallel()
-	p := startPresenced(t, testenv.Prefix(t), time.Minute)
-	nc := p.nats.Conn(t)
-	c := client.New(nc, client.WithPrefix(p.prefix))
+	p, c, _ := setup(t, presence.Options{})
+	nc := p.nats.Conn(t) // a connection of its own to watch the gateway's messages
 	ctx := context.Background()
 
 	type message struct {
@@ -409,8 +410,7 @@ func TestGatewayMessages(t *testing.T) {
 // A connection presenced rejects is not kept; Connect says why.
 func TestGatewayConnectRejected(t *testing.T) {
 	t.Parallel()
-	p := startPresencedWith(t, testenv.Prefix(t), presence.Options{TTL: time.Minute, MaxConnections: 1})
-	c := client.New(p.nats.Conn(t), client.WithPrefix(p.prefix))
+	_, c, _ := setup(t, presence.Options{MaxConnections: 1})
 	ctx := context.Background()
 	g := startGateway(t, c, "gw")
 	connect(t, g, "u", "1")
