@@ -91,8 +91,9 @@ func WithTombstoneTTL(d time.Duration) Option { return func(c *Client) { c.tombs
 // again. Zero means DefaultRetries; negative disables retries.
 func WithRetries(n int) Option { return func(c *Client) { c.retries = n } }
 
-// WithLogger sets where Subscribe reports events it cannot decode; the
-// default discards.
+// WithLogger sets where Subscribe reports events it cannot decode and a
+// Gateway its background failures (renewals, heartbeat rounds, rejected
+// connections, a lost lease); the default discards.
 func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
 
 // New returns a Client on nc. It does no I/O.
