@@ -91,8 +91,9 @@ func WithTombstoneTTL(d time.Duration) Option { return func(c *Client) { c.tombs
 // again. Zero means DefaultRetries; negative disables retries.
 func WithRetries(n int) Option { return func(c *Client) { c.retries = n } }
 
-// WithLogger sets where Subscribe reports events it cannot decode; the
-// default discards.
+// WithLogger sets where Subscribe reports events it cannot decode and a
+// Gateway its background failures (renewals, heartbeat rounds, rejected
+// connections, a lost lease); the default discards.
 func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
 
 // New returns a Client on nc. It does no I/O.
@@ -146,14 +147,26 @@ func (c *Client) Disconnect(ctx context.Context, ids ...string) (Reply, error) {
 
 func (c *Client) send(ctx context.Context, op, subject string, ids []string) (Reply, error) {
 	parts := c.chunks(contract.AppendUnique(make([]string, 0, len(ids)), ids))
-	replies := make([]Reply, len(parts))
-	errs := c.each(ctx, len(parts), func(ctx context.Context, i int) error {
-		return c.sendPart(ctx, subject, parts[i], &replies[i])
+	return c.sendAll(ctx, op, subject, len(parts), func(i int) (any, string) {
+		return idsRequest{UserIDs: parts[i]}, fmt.Sprintf("%d ids", len(parts[i]))
+	})
+}
+
+// sendAll sends the n requests part returns (the body and what it carries,
+// for errors), a few at a time, each with retries (sendPart), and sums the
+// replies.
+func (c *Client) sendAll(ctx context.Context, op, subject string, n int, part func(i int) (req any, what string)) (Reply, error) {
+	replies := make([]Reply, n)
+	whats := make([]string, n)
+	errs := c.each(ctx, n, func(ctx context.Context, i int) error {
+		var req any
+		req, whats[i] = part(i)
+		return c.sendPart(ctx, subject, req, replyOutcome{&replies[i]})
 	})
 	total := Reply{Rejected: []Rejection{}}
 	for i, r := range replies {
 		if errs[i] != nil {
-			errs[i] = fmt.Errorf("%s request %d of %d (%d ids): %w", op, i+1, len(parts), len(parts[i]), errs[i])
+			errs[i] = fmt.Errorf("%s request %d of %d (%s): %w", op, i+1, n, whats[i], errs[i])
 			continue
 		}
 		total.Accepted += r.Accepted
@@ -162,19 +175,35 @@ func (c *Client) send(ctx context.Context, op, subject string, ids []string) (Re
 	return total, errors.Join(errs...)
 }
 
-// sendPart sends one heartbeat or disconnect request, again after a failure
-// that may pass, up to c.retries more times. The error holds the first
-// failure and, when different, the last.
-func (c *Client) sendPart(ctx context.Context, subject string, ids []string, out *Reply) error {
+// outcome is the reply of a request sendPart may send again: it decodes,
+// can be cleared before the next attempt, and says whether presenced
+// answered with an error (and whether that error may pass).
+type outcome interface {
+	json.Unmarshaler
+	reset()
+	failure() (msg string, retry bool)
+}
+
+// replyOutcome is a heartbeat or disconnect Reply as an outcome.
+type replyOutcome struct{ r *Reply }
+
+func (o replyOutcome) UnmarshalJSON(b []byte) error { return o.r.UnmarshalJSON(b) }
+func (o replyOutcome) reset()                       { *o.r = Reply{} }
+func (o replyOutcome) failure() (string, bool)      { return o.r.Error, o.r.Retry }
+
+// sendPart sends one heartbeat, disconnect or lease request, again after a
+// failure that may pass, up to c.retries more times. The error holds the
+// first failure and, when different, the last.
+func (c *Client) sendPart(ctx context.Context, subject string, req any, out outcome) error {
 	var first error
 	delay := retryBase
 	for attempt := 0; ; attempt++ {
-		*out = Reply{}
-		err := c.call(ctx, subject, idsRequest{UserIDs: ids}, out, true)
+		out.reset()
+		err := c.call(ctx, subject, req, out, true)
 		retry := err != nil && retryable(err)
-		if err == nil && out.Error != "" {
-			err = fmt.Errorf("%w: %s", ErrFailed, out.Error)
-			retry = out.Retry
+		if msg, again := out.failure(); err == nil && msg != "" {
+			err = fmt.Errorf("%w: %s", ErrFailed, msg)
+			retry = again
 		}
 		if err == nil {
 			return nil
@@ -223,26 +252,42 @@ type encodeError struct{ err error }
 func (e *encodeError) Error() string { return "encode request: " + e.err.Error() }
 func (e *encodeError) Unwrap() error { return e.err }
 
-// Status returns id's presence. An invalid id is a *ServiceError with
-// CodeBadRequest.
+// Status returns id's presence, with the user's live connections. An
+// invalid id is a *ServiceError with CodeBadRequest.
 func (c *Client) Status(ctx context.Context, id string) (Status, error) {
 	var r contract.StatusReply
 	if err := c.query(ctx, contract.QueryStatus, contract.StatusRequest{UserID: id}, &r); err != nil {
 		return Status{}, err
 	}
 	st := Status{UserID: r.UserID, Online: r.Online, Version: r.Version}
-	var err error
-	if r.Since != "" {
-		if st.Since, err = time.Parse(time.RFC3339Nano, r.Since); err != nil {
-			return Status{}, fmt.Errorf("presence status: since: %w", err)
-		}
+	err := errors.Join(
+		parseTime(&st.Since, "since", r.Since),
+		parseTime(&st.ExpiresAt, "expiresAt", r.ExpiresAt),
+		parseTime(&st.HeldUntil, "heldUntil", r.HeldUntil),
+	)
+	for i, rc := range r.Connections {
+		conn := Connection{ConnectionID: rc.ConnectionID, GatewayID: rc.GatewayID}
+		err = errors.Join(err,
+			parseTime(&conn.Since, fmt.Sprintf("connections[%d].since", i), rc.Since),
+			parseTime(&conn.ExpiresAt, fmt.Sprintf("connections[%d].expiresAt", i), rc.ExpiresAt))
+		st.Connections = append(st.Connections, conn)
 	}
-	if r.ExpiresAt != "" {
-		if st.ExpiresAt, err = time.Parse(time.RFC3339Nano, r.ExpiresAt); err != nil {
-			return Status{}, fmt.Errorf("presence status: expiresAt: %w", err)
-		}
+	if err != nil {
+		return Status{}, fmt.Errorf("presence status: %w", err)
 	}
 	return st, nil
+}
+
+// parseTime parses a time of a reply into t; "" leaves t zero.
+func parseTime(t *time.Time, field, s string) error {
+	if s == "" {
+		return nil
+	}
+	var err error
+	if *t, err = time.Parse(time.RFC3339Nano, s); err != nil {
+		return fmt.Errorf("%s: %w", field, err)
+	}
+	return nil
 }
 
 // IsOnline reports whether id is online (its presence key exists, as for
@@ -395,19 +440,26 @@ const requestOverhead = 64
 // chunks splits ids into runs of at most the batch size whose request body
 // fits the connection's max payload.
 func (c *Client) chunks(ids []string) [][]string {
-	budget := int(c.nc.MaxPayload()) - requestOverhead
-	var out [][]string
-	start, size := 0, 0
-	for i, id := range ids {
-		n := encodedLen(id) + 1 // and a comma
-		if i > start && (i-start >= c.batch || size+n > budget) {
-			out = append(out, ids[start:i])
-			start, size = i, 0
+	return chunk(ids, c.batch, int(c.nc.MaxPayload())-requestOverhead, func(id string) int {
+		return encodedLen(id) + 1 // and a comma
+	})
+}
+
+// chunk splits items into runs of at most batch items whose sizes add up
+// to at most budget (a run holds one item however large).
+func chunk[T any](items []T, batch, budget int, size func(T) int) [][]T {
+	var out [][]T
+	start, sum := 0, 0
+	for i, it := range items {
+		n := size(it)
+		if i > start && (i-start >= batch || sum+n > budget) {
+			out = append(out, items[start:i])
+			start, sum = i, 0
 		}
-		size += n
+		sum += n
 	}
-	if start < len(ids) {
-		out = append(out, ids[start:])
+	if start < len(items) {
+		out = append(out, items[start:])
 	}
 	return out
 }

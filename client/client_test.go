@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -158,7 +159,7 @@ func TestHeartbeatSubscribeQueryDisconnect(t *testing.T) {
 	if ok, err := c.IsOnline(ctx, "u-1"); err != nil || ok {
 		t.Fatalf("IsOnline(u-1) after disconnect = %v, %v", ok, err)
 	}
-	if st, err := c.Status(ctx, "u-1"); err != nil || st != (client.Status{UserID: "u-1"}) {
+	if st, err := c.Status(ctx, "u-1"); err != nil || !reflect.DeepEqual(st, client.Status{UserID: "u-1"}) {
 		t.Fatalf("status after disconnect = %+v, %v", st, err)
 	}
 }

@@ -56,19 +56,11 @@ func ExampleClient_Subscribe() {
 	}
 	defer stop()
 
-	next := func() {
-		select {
-		case ev := <-events:
-			fmt.Println(ev.UserID, ev.Status, ev.Reason)
-		case <-time.After(10 * time.Second):
-			fmt.Println("no event")
-		}
-	}
 	_, _ = c.Heartbeat(ctx, "alice")
-	next()
+	printNext(events)
 	_, _ = c.Heartbeat(ctx, "alice") // a refresh: no event
 	_, _ = c.Disconnect(ctx, "alice")
-	next()
+	printNext(events)
 	// Output:
 	// alice online heartbeat
 	// alice offline disconnect
@@ -96,4 +88,58 @@ func ExampleClient_List() {
 	fmt.Println(len(online), "users online")
 	// Output:
 	// 250 users online
+}
+
+// A gateway process reports its users' connections; a user is online while
+// any of them is live, on any gateway.
+func ExampleGateway() {
+	nc, shutdown := runPresenced("ExampleGateway")
+	defer shutdown()
+	ctx := context.Background()
+	c := client.New(nc)
+
+	events := make(chan client.Event, 16)
+	stop, err := c.Subscribe(ctx, func(ev client.Event) { events <- ev })
+	if err != nil {
+		fmt.Println("subscribe:", err)
+		return
+	}
+	defer stop()
+
+	// One Gateway per process, under a stable id (the host name, say);
+	// WithLease and WithHeartbeatInterval follow presenced's
+	// PRESENCE_GATEWAY_LEASE and PRESENCE_TTL (defaults 15s and 60s).
+	gw := client.NewGateway(c, "gw-1", client.WithLease(15*time.Second), client.WithHeartbeatInterval(30*time.Second))
+	if err := gw.Start(ctx); err != nil {
+		fmt.Println("start:", err)
+		return
+	}
+	// On a clean shutdown: disconnect what is still open, end the lease.
+	defer gw.Close(ctx)
+
+	// alice opens two tabs: one online event.
+	_ = gw.Connect(ctx, "alice", "tab-1")
+	_ = gw.Connect(ctx, "alice", "tab-2")
+	st, _ := c.Status(ctx, "alice")
+	fmt.Println("alice online:", st.Online, "connections:", len(st.Connections))
+
+	// Closing one tab publishes nothing; closing the last one, the offline.
+	_ = gw.Disconnect(ctx, "alice", "tab-1")
+	_ = gw.Disconnect(ctx, "alice", "tab-2")
+	printNext(events)
+	printNext(events)
+	// Output:
+	// alice online: true connections: 2
+	// alice online heartbeat
+	// alice offline disconnect
+}
+
+// printNext prints the next event a Subscribe handler passed on.
+func printNext(events <-chan client.Event) {
+	select {
+	case ev := <-events:
+		fmt.Println(ev.UserID, ev.Status, ev.Reason)
+	case <-time.After(10 * time.Second):
+		fmt.Println("no event")
+	}
 }

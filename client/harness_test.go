@@ -34,6 +34,13 @@ type presenced struct {
 // ":") the key prefix, and waits until the worker is ready.
 func startPresenced(t testing.TB, prefix string, ttl time.Duration) *presenced {
 	t.Helper()
+	return startPresencedWith(t, prefix, presence.Options{TTL: ttl})
+}
+
+// startPresencedWith starts it with the store's options (the gateway lease,
+// the connection limit); their Prefix is set from prefix.
+func startPresencedWith(t testing.TB, prefix string, opts presence.Options) *presenced {
+	t.Helper()
 	p := &presenced{nats: testenv.StartNATS(t), redis: testenv.StartRedis(t), prefix: prefix, subjects: contract.Subjects{Prefix: prefix}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -44,7 +51,8 @@ func startPresenced(t testing.TB, prefix string, ttl time.Duration) *presenced {
 	}
 	rdb, sub := redis.NewClient(rdbOpts), redis.NewClient(rdbOpts)
 	p.rdb = rdb
-	store := presence.NewStore(rdb, presence.Options{Prefix: prefix + ":", TTL: ttl})
+	opts.Prefix = prefix + ":"
+	store := presence.NewStore(rdb, opts)
 	p.store = store
 	if err := store.Ping(ctx); err != nil {
 		t.Fatal(err)

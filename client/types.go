@@ -40,6 +40,11 @@ const (
 	ReasonExpired    = contract.ReasonExpired
 	ReasonDisconnect = contract.ReasonDisconnect
 	ReasonDataLoss   = contract.ReasonDataLoss
+	// ReasonGatewayLost: the user's last connections were on a gateway
+	// whose lease lapsed, ended, or was taken by a restarted instance.
+	ReasonGatewayLost = contract.ReasonGatewayLost
+	// ReasonKicked: Kick ended every connection of the user.
+	ReasonKicked = contract.ReasonKicked
 )
 
 // Reply answers a heartbeat or disconnect (contract.Reply). When Error is
@@ -48,8 +53,9 @@ const (
 type Reply = contract.Reply
 
 // Rejection is one id that was not accepted, with the reason
-// (contract.Rejection). Its Reason field is a server-side metrics label,
-// not on the wire: it is always empty in the client.
+// (contract.Rejection); ConnectionID names the connection of a rejected
+// connection entry. Its Reason field is a server-side metrics label, not on
+// the wire: it is always empty in the client.
 type Rejection = contract.Rejection
 
 // Status is one user's presence, as the query service reports it.
@@ -63,6 +69,42 @@ type Status struct {
 	ExpiresAt time.Time
 	// Version is the session's online event version; 0 when offline.
 	Version int64
+	// Connections are the user's live connections, when any was named
+	// (HeartbeatConns, Gateway); a user kept online by plain Heartbeat
+	// calls only has none listed. Nil when there are none.
+	Connections []Connection
+	// HeldUntil is set while the user's last connection has ended and
+	// presenced holds the offline for its grace (PRESENCE_OFFLINE_GRACE):
+	// Online is false, yet no offline event has been published, and a
+	// connection before HeldUntil continues the session without events.
+	HeldUntil time.Time
+}
+
+// Connection is one live connection of a user, as Status reports it.
+type Connection struct {
+	ConnectionID string
+	// GatewayID is "" for a connection heartbeated without a gateway.
+	GatewayID string
+	// Since is when the connection was first heartbeated.
+	Since time.Time
+	// ExpiresAt is when it ends without another heartbeat (or earlier, if
+	// its gateway loses its lease).
+	ExpiresAt time.Time
+}
+
+// GatewayStatus is a gateway's lease as the query service reports it
+// (Client.Gateway).
+type GatewayStatus struct {
+	GatewayID string
+	// Leased: the gateway holds a lease, taken by InstanceID, until
+	// ExpiresAt unless renewed.
+	Leased     bool
+	InstanceID string
+	ExpiresAt  time.Time
+	// Connections counts the connections registered under the lease
+	// (connections that lapsed since their last heartbeat count until
+	// presenced prunes them).
+	Connections int64
 }
 
 // Error codes of the query service (ServiceError.Code).

@@ -89,6 +89,22 @@ func TestDemoPrintsOnlineAndOffline(t *testing.T) {
 	}
 }
 
+// The demo's gateway gw-2 crashes: its users connected nowhere else go
+// offline with reason gateway_lost, and it comes back as a new instance.
+func TestDemoGatewayCrash(t *testing.T) {
+	var out, errOut syncBuffer
+	code := run([]string{"demo", "--duration", "8s", "--users", "16", "--ttl", "1s", "--crash-every", "2s"}, func(string) string { return "" }, &out, &errOut)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, errOut.String())
+	}
+	s := out.String()
+	for _, want := range []string{"gateway gw-2 crashed", "offline user-", "gateway_lost", "gateway gw-2 restarted", "demo stopped:"} {
+		if !strings.Contains(s, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, s)
+		}
+	}
+}
+
 func binary(t *testing.T) string { return testenv.Presenced(t) }
 
 // faultBinary is presenced built with -tags faultinject, for the tests that
