@@ -139,6 +139,15 @@ type connDecoder struct {
 // has none of its own.
 func (d *connDecoder) add(user, conn, gateway, seq json.RawMessage, gw string) {
 	c := Conn{GatewayID: gw}
+	// The connection id is read first, so that a rejection for any reason
+	// names the connection.
+	var connErr error
+	if conn != nil {
+		c.ConnectionID, connErr = decodePart(conn, "connectionId")
+		if connErr != nil {
+			c.ConnectionID = shown(c.ConnectionID, conn)
+		}
+	}
 	reject := func(err error) {
 		d.req.Rejected = append(d.req.Rejected, Rejection{UserID: shown(c.UserID, user), ConnectionID: c.ConnectionID, Error: err.Error(), Reason: InvalidReason(err)})
 	}
@@ -147,11 +156,9 @@ func (d *connDecoder) add(user, conn, gateway, seq json.RawMessage, gw string) {
 		reject(err)
 		return
 	}
-	if conn != nil {
-		if c.ConnectionID, err = decodePart(conn, "connectionId"); err != nil {
-			reject(err)
-			return
-		}
+	if connErr != nil {
+		reject(connErr)
+		return
 	}
 	if gateway != nil {
 		if c.GatewayID, err = decodePart(gateway, "gatewayId"); err != nil {

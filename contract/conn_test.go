@@ -30,6 +30,7 @@ func TestDecodeConnectionShapes(t *testing.T) {
 		{name: "kick", body: `{"userIds":["a","b","a"],"allConnections":true}`, ids: []string{"a", "b"}, all: true},
 		{name: "bad entries cost only themselves", body: `{"connections":[{"userId":"ok","connectionId":"1"},{"userId":"u","connectionId":"a b"},{"userId":"v","seq":-1},{"userId":"w","gatewayId":"*"},{"connectionId":"x"},5]}`,
 			conns: []C{{"ok", "1", "", 0}}, rejected: []string{"u/a b: invalid connectionId: space", "v/: invalid seq", "w/: invalid gatewayId: glob", "{\"connectionId\":\"x\"}/: malformed connection", "5/: malformed connection"}},
+		{name: "an invalid user id names the connection", body: `{"connections":[{"userId":"a b","connectionId":"c1"}]}`, rejected: []string{"a b/c1: invalid userId: space"}},
 		{name: "seq not an integer", body: `{"userId":"u","seq":1.5}`, rejected: []string{"u/: invalid seq"}},
 		{name: "connectionId with userIds", body: `{"userIds":["a"],"connectionId":"c"}`, err: "not with \"userIds\""},
 		{name: "seq without userId", body: `{"connections":[{"userId":"a"}],"seq":1}`, err: "need a \"userId\""},

@@ -180,3 +180,23 @@ var (
 	_ json.Unmarshaler = (*Reply)(nil)
 	_ json.Unmarshaler = (*OnlineReply)(nil)
 )
+
+// UnmarshalJSON decodes a gateway query reply strictly.
+func (r *GatewayReply) UnmarshalJSON(data []byte) error {
+	var out GatewayReply
+	if err := decodeObject(data, map[string]any{"gatewayId": &out.GatewayID, "leased": &out.Leased, "instanceId": &out.InstanceID, "expiresAt": &out.ExpiresAt, "connections": &out.Connections}); err != nil {
+		return err
+	}
+	*r = out
+	return nil
+}
+
+// UnmarshalJSON decodes a gateway lease reply strictly.
+func (r *GatewayLeaseReply) UnmarshalJSON(data []byte) error {
+	var out GatewayLeaseReply
+	if err := decodeObject(data, map[string]any{"expiresAt": &out.ExpiresAt, "replaced": &out.Replaced, "error": &out.Error, "retry": &out.Retry}); err != nil {
+		return err
+	}
+	*r = out
+	return nil
+}

@@ -156,7 +156,13 @@ func TestRepliesRoundTrip(t *testing.T) {
 		in, out any
 	}{
 		{&StatusReply{UserID: "u", Online: true, Since: "2026-11-25T19:41:43.206340Z", ExpiresAt: "2026-11-25T19:42:43.206340Z", Version: 7}, new(StatusReply)},
-		{&StatusReply{UserID: "u"}, new(StatusReply)},
+		{&StatusReply{UserID: "u", Connections: []ConnectionStatus{}}, new(StatusReply)},
+		{&StatusReply{UserID: "u", Version: 3, HeldUntil: "2026-11-25T19:42:43.206340Z", Connections: []ConnectionStatus{
+			{ConnectionID: "c", GatewayID: "gw", Since: "2026-11-25T19:41:43.206Z", ExpiresAt: "2026-11-25T19:42:43.206Z"}}}, new(StatusReply)},
+		{&GatewayReply{GatewayID: "gw", Leased: true, InstanceID: "i", ExpiresAt: "2026-11-25T19:42:43.206Z", Connections: 9}, new(GatewayReply)},
+		{&GatewayLeaseReply{ExpiresAt: "2026-11-25T19:42:43.206Z", Replaced: true}, new(GatewayLeaseReply)},
+		{&GatewayLeaseReply{Error: "store unavailable: LOADING", Retry: true}, new(GatewayLeaseReply)},
+		{&Reply{Accepted: 1, Rejected: []Rejection{{UserID: "u", ConnectionID: "c", Error: "too many"}}}, new(Reply)},
 		{&CountReply{Online: 42}, new(CountReply)},
 		{&OnlineReply{Online: []string{"a", `b"c`}}, new(OnlineReply)},
 		{&ListReply{UserIDs: []string{"a"}, Cursor: "12"}, new(ListReply)},
