@@ -1,0 +1,133 @@
+package presence_test
+
+// Adversarial review of the connection model (issue 12). Each test fails on
+// the code it was written against because of a defect it names.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+// newReviewStore is newConnStore that also returns a client of its Redis.
+func newReviewStore(t *testing.T, opts presence.Options) (*connStore, *redis.Client) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	opts.Prefix = testenv.Prefix(t) + ":"
+	rdb := r.Client(t)
+	s := presence.NewStore(rdb, opts)
+	ctx := context.Background()
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := &connStore{Store: s, t: t, ob: s.Outbox("t")}
+	if err := c.ob.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c, rdb
+}
+
+func (c *connStore) sweep() presence.SweepResult {
+	c.t.Helper()
+	res, err := c.Sweep(context.Background(), 1000)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return res
+}
+
+func (c *connStore) lapseAll() (ended, left int) {
+	c.t.Helper()
+	for {
+		res, err := c.Lapse(context.Background(), 2000)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		ended += res.Ended
+		left += res.Left
+		if !res.More {
+			return
+		}
+	}
+}
+
+// indexEntries returns the deadline index entries of id ("<bucket>=<value>").
+func indexEntries(t *testing.T, rdb *redis.Client, prefix, id string) []string {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := rdb.Keys(ctx, prefix+"d:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range keys {
+		v, err := rdb.HGet(ctx, k, id).Result()
+		if err == nil {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
+
+// lease.lua runs check_epoch first like every writing script, but never
+// calls flush(): when a gateway's lease message is the first script call
+// after the data set was lost (FLUSHALL, a restart without persistence, a
+// failover to an empty replica; gateways renew every few seconds, so it
+// often is), check_epoch writes the new epoch and queues the data_loss
+// reset, and the reset is never written to the outbox. Every later script
+// finds the epoch and announces nothing; reset.lua (the relay's check)
+// takes the published entries for the epoch's own data set (their versions
+// are below the epoch's). Consumers never learn that the sessions are gone.
+func TestReviewLeaseSwallowsDataLossReset(t *testing.T) {
+	t.Parallel()
+	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute})
+	ctx := context.Background()
+	if _, err := c.Heartbeat(ctx, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := c.ob.ReadNew(ctx, 100, -1)
+	if err != nil || len(pub) != 2 || pub[1].UserID != "u" {
+		t.Fatalf("published %+v, %v", pub, err)
+	}
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The data set is gone; the first message after it is a lease renewal.
+	if _, err := c.RenewLease(ctx, "gw", "i"); err != nil {
+		t.Fatal(err)
+	}
+	// The relay's check of what it published (worker: after each batch).
+	last := pub[len(pub)-1]
+	v, err := c.ResetAfterLoss(ctx, []presence.Published{{Entry: last.ID, Version: last.Version}}, last.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, []string{"v"}); err != nil {
+		t.Fatal(err)
+	}
+	ob := c.Store.Outbox("t2")
+	if err := ob.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := ob.ReadNew(ctx, 1000, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != 0 {
+		t.Logf("ResetAfterLoss announced the loss: %d", v)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, fmt.Sprintf("%s:%s:%s", e.Status, e.Reason, e.UserID))
+	}
+	if len(got) == 0 || !strings.HasPrefix(got[0], "reset:data_loss") {
+		t.Fatalf("events after the data loss: %v, want the data_loss reset first (ResetAfterLoss returned %d)", got, v)
+	}
+}
