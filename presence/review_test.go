@@ -195,3 +195,47 @@ func TestReviewHeldEntryOverwritesSessionEntry(t *testing.T) {
 			got, n, st, indexEntries(t, rdb, prefix, user))
 	}
 }
+
+// A NATS outage (or every replica stopped) longer than the gateway lease:
+// the gateways could not renew, so every lease lapses in the gap. The
+// sweep detects the outage and grants the users' keys one TTL of grace (no
+// storm after an outage), but lapse.lua has no such check, and the worker
+// calls Lapse right after the sweep (worker/reconcile.go): every user on a
+// leased gateway goes offline with reason gateway_lost at once, then comes
+// back online at the next heartbeat. A 30 s NATS blip flips every such user
+// offline and back, which the outage grace exists to prevent.
+func TestReviewLeaseLapseAfterOutageStorm(t *testing.T) {
+	t.Parallel()
+	c, _ := newReviewStore(t, presence.Options{TTL: time.Minute, GatewayLease: 300 * time.Millisecond, OutageThreshold: 500 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := c.RenewLease(ctx, "gw-1", "i-1"); err != nil {
+		t.Fatal(err)
+	}
+	var users []string
+	for i := range 20 {
+		u := fmt.Sprintf("u%d", i)
+		users = append(users, u)
+		c.connect(conn(u, "c", "gw-1", 1))
+	}
+	c.sweep()
+	if got := len(c.events()); got != len(users) {
+		t.Fatalf("%d onlines", got)
+	}
+	// The outage: nothing reaches any replica for 1 s (over the lease and
+	// the outage threshold); the gateway and its connections are fine.
+	time.Sleep(time.Second)
+	// The first reconcile after it, as worker.reconcile does it.
+	for c.sweep().More {
+	}
+	ended, left := c.lapseAll()
+	// The gateway's renewal and its connections' heartbeats arrive.
+	if _, err := c.RenewLease(ctx, "gw-1", "i-1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		c.connect(conn(u, "c", "gw-1", 2))
+	}
+	if got := c.events(); len(got) != 0 {
+		t.Fatalf("after an outage the lapse ended %d connections, %d users left; events %d: %v ...", ended, left, len(got), got[:min(4, len(got))])
+	}
+}
