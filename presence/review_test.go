@@ -239,3 +239,39 @@ func TestReviewLeaseLapseAfterOutageStorm(t *testing.T) {
 		t.Fatalf("after an outage the lapse ended %d connections, %d users left; events %d: %v ...", ended, left, len(got), got[:min(4, len(got))])
 	}
 }
+
+// others_after (a disconnect, or a lost gateway, of the connection with the
+// latest deadline while another is live) moves the presence key's expiry
+// back to the latest live deadline with PEXPIREAT, but leaves the
+// session's deadline index entry where it is: in a slot after the new
+// deadline (the sweep refiled it at the old one). The index invariant
+// "an entry at a slot no later than its deadline" breaks, and the sweep
+// ends the session only when that later slot comes due: up to a TTL late
+// (here 1.4 s after the key lapsed) whenever the keyspace event is missed
+// or unavailable.
+func TestReviewShrunkDeadlineSweptLate(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	c, _ := newReviewStore(t, presence.Options{TTL: ttl})
+	c.sweep()
+	t0 := time.Now()
+	at := func(d time.Duration) { time.Sleep(time.Until(t0.Add(d))) }
+	c.connect(conn("u", "a", "", 1)) // entry at t0 + 2 s
+	at(500 * time.Millisecond)
+	c.connect(conn("u", "a", "", 2)) // a's deadline t0 + 2.5 s
+	at(1900 * time.Millisecond)
+	c.connect(conn("u", "b", "", 1)) // b's deadline t0 + 3.9 s, the key's too
+	at(2200 * time.Millisecond)
+	c.sweep() // the entry comes due and is refiled at the key's deadline, t0 + 3.9 s
+	c.release(conn("u", "b", "", 2))
+	c.expect("connections", "online:heartbeat:u")
+	// a is the only live connection now: the key lapses at t0 + 2.5 s.
+	for time.Since(t0) < 3*time.Second {
+		c.sweep()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c.exists("u") {
+		t.Fatal("key still there")
+	}
+	c.expect("500 ms after the last live deadline, sweep only", "offline:expired:u")
+}
