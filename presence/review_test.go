@@ -275,3 +275,30 @@ func TestReviewShrunkDeadlineSweptLate(t *testing.T) {
 	}
 	c.expect("500 ms after the last live deadline, sweep only", "offline:expired:u")
 }
+
+// A lease lapse ends a connection of a user whose presence key another
+// program replaced by a hash: last_gone DELs that key (others_after would
+// PEXPIREAT it). The README: a key of another type is not presenced's, and
+// the scripts never write or delete it (release.lua checks key_type;
+// lapse.lua does not).
+func TestReviewLapseDeletesForeignKey(t *testing.T) {
+	t.Parallel()
+	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute, GatewayLease: 200 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := c.RenewLease(ctx, "gw", "i"); err != nil {
+		t.Fatal(err)
+	}
+	c.connect(conn("u", "c", "gw", 1))
+	k := c.Keys().User("u")
+	if err := rdb.Del(ctx, k).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HSet(ctx, k, "other", "program").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	c.lapseAll()
+	if typ := rdb.Type(ctx, k).Val(); typ != "hash" {
+		t.Fatalf("another program's hash at %s: type now %q (deleted by the lapse)", k, typ)
+	}
+}
