@@ -302,3 +302,32 @@ func TestReviewLapseDeletesForeignKey(t *testing.T) {
 		t.Fatalf("another program's hash at %s: type now %q (deleted by the lapse)", k, typ)
 	}
 }
+
+// Every gateway id that ever sends a connection without holding a lease
+// gets a number in <p>gwnum and <p>leasegw (connect.lua resolve), and
+// nothing ever removes it: with gateway ids that change (pod names, one per
+// deploy) both hashes grow without bound.
+func TestReviewGatewayNumbersGrow(t *testing.T) {
+	t.Parallel()
+	c, rdb := newReviewStore(t, presence.Options{TTL: 300 * time.Millisecond, GatewayLease: 200 * time.Millisecond})
+	ctx := context.Background()
+	prefix := c.Keys().Prefix()
+	c.sweep()
+	for i := range 50 {
+		gw := fmt.Sprintf("gw-pod-%d", i)
+		c.connect(conn(fmt.Sprintf("u%d", i), "c", gw, 1))
+		c.release(conn(fmt.Sprintf("u%d", i), "c", "", 2))
+	}
+	// Every connection ended; let everything lapse and be swept.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		c.sweep()
+		c.lapseAll()
+		time.Sleep(100 * time.Millisecond)
+	}
+	gwnum := rdb.HLen(ctx, prefix+"gwnum").Val()
+	leasegw := rdb.HLen(ctx, prefix+"leasegw").Val()
+	if gwnum != 0 || leasegw != 0 {
+		t.Fatalf("no connection and no lease left, yet gwnum holds %d and leasegw %d entries (one per gateway id ever seen)", gwnum, leasegw)
+	}
+}
