@@ -331,3 +331,21 @@ func TestReviewGatewayNumbersGrow(t *testing.T) {
 		t.Fatalf("no connection and no lease left, yet gwnum holds %d and leasegw %d entries (one per gateway id ever seen)", gwnum, leasegw)
 	}
 }
+
+// README: "A user may have PRESENCE_MAX_CONNECTIONS_PER_USER live
+// connections ... (the implicit connection does not count)". connect.lua
+// counts the implicit connection's record (adopted, or written by
+// heartbeat.lua) in the summary it compares with the limit, so a user who
+// also sends plain heartbeats gets one named connection less.
+func TestReviewImplicitConnectionCountsTowardLimit(t *testing.T) {
+	t.Parallel()
+	c, _ := newReviewStore(t, presence.Options{TTL: time.Minute, MaxConnections: 2})
+	ctx := context.Background()
+	if _, err := c.Heartbeat(ctx, []string{"u"}); err != nil {
+		t.Fatal(err)
+	}
+	res := c.connect(conn("u", "c1", "", 0), conn("u", "c2", "", 0))
+	if slices.Contains(res, presence.TooManyConnections) {
+		t.Fatalf("two named connections with MaxConnections 2 beside the implicit one: %v", res)
+	}
+}
