@@ -349,3 +349,37 @@ func TestReviewImplicitConnectionCountsTowardLimit(t *testing.T) {
 		t.Fatalf("two named connections with MaxConnections 2 beside the implicit one: %v", res)
 	}
 }
+
+// A deployment with only plain users (no connection ids, no gateways) and
+// PRESENCE_OFFLINE_GRACE set: the first plain disconnect's hold calls
+// conns_mark (last_gone), and from then on heartbeat.lua's refresh of every
+// plain user costs an HGET of its connections shard on top of the
+// documented single SET ... GET (README: "A refresh is one command"); the
+// plain users' hot path changed though none of them ever had a connection.
+func TestReviewGraceSlowsPlainRefresh(t *testing.T) {
+	t.Parallel()
+	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute, OfflineGrace: time.Second})
+	ctx := context.Background()
+	var users []string
+	for i := range 100 {
+		users = append(users, fmt.Sprintf("p%d", i))
+	}
+	if _, err := c.Heartbeat(ctx, append(users, "x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Disconnect(ctx, []string{"x"}); err != nil { // held for the grace
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, users); err != nil { // 100 refreshes
+		t.Fatal(err)
+	}
+	stats := rdb.Info(ctx, "commandstats").Val()
+	for _, line := range strings.Split(stats, "\n") {
+		if strings.HasPrefix(line, "cmdstat_hget:") {
+			t.Fatalf("100 plain refreshes after a plain user's held disconnect: %s", strings.TrimSpace(line))
+		}
+	}
+}
