@@ -148,7 +148,7 @@ type LapseResult struct {
 // replica may call it; the lease's cursor in Redis hands each bucket to
 // one call. See lua/lapse.lua.
 func (s *Store) Lapse(ctx context.Context, limit int) (LapseResult, error) {
-	args := append(s.baseArgs(2), limit, s.graceMS())
+	args := append(s.baseArgs(3), limit, s.graceMS(), s.opts.GatewayLease.Milliseconds())
 	vals, err := scriptLapse.Run(ctx, s.rdb, s.baseKeys(0), args...).Int64Slice()
 	if err != nil {
 		return LapseResult{}, fmt.Errorf("end connections of lost gateways: %w", scriptError(err))

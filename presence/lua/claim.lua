@@ -29,7 +29,7 @@ for i = 4, #ARGV do
   if redis.call('EXISTS', user_key(id)) == 0 then
     local h = hash(id)
     local held = nil
-    if conns_on() then
+    if any_on() then
       local _
       _, held = summary(id, h)
     end

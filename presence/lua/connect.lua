@@ -21,7 +21,7 @@
 -- connection is recorded first, so it keeps counting.
 --
 -- A gateway's connections are registered under its current lease (see
--- lease.lua), or, while it holds none, under the number standing for it.
+-- lease.lua); while it holds none their records keep its id.
 --
 -- Returns {now_ms, r1, ..., rn}: ri is the online event's version when
 -- entry i started a session, 0 when it was applied otherwise, KEY_CONFLICT
@@ -35,24 +35,15 @@ local max = tonumber(ARGV[4])
 local deadline = NOW_MS + ttl
 local leases = {}
 
--- resolve returns the number gateway gw's connections are registered
--- under: its lease, or the negated number standing for it without one.
+-- resolve returns the lease gateway gw's connections are registered
+-- under, or 0 when it holds none (or gw is "": no gateway).
 local function resolve(gw)
   if gw == '' then return 0 end
   local l = leases[gw]
   if l then return l end
   local v = redis.call('GET', P .. 'gw:' .. gw)
-  if v then
-    l = tonumber(string.match(v, '^(%d+)'))
-  else
-    local n = redis.call('HGET', P .. 'gwnum', gw)
-    if not n then
-      n = redis.call('INCR', P .. 'leaseseq')
-      redis.call('HSET', P .. 'gwnum', gw, n)
-      redis.call('HSET', P .. 'leasegw', n, gw)
-    end
-    l = -tonumber(n)
-  end
+  l = 0
+  if v then l = tonumber(string.match(v, '^(%d+)')) end
   leases[gw] = l
   return l
 end
@@ -85,7 +76,7 @@ for i = 1, n do
         index_conn(lease, id, h, field, 1)
       end
       if seq == 0 then seq = rseq end
-      redis.call('HSET', ck, field, fmt_rec(lease, seq, deadline, rsince))
+      redis.call('HSET', ck, field, fmt_rec(lease, seq, deadline, rsince, gw))
     end
   else
     local t = key_type(key)
@@ -96,12 +87,18 @@ for i = 1, n do
     else
       local cnt = summary(id, h)
       if cnt ~= nil and cnt >= max then
-        cnt = #list_conns(id, h)
+        -- maybe at the limit: count the live named connections (the
+        -- implicit one does not count)
+        local live = list_conns(id, h)
+        local named = 0
+        for _, c in ipairs(live) do
+          if c[1] ~= '' then named = named + 1 end
+        end
+        if named >= max then r = TOO_MANY end
+        cnt = #live
         rec = redis.call('HGET', ck, field) -- a dead one was pruned
       end
-      if cnt ~= nil and cnt >= max then
-        r = TOO_MANY
-      else
+      if r == 0 then
         if cnt == nil then
           cnt = 0
           if t == 'string' then
@@ -118,7 +115,7 @@ for i = 1, n do
         else
           cnt = cnt + 1
         end
-        redis.call('HSET', ck, field, fmt_rec(lease, seq, deadline, NOW_MS))
+        redis.call('HSET', ck, field, fmt_rec(lease, seq, deadline, NOW_MS, gw))
         index_conn(lease, id, h, field, 1)
         set_summary(id, h, cnt) -- drops a held offline
         if not redis.call('SET', key, '1', 'PX', ARGV[3], 'GET') then

@@ -53,14 +53,14 @@ for i = 1, #ARGV - 3 do
       if n ~= nil then
         local f = id .. ' '
         local rec = redis.call('HGET', conn_key(h), f)
-        local lease, seq, dl, since = 0, 0, 0, NOW_MS
-        if rec then lease, seq, dl, since = parse_rec(rec) end
+        local lease, seq, dl, since, gw = 0, 0, 0, NOW_MS, ''
+        if rec then lease, seq, dl, since, gw = parse_rec(rec) end
         if not rec or dl <= NOW_MS then
           -- a new implicit connection (or one that died: started again)
           since = NOW_MS
           if not rec then set_summary(id, h, n + 1) end
         end
-        redis.call('HSET', conn_key(h), f, fmt_rec(lease, seq, deadline, since))
+        redis.call('HSET', conn_key(h), f, fmt_rec(lease, seq, deadline, since, gw))
       end
     end
   elseif old.err then

@@ -4,6 +4,7 @@
 --
 -- ARGV[3]  index entries to read in this call, at most (whole buckets)
 -- ARGV[4]  offline grace in ms (0: none)
+-- ARGV[5]  lease time in ms
 --
 -- Takes the lease due first (ZSET <p>leases). The gateway's key is deleted
 -- if it still names that lease, so its connections' next heartbeats do not
@@ -22,12 +23,28 @@ local err = check_epoch()
 if err then return err end
 local limit = tonumber(ARGV[3])
 local grace = tonumber(ARGV[4])
-local due = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', string.format('%d', NOW_MS), 'LIMIT', 0, 1)
-if #due == 0 then
-  flush()
-  return {0, 0, 0}
+local lease_ms = tonumber(ARGV[5])
+-- A lease that lapsed during an outage (the gap between two sweeps that
+-- sweep.lua recorded: NATS, Redis or every replica down, so no gateway
+-- could renew) is extended to one lease time after the outage instead of
+-- ending its connections: that would be an offline storm.
+local from, to
+local gap = redis.call('GET', P .. 'outage')
+if gap then
+  from, to = string.match(gap, '^(%d+) (%d+)$')
+  from, to = tonumber(from), tonumber(to)
 end
-local lease = due[1]
+local lease, score
+while true do
+  local due = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', string.format('%d', NOW_MS), 'WITHSCORES', 'LIMIT', 0, 1)
+  if #due == 0 then
+    flush()
+    return {0, 0, 0}
+  end
+  lease, score = due[1], tonumber(due[2])
+  if not (from and score > from and score < to + lease_ms) then break end
+  redis.call('ZADD', P .. 'leases', string.format('%d', to + lease_ms), lease)
+end
 local ln = tonumber(lease)
 local gw = redis.call('HGET', P .. 'leasegw', lease)
 if gw then
@@ -52,7 +69,10 @@ while b < SHARDS and b < stop and read < limit do
       local n = summary(id, h) or 1
       redis.call('HDEL', conn_key(h), field)
       ended = ended + 1
-      if not others_after(id, h, n) then
+      local t = key_type(user_key(id))
+      -- another program's key of another type is left alone (the sweep
+      -- ends a session on such a key)
+      if (t == 'none' or t == 'string') and not others_after(id, h, n) then
         last_gone(id, h, OFFLINE_GATEWAY_LOST, 'gateway_lost', grace)
         offline = offline + 1
       end

@@ -25,27 +25,28 @@ if cur then
   lease, holder = string.match(cur, '^(%d+) (.*)$')
 end
 local expires = string.format('%d', NOW_MS + ms)
+local held, lost = 0, 0
 if ARGV[6] == 'end' then
   if cur and holder == inst then
     redis.call('DEL', key)
     redis.call('ZADD', P .. 'leases', '0', lease)
-    return {0, tonumber(lease)}
+    lost = tonumber(lease)
   end
-  return {0, 0}
-end
-if cur and holder == inst then
+elseif cur and holder == inst then
   redis.call('SET', key, cur, 'PX', ARGV[5])
   redis.call('ZADD', P .. 'leases', expires, lease)
-  return {tonumber(lease), 0}
+  held = tonumber(lease)
+else
+  if cur then
+    redis.call('ZADD', P .. 'leases', '0', lease)
+    lost = tonumber(lease)
+  end
+  local l = string.format('%d', redis.call('INCR', P .. 'leaseseq'))
+  redis.call('SET', key, l .. ' ' .. inst, 'PX', ARGV[5])
+  redis.call('ZADD', P .. 'leases', expires, l)
+  redis.call('HSET', P .. 'leasegw', l, gw)
+  conns_mark()
+  held = tonumber(l)
 end
-local lost = 0
-if cur then
-  redis.call('ZADD', P .. 'leases', '0', lease)
-  lost = tonumber(lease)
-end
-local l = string.format('%d', redis.call('INCR', P .. 'leaseseq'))
-redis.call('SET', key, l .. ' ' .. inst, 'PX', ARGV[5])
-redis.call('ZADD', P .. 'leases', expires, l)
-redis.call('HSET', P .. 'leasegw', l, gw)
-conns_mark()
-return {tonumber(l), lost}
+flush()
+return {held, lost}

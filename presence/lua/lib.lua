@@ -50,9 +50,12 @@
 --                                          <until ms>" while its offline is
 --                                          held (see hold)
 --                         "<id> <conn>" -> "<lease> <seq> <deadline ms>
---                                          <since ms>" per connection (conn
---                                          "" is the implicit connection of
---                                          plain heartbeats)
+--                                          <since ms>[ <gatewayId>]" per
+--                                          connection (conn "" is the
+--                                          implicit connection of plain
+--                                          heartbeats; the gateway id is
+--                                          kept only for a gateway without
+--                                          a lease, lease 0)
 --                       A record whose deadline passed is a dead connection,
 --                       pruned when the user's connections are next listed.
 --                       The user key's TTL is the latest live deadline.
@@ -63,18 +66,18 @@
 --                       PX the lease time.
 --   <p>leases           ZSET lease -> its expiry (ms): the sweep ends the
 --                       connections of a lease once it is due.
---   <p>leasegw          HASH number -> gatewayId, for leases and for gateways
---                       without a lease; <p>gwnum HASH gatewayId -> the number
---                       that stands for the gateway while it holds no lease
---                       (records keep it negated: lease < 0; 0 is no
---                       gateway). <p>leasen HASH lease -> connections
---                       registered under it.
+--   <p>leasegw          HASH lease -> gatewayId; <p>leasen HASH lease ->
+--                       connections registered under it; <p>leasecur HASH
+--                       lease -> the lapse sweep's next bucket; all three
+--                       forgotten with the lease.
 --   <p>t:<window>:<h % TOMB_SHARDS>  tombstones (HASH "<id> <conn>" -> seq of
 --                       the disconnect), so a heartbeat the disconnect
 --                       overtook does not reopen the connection; a window is
 --                       one TTL long and kept two.
---   <p>conns            exists once any of the above was written: scripts
---                       skip the connection steps for plain users until then.
+--   <p>conns, <p>holds  markers (see conns_on): until they exist, scripts
+--                       skip the connection and hold steps.
+--   A deadline index entry filed under "<id> C" instead of the id is a
+--   check entry (see CHECK).
 --
 -- A presence key that holds another type than a string (another program's
 -- hash under the prefix) is not presenced's: the scripts never write or
@@ -303,17 +306,34 @@ end
 
 -- Connections (see the layout above). ---------------------------------
 
-local CONNS = nil -- whether <p>conns exists, read once per call
+-- Two markers let plain users skip every connection step: <p>conns exists
+-- once a named connection, a gateway or a sequence was stored (a plain
+-- refresh then checks for the user's implicit record); <p>holds once an
+-- offline was held (the paths where a key is gone then check for a hold).
+local CONNS, HOLDS = nil, nil
 local function conns_on()
   if CONNS == nil then CONNS = redis.call('EXISTS', P .. 'conns') == 1 end
   return CONNS
 end
+local function holds_on()
+  if HOLDS == nil then HOLDS = redis.call('EXISTS', P .. 'holds') == 1 end
+  return HOLDS
+end
+-- any_on: the data set may hold a summary field for some user.
+local function any_on()
+  return conns_on() or holds_on()
+end
 
--- conns_mark records that the data set has connection data.
 local function conns_mark()
   if not conns_on() then
     redis.call('SET', P .. 'conns', '1')
     CONNS = true
+  end
+end
+local function holds_mark()
+  if not holds_on() then
+    redis.call('SET', P .. 'holds', '1')
+    HOLDS = true
   end
 end
 
@@ -325,13 +345,18 @@ local function lease_key(lease, h)
   return string.format('%sg:%d:%d', P, lease, h % SHARDS)
 end
 
--- parse_rec splits a connection record: lease, seq, deadline, since.
+-- parse_rec splits a connection record "<lease> <seq> <deadline> <since>[
+-- <gatewayId>]": lease, seq, deadline, since, and the gateway id of a
+-- connection whose gateway holds no lease (lease 0; "" for none).
 local function parse_rec(r)
-  local l, q, d, s = string.match(r, '^(%-?%d+) (%d+) (%d+) (%d+)$')
-  return tonumber(l), tonumber(q), tonumber(d), tonumber(s)
+  local l, q, d, s, g = string.match(r, '^(%d+) (%d+) (%d+) (%d+) ?(%S*)$')
+  return tonumber(l), tonumber(q), tonumber(d), tonumber(s), g
 end
 
-local function fmt_rec(lease, seq, deadline, since)
+local function fmt_rec(lease, seq, deadline, since, gw)
+  if lease == 0 and gw ~= nil and gw ~= '' then
+    return string.format('0 %d %d %d %s', seq, deadline, since, gw)
+  end
   return string.format('%d %d %d %d', lease, seq, deadline, since)
 end
 
@@ -354,9 +379,9 @@ local function set_summary(id, h, n)
 end
 
 -- index_conn adds or removes (delta 1 or -1) a connection in its lease's
--- index; leases <= 0 (no gateway, or a gateway without a lease) have none.
+-- index; lease 0 (no gateway, or a gateway without a lease) has none.
 local function index_conn(lease, id, h, field, delta)
-  if lease <= 0 then return end
+  if lease == nil or lease <= 0 then return end
   if delta > 0 then
     redis.call('HSET', lease_key(lease, h), field, '1')
   else
@@ -389,7 +414,7 @@ local function list_conns(id, h)
       live[#live + 1] = {string.sub(f, #id + 2), lease, seq, dl, since}
     else
       redis.call('HDEL', conn_key(h), f)
-      if lease then index_conn(lease, id, h, f, -1) end
+      index_conn(lease, id, h, f, -1)
     end
   end)
   return live
@@ -397,11 +422,10 @@ end
 
 -- drop_conns removes every connection record of id and its summary.
 local function drop_conns(id, h)
-  if not conns_on() then return end
+  if not any_on() then return end
   each_conn(id, h, function(f, rec)
     redis.call('HDEL', conn_key(h), f)
-    local lease = parse_rec(rec)
-    if lease then index_conn(lease, id, h, f, -1) end
+    index_conn(parse_rec(rec), id, h, f, -1)
   end)
   redis.call('HDEL', conn_key(h), id)
 end
@@ -411,8 +435,8 @@ end
 -- heartbeat either).
 local function extend_conns(id, h, deadline)
   each_conn(id, h, function(f, rec)
-    local lease, seq, _, since = parse_rec(rec)
-    if lease then redis.call('HSET', conn_key(h), f, fmt_rec(lease, seq, deadline, since)) end
+    local lease, seq, _, since, gw = parse_rec(rec)
+    if lease then redis.call('HSET', conn_key(h), f, fmt_rec(lease, seq, deadline, since, gw)) end
   end)
 end
 
@@ -438,6 +462,14 @@ local function bury(h, field, seq, ttl)
   redis.call('PEXPIREAT', cur, string.format('%d', expires))
 end
 
+-- CHECK is the suffix of a check entry's field in the deadline index,
+-- "<id> C" (ids hold no spaces): a one-shot look at a session at a
+-- deadline earlier than its own entry's (a held offline's end, a key whose
+-- expiry moved earlier). It never takes the place of the session's entry
+-- (which is filed under the bare id) and is dropped once read, unless a
+-- hold is still running; see sweep.lua.
+local CHECK = ' C'
+
 -- end_session claims id's open session (exactly one caller gets a
 -- version) and queues its offline event: line is OFFLINE_DISCONNECT or
 -- OFFLINE_EXPIRED, deadline (ms) is recorded for offlines the sweep found.
@@ -454,9 +486,9 @@ end
 -- disconnect or a gateway lost). The presence key goes. With grace > 0 and
 -- the key still there (a connection that had expired already is not held
 -- again), the session stays open and its offline is held until NOW_MS +
--- grace, by the summary "0 <reason> <until>" and an index entry "H<version>"
--- due then; a connection within it continues the session (revive). Else
--- the session ends now. Returns the offline's version, or 0.
+-- grace, by the summary "0 <reason> <until>" and a check entry due then; a
+-- connection within it continues the session (revive). Else the session
+-- ends now. Returns the offline's version, or 0.
 local function last_gone(id, h, line, reason, grace)
   local existed = redis.call('DEL', user_key(id)) == 1
   if grace > 0 and existed then
@@ -464,18 +496,20 @@ local function last_gone(id, h, line, reason, grace)
     if sv then
       local untl = NOW_MS + grace
       redis.call('HSET', conn_key(h), id, string.format('0 %s %d', reason, untl))
-      conns_mark()
-      file(id, h, untl, 'H' .. sv)
+      holds_mark()
+      file(id .. CHECK, h, untl, sv)
       return 0
     end
   end
-  if conns_on() then set_summary(id, h, 0) end
+  if any_on() then set_summary(id, h, 0) end
   return end_session(id, h, line)
 end
 
 -- others_after: id lost one connection record (already removed) and had n
 -- before; returns whether a live connection remains, and if so moves the
--- presence key's expiry to the latest live deadline and writes the count.
+-- presence key's expiry to the latest live deadline (with a check entry
+-- there when that is earlier than the key's: the session's own entry may
+-- sit at the later one) and writes the count.
 local function others_after(id, h, n)
   if n <= 1 then return false end
   local live = list_conns(id, h)
@@ -485,7 +519,13 @@ local function others_after(id, h, n)
     if c[4] > latest then latest = c[4] end
   end
   set_summary(id, h, #live)
-  redis.call('PEXPIREAT', user_key(id), string.format('%d', latest))
+  local k = user_key(id)
+  local pttl = redis.call('PTTL', k)
+  if pttl > 0 and NOW_MS + pttl > latest then
+    local sv = redis.call('HGET', shard_key(h), id)
+    if sv then file(id .. CHECK, h, latest, sv) end
+  end
+  redis.call('PEXPIREAT', k, string.format('%d', latest))
   return true
 end
 
@@ -499,25 +539,21 @@ end
 local function release(id, h, conn, seq, ttl, grace)
   local field = id .. ' ' .. conn
   local n, held = nil, nil
-  if conns_on() then n, held = summary(id, h) end
-  if n == nil then
-    if seq > 0 then
-      bury(h, field, seq, ttl)
-      conns_mark()
-    end
+  if any_on() then n, held = summary(id, h) end
+  if seq > 0 then
+    local rec = n and redis.call('HGET', conn_key(h), field)
+    if rec and select(2, parse_rec(rec)) >= seq then return STALE end
+    bury(h, field, seq, ttl)
+  end
+  if held then return 0 end
+  if n == nil or n == 0 then
     if conn ~= '' then return 0 end
     return last_gone(id, h, OFFLINE_DISCONNECT, 'disconnect', grace)
   end
   local rec = redis.call('HGET', conn_key(h), field)
-  local lease, rseq
-  if rec then lease, rseq = parse_rec(rec) end
-  if seq > 0 then
-    if rec and rseq >= seq then return STALE end
-    bury(h, field, seq, ttl)
-  end
-  if not rec or held then return 0 end
+  if not rec then return 0 end
   redis.call('HDEL', conn_key(h), field)
-  index_conn(lease, id, h, field, -1)
+  index_conn(parse_rec(rec), id, h, field, -1)
   if others_after(id, h, n) then return 0 end
   return last_gone(id, h, OFFLINE_DISCONNECT, 'disconnect', grace)
 end
@@ -527,7 +563,7 @@ end
 -- session continues without events. A held offline is dropped and so are
 -- the records of connections that died meanwhile.
 local function revive(id, h)
-  if not conns_on() then return end
+  if not any_on() then return end
   local n, held = summary(id, h)
   if n == nil then return end
   if held then

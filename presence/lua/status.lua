@@ -29,10 +29,9 @@ if sum then
     cur = r[1]
     local kv = r[2]
     for j = 1, #kv, 2 do
-      local lease, _, dl, since = parse_rec(kv[j + 1])
+      local lease, _, dl, since, gw = parse_rec(kv[j + 1])
       if dl and dl > NOW_MS then
-        local gw = ''
-        if lease ~= 0 then gw = redis.call('HGET', P .. 'leasegw', string.format('%d', math.abs(lease))) or '' end
+        if lease > 0 then gw = redis.call('HGET', P .. 'leasegw', string.format('%d', lease)) or '' end
         conns[#conns + 1] = string.sub(kv[j], #id + 2)
         conns[#conns + 1] = gw
         conns[#conns + 1] = since

@@ -28,8 +28,10 @@
 --
 -- A user whose offline is held (its last connection ended, see last_gone
 -- in lib.lua) keeps its entries until the hold ends; then its session ends
--- with the hold's reason, counted as claimed. A user whose key is gone
--- loses its connection records with its session.
+-- with the hold's reason, counted as claimed. A check entry (see CHECK in
+-- lib.lua) ends a session whose key is gone like any entry, and is dropped
+-- otherwise. A user whose key is gone loses its connection records with
+-- its session.
 --
 -- Returns {claimed, graced, more, walk}: more is 1 when the limit was
 -- reached and the caller should call again at once; walk is 1 while the
@@ -45,6 +47,8 @@ local cutoff = redis.call('GET', KEYS[7])
 if cutoff == false and last and NOW_MS - tonumber(last) > outage then
   cutoff = string.format('%d', NOW_MS)
   redis.call('SET', KEYS[7], cutoff)
+  -- the gap, for the gateway leases that lapsed in it (see lapse.lua)
+  redis.call('SET', P .. 'outage', last .. ' ' .. cutoff)
 end
 local upto = cutoff or string.format('%d', NOW_MS)
 -- DIR_PAGE: the most due buckets one call reads from the directory (the
@@ -58,7 +62,10 @@ while i <= #buckets and read < limit do
   local start = tonumber(buckets[i + 1]) - SLOT_MS
   local e = redis.call('HGETALL', b)
   for j = 1, #e, 2 do
-    local id = e[j]
+    local f = e[j]
+    local id = f
+    local check = string.sub(f, -#CHECK) == CHECK
+    if check then id = string.sub(f, 1, -#CHECK - 1) end
     local ev, off = entry_version(e[j + 1])
     local h = hash(id)
     local k = user_key(id)
@@ -69,19 +76,19 @@ while i <= #buckets and read < limit do
       pttl = -2
     end
     local held, untl
-    if pttl == -2 and conns_on() then
+    if pttl == -2 and any_on() then
       local _
       _, held, untl = summary(id, h)
     end
     if held then
       -- the user's last connection ended and its offline is held: the
-      -- entry (the hold's, or the session's own) waits until the hold
-      -- ends, then the session ends with the hold's reason. Entries of
-      -- other sessions are dropped.
+      -- entry (the hold's check entry, or the session's own) waits until
+      -- the hold ends, then the session ends with the hold's reason.
+      -- Entries of other sessions are dropped.
       local sv = redis.call('HGET', shard_key(h), id)
-      if sv and (ev == nil or ev == sv or ev == 'H' .. sv) then
+      if sv and (ev == nil or ev == sv) then
         if untl > NOW_MS then
-          file(id, h, untl, ev or sv)
+          file(f, h, untl, sv)
         else
           set_summary(id, h, 0)
           if end_session(id, h, 'offline ' .. held .. ' ') ~= 0 then
@@ -96,6 +103,9 @@ while i <= #buckets and read < limit do
       if close_user(id, h, OFFLINE_EXPIRED, start + off) ~= 0 then
         claimed = claimed + 1
       end
+    elseif check then
+      -- a check entry with the key alive (or an outage grace running): the
+      -- session's own entry decides; the check is done
     else
       -- An entry of a session that ended, or of an earlier session of a
       -- user whose later one has its own entry, is dropped with its bucket.
