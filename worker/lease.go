@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -76,6 +77,37 @@ func (w *Worker) respondLease(msg *nats.Msg, r contract.GatewayLeaseReply) {
 	}
 	if err := msg.Respond(data); err != nil {
 		w.debugf("reply failed", "err", err)
+	}
+}
+
+// lapses ends the connections of lost gateway leases every
+// ReconcileInterval until ctx is done. It runs beside the sweep, not after
+// it: ending a large gateway's connections takes many steps, and the
+// deadline sweep must not wait for them. Every replica runs it; the
+// lease's cursor in Redis hands each step's buckets to one of them.
+func (w *Worker) lapses(ctx context.Context) {
+	t := time.NewTicker(w.opts.ReconcileInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !w.canClaim() {
+			continue
+		}
+		err := w.lapseAll(ctx)
+		w.storeFailed(err)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			w.log.Warn("ending the connections of lost gateways failed; retrying every interval", "err", err)
+			failing = true
+		case err == nil && failing:
+			w.log.Info("ending the connections of lost gateways recovered")
+			failing = false
+		}
 	}
 }
 

@@ -31,9 +31,6 @@ func (w *Worker) reconcile(ctx context.Context) {
 			continue
 		}
 		err := w.sweepAll(ctx)
-		if err == nil {
-			err = w.lapseAll(ctx)
-		}
 		w.storeFailed(err)
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:

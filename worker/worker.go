@@ -276,6 +276,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.goLoop(func() { w.rejoin(runCtx) })
 	w.goLoop(func() { w.reconcile(runCtx) })
+	w.goLoop(func() { w.lapses(runCtx) })
 	w.goLoop(func() { w.leases(runCtx) })
 	w.goLoop(func() { w.relay(runCtx) })
 	if w.expiry != nil {

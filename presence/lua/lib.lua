@@ -44,7 +44,7 @@
 -- Connections (only for users that ever had a connection id, a gateway, a
 -- sequence or a held offline; a user heartbeating with plain ids costs
 -- nothing more than the above):
---   <p>c:<h % shards>   connections shard (HASH):
+--   <p>c:<h % (4*shards)>  connections shard (HASH; see CONN_SPREAD):
 --                         "<id>"        -> "<n>", the number of connection
 --                                          records of id, or "0 <reason>
 --                                          <until ms>" while its offline is
@@ -337,8 +337,14 @@ local function holds_mark()
   end
 end
 
+-- CONN_SPREAD: connections shards per sessions shard. A user with
+-- connections has a summary field and a record per connection, about 2.3
+-- fields; four times the shards keep a shard near 40 fields when the
+-- shard count matches the load, a compact listpack under Redis's default
+-- hash-max-listpack-entries of 128.
+local CONN_SPREAD = 4
 local function conn_key(h)
-  return string.format('%sc:%d', P, h % SHARDS)
+  return string.format('%sc:%d', P, h % (SHARDS * CONN_SPREAD))
 end
 
 local function lease_key(lease, h)
