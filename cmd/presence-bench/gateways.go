@@ -73,6 +73,13 @@ type GatewaysRow struct {
 	ExpiredWrongReason int64 `json:"expired_wrong_reason"`
 	LostWrongReason    int64 `json:"gateway_lost_wrong_reason"`
 
+	// Graced and ConnsLost are each replica's presenced_graced_users_total
+	// (users given a TTL of grace because no sweep ran for longer than the
+	// outage threshold) and presenced_gateway_connections_lost_total at
+	// the end (-1: not read).
+	Graced    []int64 `json:"graced_users_per_replica"`
+	ConnsLost []int64 `json:"gateway_connections_lost_per_replica"`
+
 	Usage usage `json:"usage_steady"`
 }
 
@@ -352,12 +359,24 @@ func (b *bench) gateways(ctx context.Context, im impl, n int) error {
 	if !row.LeaseExpiryKnown {
 		row.Lost.UnknownDeadline = row.Lost.Leavers
 	}
+	for _, p := range b.c.workers {
+		text, err := scrape(p.http)
+		get := func(name string) int64 {
+			if v, ok := promSum(text, name, ""); err == nil && ok {
+				return int64(v)
+			}
+			return -1
+		}
+		row.Graced = append(row.Graced, get("presenced_graced_users_total"))
+		row.ConnsLost = append(row.ConnsLost, get("presenced_gateway_connections_lost_total"))
+	}
 	b.rep.Gateways = append(b.rep.Gateways, row)
 	progress("  expired: %d leavers, p50 %.0fms p99 %.0fms max %.0fms; missing %d, late %d, duplicated %d, wrong reason %d, false offline %d",
 		row.Expired.Leavers, row.Expired.P50Ms, row.Expired.P99Ms, row.Expired.MaxMs, row.Expired.Missing, row.Expired.Late, row.Expired.DuplicatedUsers, row.ExpiredWrongReason, row.Expired.FalseOffline)
 	progress("  %s killed: %d users only on it, p50 %.0fms p99 %.0fms max %.0fms after the lease expired; missing %d, over %s %d, duplicated %d, wrong reason %d; %d users connected elsewhere, %d of them got an offline; flaps %d",
 		gwID(0), row.Lost.Leavers, row.Lost.P50Ms, row.Lost.P99Ms, row.Lost.MaxMs, row.Lost.Missing, gwLostBound, row.Lost.Late, row.Lost.DuplicatedUsers, row.LostWrongReason,
 		row.ElsewhereUsers, row.Elsewhere.FalseOffline, row.Flaps)
+	progress("  per replica: graced users %s, gateway connections lost %s", fmtInts(row.Graced), fmtInts(row.ConnsLost))
 	return b.c.checkWorkers()
 }
 

@@ -118,6 +118,8 @@ func printGateways(w io.Writer, r *Report) {
 			{"users with duplicate online at load", fmt.Sprintf("%d", g.DuplicateOnline)},
 			{"failed heartbeat requests / rejected entries / failed lease renewals", fmt.Sprintf("%d / %d / %d", g.FailedRequests, g.RejectedEntries, g.LeaseFailures)},
 			{"slowest heartbeat round s", fmt.Sprintf("%.1f", g.MaxRoundSeconds)},
+			{"users given outage grace, per replica", fmtInts(g.Graced)},
+			{"gateway connections lost, per replica", fmtInts(g.ConnsLost)},
 			{"load: connections/s (new)", fmt.Sprintf("%.0f", g.LoadConnsPerSec)},
 			{"redis data bytes per user (after the load)", cell("%.0f", g.MemPerUser)},
 			{"redis used_memory bytes per user", cell("%.0f", g.UsedPerUser)},
