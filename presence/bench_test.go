@@ -248,16 +248,25 @@ func BenchmarkMemoryPerUser(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		if err := rdb.Del(ctx, prefix+"outbox").Err(); err != nil {
-			b.Fatal(err)
-		}
-		total = float64(usedMemory(b, rdb)-before) / users
-		index = float64(keysMemory(b, rdb, prefix+"d:*")+keysMemory(b, rdb, prefix+"dir")) / users
-		sessions = float64(keysMemory(b, rdb, prefix+"s:*")) / users
+		total, index, sessions = memoryPerUser(b, rdb, prefix, before, users)
 	}
 	b.ReportMetric(total, "B/user")
 	b.ReportMetric(index, "index-B/user")
 	b.ReportMetric(sessions, "sessions-B/user")
+}
+
+// memoryPerUser deletes the outbox (the relay trims it) and returns, per
+// user, used_memory since before and MEMORY USAGE of the deadline index and
+// of the sessions shards.
+func memoryPerUser(b *testing.B, rdb *redis.Client, prefix string, before int64, users int) (total, index, sessions float64) {
+	b.Helper()
+	if err := rdb.Del(context.Background(), prefix+"outbox").Err(); err != nil {
+		b.Fatal(err)
+	}
+	total = float64(usedMemory(b, rdb)-before) / float64(users)
+	index = float64(keysMemory(b, rdb, prefix+"d:*")+keysMemory(b, rdb, prefix+"dir")) / float64(users)
+	sessions = float64(keysMemory(b, rdb, prefix+"s:*")) / float64(users)
+	return total, index, sessions
 }
 
 func usedMemory(b *testing.B, rdb *redis.Client) int64 {
@@ -404,12 +413,7 @@ func BenchmarkMemoryPerConnection(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				if err := rdb.Del(ctx, prefix+"outbox").Err(); err != nil {
-					b.Fatal(err)
-				}
-				total = float64(usedMemory(b, rdb)-before) / users
-				index = float64(keysMemory(b, rdb, prefix+"d:*")+keysMemory(b, rdb, prefix+"dir")) / users
-				sessions = float64(keysMemory(b, rdb, prefix+"s:*")) / users
+				total, index, sessions = memoryPerUser(b, rdb, prefix, before, users)
 				conns = float64(keysMemory(b, rdb, prefix+"c:*")) / users
 				lease = float64(keysMemory(b, rdb, prefix+"g:*")) / users
 				if v.k > 0 {

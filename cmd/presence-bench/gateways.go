@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/presenced/presenced/contract"
 )
 
@@ -452,44 +450,7 @@ func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwU
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
-			batches, closed := pttl.take()
-			for _, batch := range batches {
-				t := time.Now().UnixNano()
-				cmds := make([]*redis.DurationCmd, len(batch))
-				_, _ = b.c.rdb.Pipelined(context.Background(), func(p redis.Pipeliner) error {
-					for k, i := range batch {
-						cmds[k] = p.PTTL(context.Background(), im.userKey(userID(tag, int(i))))
-					}
-					return nil
-				})
-				for k, i := range batch {
-					d, err := cmds[k].Result()
-					if err == nil && d >= 0 {
-						dl := t + d.Nanoseconds()
-						st.deadline[i].Store(dl)
-						for {
-							cur := maxDeadline.Load()
-							if dl <= cur || maxDeadline.CompareAndSwap(cur, dl) {
-								break
-							}
-						}
-					} else {
-						st.unknown.Add(1)
-					}
-					known.Add(1)
-				}
-			}
-			if closed && len(batches) == 0 {
-				return
-			}
-			if len(batches) == 0 {
-				select {
-				case <-pttl.signal:
-				case <-time.After(10 * time.Millisecond):
-				}
-			}
-		}
+		b.readDeadlines(im, tag, st, pttl, &known, &maxDeadline)
 	}()
 	defer func() { pttl.close(); wg.Wait() }()
 
