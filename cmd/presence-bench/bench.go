@@ -66,6 +66,14 @@ func (b *bench) run(ctx context.Context) error {
 			}
 		}
 	}
+	if b.cfg.scenarios["gateways"] {
+		if b.cfg.baseline == "seed" {
+			b.note("gateways scenario: presenced only (the seed has no connections or gateways)")
+		}
+		if err := b.gateways(ctx, b.c.presenced(), b.cfg.gwUsers); err != nil {
+			return fmt.Errorf("presenced gateways at %d users: %w", b.cfg.gwUsers, err)
+		}
+	}
 	if b.cfg.scenarios["storm"] {
 		for _, im := range b.c.impls() {
 			if err := b.storm(ctx, im, b.cfg.stormUsers); err != nil {
@@ -93,6 +101,7 @@ func (b *bench) settings() map[string]any {
 		"query_reps": c.queryReps, "query_batch_reps": c.query10k, "query_ids": c.queryIDs,
 		"ceiling_n": c.ceilingN, "seed_concurrency": c.seedConcurrency, "seed_scan_count": c.scanCount, "seed_pending_limit": c.seedPending,
 		"storm_users": c.stormUsers, "storm_bound": c.stormBound.String(),
+		"gw_users": c.gwUsers, "gateways": c.gateways, "conns_per_user": c.connsPerUser, "gateway_lease": c.gwLease.String(),
 		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
 		"stream": c.stream,
 	}

@@ -258,9 +258,10 @@ func (c *cluster) seed() impl {
 }
 
 // reset prepares a fresh run of im: stops the workers, empties Redis, loads
-// the background keys and starts replicas workers with ttl. External: only
-// the seed's workers are (re)started, nothing is flushed.
-func (c *cluster) reset(ctx context.Context, im impl, replicas int, ttl time.Duration) error {
+// the background keys and starts replicas workers with ttl (presenced
+// workers also get extra, a scenario's own flags). External: only the
+// seed's workers are (re)started, nothing is flushed.
+func (c *cluster) reset(ctx context.Context, im impl, replicas int, ttl time.Duration, extra ...string) error {
 	if err := c.stopWorkers(); err != nil {
 		return err
 	}
@@ -282,7 +283,7 @@ func (c *cluster) reset(ctx context.Context, im impl, replicas int, ttl time.Dur
 		c.current = im.name
 		return nil
 	}
-	return c.startWorkers(ctx, im, replicas, ttl)
+	return c.startWorkers(ctx, im, replicas, ttl, extra)
 }
 
 // loadBackground writes n volatile keys (SET bg:<i> x EX 3600, pipelined),
@@ -304,7 +305,7 @@ func (c *cluster) loadBackground(ctx context.Context, n int) error {
 	return nil
 }
 
-func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Duration) error {
+func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Duration, extra []string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for i := range n {
@@ -331,6 +332,7 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 			if c.cfg.stream != "" {
 				args = append(args, "--stream", c.cfg.stream)
 			}
+			args = append(args, extra...)
 			args = append(args, c.cfg.presencedFlags...)
 			p, err = startProc(name, c.presencedBin, args, cleanEnv(), addr)
 			if p != nil {

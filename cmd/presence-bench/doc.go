@@ -42,6 +42,9 @@
 //     Redis memory per user), which also loads the users of the queries.
 //   - query.go: query latency (status, online, listing, count).
 //   - storm.go: the reconnect storm; storm_report.go its target and table.
+//   - gateways.go: users through gateways with leases and named
+//     connections, one gateway killed; gateways_report.go its targets and
+//     table.
 //
 // What the scenarios share:
 //

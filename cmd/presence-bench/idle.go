@@ -24,7 +24,7 @@ func (b *bench) idleQuery(ctx context.Context, im impl, n int) error {
 	if cfg.external {
 		tag = fmt.Sprintf("q%02d-", rand.IntN(100))
 	}
-	col, err := newCollector(b.c.ev, im.subjects, tag, n)
+	col, err := newCollector(b.c.ev, im.subjects, tag, n, false)
 	if err != nil {
 		return err
 	}

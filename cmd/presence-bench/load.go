@@ -87,6 +87,7 @@ type requester struct {
 	replies   atomic.Int64
 	accepted  atomic.Int64
 	failed    atomic.Int64 // replies with "error", or no responders
+	rejected  atomic.Int64 // entries named in replies' "rejected"
 	lastReply atomic.Int64 // unix nanos
 	callbacks sync.Map     // seq -> func()
 	firstErr  atomic.Value // string
@@ -124,6 +125,10 @@ func (r *requester) onReply(m *nats.Msg) {
 		r.firstErr.CompareAndSwap(nil, string(m.Data))
 	default:
 		r.accepted.Add(parseAccepted(m.Data))
+		if i := bytes.Index(m.Data, []byte(`"rejected":[`)); i >= 0 {
+			r.rejected.Add(int64(bytes.Count(m.Data[i:], []byte(`"userId"`))))
+			r.firstErr.CompareAndSwap(nil, string(m.Data))
+		}
 	}
 	r.lastReply.Store(now)
 	r.replies.Add(1)
@@ -213,6 +218,9 @@ type collector struct {
 	online   []atomic.Uint32
 	offline  []atomic.Uint32
 	offFirst []atomic.Int64 // unix nanos of the first offline event
+	// gwLost and expired count the offline events with reason
+	// gateway_lost and expired (only when made with reasons).
+	gwLost, expired []atomic.Uint32
 
 	onTotal, offTotal atomic.Int64
 	onDistinct        atomic.Int64
@@ -223,8 +231,14 @@ type collector struct {
 	marked    atomic.Bool
 }
 
-func newCollector(nc *nats.Conn, subjects contract.Subjects, tag string, n int) (*collector, error) {
+// newCollector subscribes to the online and offline events of users
+// tag0..n-1; with reasons it also counts each user's offline events by
+// reason (gateway_lost, expired).
+func newCollector(nc *nats.Conn, subjects contract.Subjects, tag string, n int, reasons bool) (*collector, error) {
 	c := &collector{tag: tag, n: n, online: make([]atomic.Uint32, n), offline: make([]atomic.Uint32, n), offFirst: make([]atomic.Int64, n)}
+	if reasons {
+		c.gwLost, c.expired = make([]atomic.Uint32, n), make([]atomic.Uint32, n)
+	}
 	for _, s := range []struct {
 		subject string
 		fn      nats.MsgHandler
@@ -295,6 +309,14 @@ func (c *collector) onOffline(m *nats.Msg) {
 	c.offTotal.Add(1)
 	if c.offline[i].Add(1) == 1 {
 		c.offFirst[i].Store(now)
+	}
+	if c.gwLost != nil {
+		switch {
+		case bytes.Contains(m.Data, []byte(`"reason":"gateway_lost"`)):
+			c.gwLost[i].Add(1)
+		case bytes.Contains(m.Data, []byte(`"reason":"expired"`)):
+			c.expired[i].Add(1)
+		}
 	}
 }
 

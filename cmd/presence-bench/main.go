@@ -56,6 +56,11 @@ type config struct {
 	stormUsers int
 	stormBound time.Duration
 
+	gwUsers      int
+	gateways     int
+	connsPerUser float64
+	gwLease      time.Duration
+
 	ceilingN        int
 	seedConcurrency int
 	seedPending     int
@@ -71,7 +76,7 @@ type config struct {
 	stream         string // PRESENCE_STREAM of the presenced workers; JetStream on in the bench's nats-server
 }
 
-var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query", "storm"}
+var allScenarios = []string{"ceiling", "throughput", "offline", "idle", "query", "storm", "gateways"}
 
 func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, `presence-bench: end-to-end benchmark of presenced, with the seed's algorithm beside it.
@@ -90,6 +95,10 @@ Scenarios (--scenarios, comma-separated; default all):
   storm       a reconnect storm: --storm-users single-id first heartbeats (new users, no reply subject)
               published as fast as one NATS connection can; users stored and online by --storm-bound and
               at the end, messages each replica dropped, peak RSS of each replica
+  gateways    --gw-users online through --gateways gateways with leases, --conns-per-user named connections
+              per user on average (presenced only): users leaving as in offline (every connection stops),
+              and one gateway killed halfway (its lease and its heartbeats stop); offline latency after the
+              deadline, and after the killed gateway's lease expired
 
 Flags:
 `)
@@ -135,6 +144,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.queryIDs, "query-ids", 10000, "query: ids per multi-id query (half online)")
 	fs.IntVar(&c.stormUsers, "storm-users", 0, "storm: single-id first heartbeats, one per new user (default: small 200000, full 1000000)")
 	fs.DurationVar(&c.stormBound, "storm-bound", 90*time.Second, "storm: a user not stored, or without its online event, this long after the first publish is missing; the wait goes on to --timeout (or until nothing moves for 15s past the bound) to tell late from lost")
+	fs.IntVar(&c.gwUsers, "gw-users", 0, "gateways: online users (default: small 20000, full 1000000)")
+	fs.IntVar(&c.gateways, "gateways", 5, "gateways: gateways the users are connected through, each with a lease")
+	fs.Float64Var(&c.connsPerUser, "conns-per-user", 1.3, "gateways: connections per user on average (1 to --gateways), each on another gateway")
+	fs.DurationVar(&c.gwLease, "gateway-lease", 0, "gateways: presenced's --gateway-lease; must be shorter than --ttl, so the killed gateway's connections end by its lease (default: small 2s, full 15s)")
 	fs.IntVar(&c.ceilingN, "ceiling-n", 0, "ceiling: redis-benchmark -n (default: small 200000, full 1000000)")
 	fs.IntVar(&c.seedConcurrency, "seed-concurrency", 32, "seed: messages each seed worker handles at once (the seed's async handlers)")
 	fs.IntVar(&c.seedPending, "seed-pending-limit", 0, "seed: messages each seed subscription holds before NATS drops them (0: the port's 65536 with 64 MiB; -1: no limit, as the Node seed's client)")
@@ -177,6 +190,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	pick(&c.query10k, 100, 300)
 	pick(&c.ceilingN, 200000, 1000000)
 	pick(&c.stormUsers, 200000, 1000000)
+	pick(&c.gwUsers, 20000, 1000000)
+	pickD(&c.gwLease, 2*time.Second, 15*time.Second)
 	pickD(&c.offTTL, 5*time.Second, 60*time.Second)
 	pickD(&c.offDuration, 15*time.Second, 2*time.Minute)
 	pickD(&c.offGrace, 10*time.Second, 60*time.Second)
@@ -238,6 +253,12 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.replicas < 1 || c.batchSize < 1 || c.window < 1 || c.batchWindow < 1 || c.rounds < 1 || c.replyEvery < 1 {
 		return nil, errors.New("--replicas, --batch-size, --window, --batch-window, --rounds and --reply-every must be at least 1")
+	}
+	if c.gateways < 2 || c.connsPerUser < 1 || c.connsPerUser > float64(c.gateways) || c.gwUsers < 100 {
+		return nil, errors.New("--gateways must be at least 2, --conns-per-user between 1 and --gateways, --gw-users at least 100")
+	}
+	if c.gwLease < time.Second || c.gwLease >= c.offTTL {
+		return nil, fmt.Errorf("--gateway-lease %s must be at least 1s and shorter than --ttl %s", c.gwLease, c.offTTL)
 	}
 	if c.hbInterval >= c.offTTL {
 		return nil, fmt.Errorf("--hb-interval %s must be shorter than --ttl %s", c.hbInterval, c.offTTL)

@@ -33,7 +33,7 @@ func (b *bench) offline(ctx context.Context, im impl, n int) error {
 	if cfg.external {
 		tag = fmt.Sprintf("o%02d-", rand.IntN(100))
 	}
-	col, err := newCollector(b.c.ev, im.subjects, tag, n)
+	col, err := newCollector(b.c.ev, im.subjects, tag, n, false)
 	if err != nil {
 		return err
 	}
@@ -179,44 +179,7 @@ func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for {
-			batches, closed := pttl.take()
-			for _, batch := range batches {
-				t := time.Now().UnixNano()
-				cmds := make([]*redis.DurationCmd, len(batch))
-				_, _ = b.c.rdb.Pipelined(context.Background(), func(p redis.Pipeliner) error {
-					for k, i := range batch {
-						cmds[k] = p.PTTL(context.Background(), im.userKey(userID(tag, int(i))))
-					}
-					return nil
-				})
-				for k, i := range batch {
-					d, err := cmds[k].Result()
-					if err == nil && d >= 0 {
-						dl := t + d.Nanoseconds()
-						st.deadline[i].Store(dl)
-						for {
-							cur := maxDeadline.Load()
-							if dl <= cur || maxDeadline.CompareAndSwap(cur, dl) {
-								break
-							}
-						}
-					} else {
-						st.unknown.Add(1)
-					}
-					known.Add(1)
-				}
-			}
-			if closed && len(batches) == 0 {
-				return
-			}
-			if len(batches) == 0 {
-				select {
-				case <-pttl.signal:
-				case <-time.After(10 * time.Millisecond):
-				}
-			}
-		}
+		b.readDeadlines(im, tag, st, pttl, &known, &maxDeadline)
 	}()
 	// Replies may still come after this returns: the queue ignores them.
 	defer func() { pttl.close(); wg.Wait() }()
@@ -314,6 +277,52 @@ func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string,
 	_ = req.wait(ctx)
 	st.failed = req.failed.Load() + req.lost()
 	return st, nil
+}
+
+// readDeadlines reads the deadline of each leaver pushed to q (PTTL of its
+// user key, after its last heartbeat was applied) into st, counting each
+// in known and keeping the latest in maxDeadline, until q is closed and
+// empty. deadline = time before the PTTL + PTTL: at most one round trip
+// and 1ms early, so a latency is at most that much too long.
+func (b *bench) readDeadlines(im impl, tag string, st *steadyResult, q *batchQueue, known, maxDeadline *atomic.Int64) {
+	for {
+		batches, closed := q.take()
+		for _, batch := range batches {
+			t := time.Now().UnixNano()
+			cmds := make([]*redis.DurationCmd, len(batch))
+			_, _ = b.c.rdb.Pipelined(context.Background(), func(p redis.Pipeliner) error {
+				for k, i := range batch {
+					cmds[k] = p.PTTL(context.Background(), im.userKey(userID(tag, int(i))))
+				}
+				return nil
+			})
+			for k, i := range batch {
+				d, err := cmds[k].Result()
+				if err == nil && d >= 0 {
+					dl := t + d.Nanoseconds()
+					st.deadline[i].Store(dl)
+					for {
+						cur := maxDeadline.Load()
+						if dl <= cur || maxDeadline.CompareAndSwap(cur, dl) {
+							break
+						}
+					}
+				} else {
+					st.unknown.Add(1)
+				}
+				known.Add(1)
+			}
+		}
+		if closed && len(batches) == 0 {
+			return
+		}
+		if len(batches) == 0 {
+			select {
+			case <-q.signal:
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // offlineSettle bounds the offline scenario's settle: its users heartbeat

@@ -83,6 +83,7 @@ func printReport(w io.Writer, r *Report) {
 	printIdle(w, r)
 	printQueries(w, r)
 	printStorm(w, r)
+	printGateways(w, r)
 	printRedisCommands(w, r)
 	printTargets(w, r)
 	printProfiles(w, r)
@@ -325,6 +326,9 @@ func printRedisCommands(w io.Writer, r *Report) {
 	}
 	for _, s := range r.Storm {
 		addCmds(fmt.Sprintf("%s storm %d", s.Impl, s.Users), s.Usage)
+	}
+	for _, g := range r.Gateways {
+		addCmds(fmt.Sprintf("presenced gateways %d steady", g.Users), g.Usage)
 	}
 	if len(cmdRows) > 0 {
 		table(w, "ll", "Redis time by command (INFO commandstats per second of the phase; a script's commands count inside EVALSHA and again on their own)",

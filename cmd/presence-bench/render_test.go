@@ -12,7 +12,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // goldenReport is a report of fixed data with every section filled: the
 // ceiling, throughput with both implementations and an unclean row,
-// offline, idle with a breakdown, queries, a storm, Redis command stats,
+// offline, idle with a breakdown, queries, a storm, the gateways scenario,
+// Redis command stats,
 // a profile, notes and an error. Its targets are computed, so the golden
 // files pin the verdicts' text too.
 func goldenReport() *Report {
@@ -87,6 +88,15 @@ func goldenReport() *Report {
 				StoredAtBound: 15000, OnlineAtBound: 14000, Stored: 15000, Online: 14000, DuplicateOnline: 2, WaitedSeconds: 20, EndReason: "stalled",
 				Dropped: []int64{2000, -1, 3000}, SlowConsumer: []int64{-1, -1, -1}, Accepted: []int64{5000, 5000, 5000}, Failed: []int64{0, 0, 0},
 				ServerSlowConsumers: -1, Usage: u(20, 20, 20)},
+		},
+		Gateways: []GatewaysRow{
+			{Users: 20000, Gateways: 5, Connections: 26000, ConnsPerUser: 1.3, Replicas: 3, BackgroundKeys: 5000, TTL: "5s", HBInterval: "2.5s", Lease: "2s",
+				Duration: "15s", LeavePctPerMin: 2, Grace: "10s", LoadSeconds: 0.5, LoadConnsPerSec: 52000, MemPerUser: 250, UsedPerUser: 260, UsedMemoryMB: 9.5,
+				MaxRoundSeconds: 2.5, RejectedEntries: 1, Flaps: 0, KilledAfterS: 7.5, KilledGateway: "gw-0", KilledConns: 5200, LeaseExpiryKnown: true,
+				Expired:   OfflineRow{Leavers: 90, Received: 89, Missing: 1, P50Ms: 130, P90Ms: 200, P99Ms: 260.5, MaxMs: 270, MinMs: -0.5, FalseOffline: 2, FalseOfflineEvents: 2},
+				Lost:      OfflineRow{Leavers: 2800, Received: 2800, Late: 3, DuplicatedUsers: 1, DuplicateEvents: 1, P50Ms: 240, P90Ms: 400, P99Ms: 900, MaxMs: 1200, MinMs: 220},
+				LostBound: "1s", Elsewhere: OfflineRow{FalseOffline: 1, FalseOfflineEvents: 1}, ElsewhereUsers: 2400, LostWrongReason: 2,
+				Graced: []int64{0, 5, -1}, ConnsLost: []int64{5200, 0, -1}, Usage: u(10, 9, 8)},
 		},
 		Profiles: []Profile{
 			{Impl: "presenced", Phase: "batched 500, new users", Seconds: 5, PhaseEndedAfter: 3.5, File: "/tmp/p.pprof", Top: "flat  flat%\n 1s  50%  main.f\n"},

@@ -24,6 +24,7 @@ type Report struct {
 	Idle       []IdleRow       `json:"idle,omitempty"`
 	Query      []QueryRow      `json:"query,omitempty"`
 	Storm      []StormRow      `json:"storm,omitempty"`
+	Gateways   []GatewaysRow   `json:"gateways,omitempty"`
 	Profiles   []Profile       `json:"profiles,omitempty"`
 	Targets    []Target        `json:"targets,omitempty"`
 	Notes      []string        `json:"notes,omitempty"`

@@ -94,7 +94,7 @@ func (b *bench) storm(ctx context.Context, im impl, n int) error {
 	if im.name == "seed" {
 		row.SeedPendingLimit = cfg.seedPending
 	}
-	col, err := newCollector(b.c.ev, im.subjects, tag, n)
+	col, err := newCollector(b.c.ev, im.subjects, tag, n, false)
 	if err != nil {
 		return err
 	}

@@ -69,7 +69,7 @@ func (b *bench) throughput(ctx context.Context) error {
 // first publish until every reply and, for new users, every online event.
 func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputRow, error) {
 	row := ThroughputRow{Impl: im.name, Phase: p.name}
-	col, err := newCollector(b.c.ev, im.subjects, p.tag, p.users)
+	col, err := newCollector(b.c.ev, im.subjects, p.tag, p.users, false)
 	if err != nil {
 		return row, err
 	}

@@ -135,6 +135,7 @@ func targets(r *Report, cfg *config) []Target {
 	add(idleCPUTarget(r))
 	add(memoryTarget(r))
 	add(stormTarget(r))
+	ts = append(ts, gatewaysTargets(r)...)
 	return ts
 }
 
