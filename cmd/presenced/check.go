@@ -43,6 +43,8 @@ var scriptProbes = []struct{ cmd, lua string }{
 	{"TIME", "redis.call('TIME')"},
 	{"SET", "redis.call('SET', KEYS[1], '1', 'PX', 60000, 'GET')"},
 	{"GET", "redis.call('GET', KEYS[1])"},
+	{"GETDEL", "redis.call('GETDEL', KEYS[1])"},
+	{"SET", "redis.call('SET', KEYS[1], '1', 'PX', 60000)"},
 	{"EXISTS", "redis.call('EXISTS', KEYS[1])"},
 	{"PTTL", "redis.call('PTTL', KEYS[1])"},
 	{"TYPE", "redis.call('TYPE', KEYS[1])"},

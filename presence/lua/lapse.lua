@@ -69,10 +69,15 @@ while b < SHARDS and b < stop and read < limit do
       local n = summary(id, h) or 1
       redis.call('HDEL', conn_key(h), field)
       ended = ended + 1
-      local t = key_type(user_key(id))
-      -- another program's key of another type is left alone (the sweep
-      -- ends a session on such a key)
-      if (t == 'none' or t == 'string') and not others_after(id, h, n) then
+      -- another program's key of another type is left alone (last_gone
+      -- refuses it; others_after would set its expiry, so it is asked
+      -- only when the user has other connections)
+      local others = false
+      if n > 1 then
+        local t = key_type(user_key(id))
+        others = (t ~= 'none' and t ~= 'string') or others_after(id, h, n)
+      end
+      if not others then
         last_gone(id, h, OFFLINE_GATEWAY_LOST, 'gateway_lost', grace)
         offline = offline + 1
       end

@@ -496,7 +496,12 @@ end
 -- connection within it continues the session (revive). Else the session
 -- ends now. Returns the offline's version, or 0.
 local function last_gone(id, h, line, reason, grace)
-  local existed = redis.call('DEL', user_key(id)) == 1
+  -- GETDEL deletes a string and refuses any other type (WRONGTYPE): another
+  -- program's key is left alone, and so is the session on it (the sweep
+  -- ends a session whose key is not presenced's).
+  local old = redis.pcall('GETDEL', user_key(id))
+  if type(old) == 'table' and old.err then return 0 end
+  local existed = old ~= false
   if grace > 0 and existed then
     local sv = redis.call('HGET', shard_key(h), id)
     if sv then
