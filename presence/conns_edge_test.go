@@ -1,7 +1,7 @@
 package presence_test
 
-// Adversarial review of the connection model (issue 12). Each test fails on
-// the code it was written against because of a defect it names.
+// Edge cases of the connection model: interleavings and faults that the
+// scripts must survive with the guarantees intact.
 
 import (
 	"context"
@@ -17,8 +17,8 @@ import (
 	"github.com/presenced/presenced/presence"
 )
 
-// newReviewStore is newConnStore that also returns a client of its Redis.
-func newReviewStore(t *testing.T, opts presence.Options) (*connStore, *redis.Client) {
+// newRawConnStore is newConnStore that also returns a client of its Redis.
+func newRawConnStore(t *testing.T, opts presence.Options) (*connStore, *redis.Client) {
 	t.Helper()
 	r := testenv.StartRedis(t)
 	opts.Prefix = testenv.Prefix(t) + ":"
@@ -77,18 +77,14 @@ func indexEntries(t *testing.T, rdb *redis.Client, prefix, id string) []string {
 	return out
 }
 
-// lease.lua runs check_epoch first like every writing script, but never
-// calls flush(): when a gateway's lease message is the first script call
-// after the data set was lost (FLUSHALL, a restart without persistence, a
-// failover to an empty replica; gateways renew every few seconds, so it
-// often is), check_epoch writes the new epoch and queues the data_loss
-// reset, and the reset is never written to the outbox. Every later script
-// finds the epoch and announces nothing; reset.lua (the relay's check)
-// takes the published entries for the epoch's own data set (their versions
-// are below the epoch's). Consumers never learn that the sessions are gone.
-func TestReviewLeaseSwallowsDataLossReset(t *testing.T) {
+// A gateway's lease message may be the first script call after the data
+// set was lost (FLUSHALL, a restart without persistence, a failover to an
+// empty replica): like every writing script it announces the loss with a
+// reset, which must reach the outbox before anything else, or consumers
+// never learn that the sessions are gone.
+func TestLeaseAfterDataLossPublishesReset(t *testing.T) {
 	t.Parallel()
-	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute})
+	c, rdb := newRawConnStore(t, presence.Options{TTL: time.Minute})
 	ctx := context.Background()
 	if _, err := c.Heartbeat(ctx, []string{"u"}); err != nil {
 		t.Fatal(err)
@@ -141,10 +137,10 @@ func TestReviewLeaseSwallowsDataLossReset(t *testing.T) {
 // session has no index entry and, once its key lapses, only the keyspace
 // event could end it. Ten users reload; each then leaves without a
 // disconnect (a crashed tab): the sweep alone must end every session once.
-func TestReviewHeldEntryOverwritesSessionEntry(t *testing.T) {
+func TestReloadWithinGraceKeepsSessionEntry(t *testing.T) {
 	t.Parallel()
 	const ttl = time.Second
-	c, rdb := newReviewStore(t, presence.Options{TTL: ttl, OfflineGrace: ttl})
+	c, rdb := newRawConnStore(t, presence.Options{TTL: ttl, OfflineGrace: ttl})
 	ctx := context.Background()
 	prefix := c.Keys().Prefix()
 	c.sweep() // the sweep marker, so no outage is detected below
@@ -189,18 +185,18 @@ func TestReviewHeldEntryOverwritesSessionEntry(t *testing.T) {
 }
 
 // A NATS outage (or every replica stopped) longer than the gateway lease:
-// the gateways could not renew, so every lease lapses in the gap. The
-// sweep detects the outage and grants the users' keys one TTL of grace (no
-// storm after an outage), but lapse.lua has no such check, and the worker
-// calls Lapse right after the sweep (worker/reconcile.go): every user on a
-// leased gateway goes offline with reason gateway_lost at once, then comes
-// back online at the next heartbeat. A 30 s NATS blip flips every such user
-// offline and back, which the outage grace exists to prevent.
-func TestReviewLeaseLapseAfterOutageStorm(t *testing.T) {
+// the gateways could not renew, so every lease lapses in the gap. As the
+// users' keys get one TTL of grace after an outage, the leases that lapsed
+// in it get one lease time after it: no gateway_lost storm, and a gateway
+// that does not come back is lost one lease later.
+func TestLeasesLapsedInOutageExtended(t *testing.T) {
 	t.Parallel()
-	c, _ := newReviewStore(t, presence.Options{TTL: time.Minute, GatewayLease: 300 * time.Millisecond, OutageThreshold: 500 * time.Millisecond})
+	c, _ := newRawConnStore(t, presence.Options{TTL: time.Minute, GatewayLease: 300 * time.Millisecond, OutageThreshold: 500 * time.Millisecond})
 	ctx := context.Background()
 	if _, err := c.RenewLease(ctx, "gw-1", "i-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RenewLease(ctx, "gw-gone", "i-1"); err != nil {
 		t.Fatal(err)
 	}
 	var users []string
@@ -209,8 +205,9 @@ func TestReviewLeaseLapseAfterOutageStorm(t *testing.T) {
 		users = append(users, u)
 		c.connect(conn(u, "c", "gw-1", 1))
 	}
+	c.connect(conn("lost", "c", "gw-gone", 1)) // its gateway does not come back
 	c.sweep()
-	if got := len(c.events()); got != len(users) {
+	if got := len(c.events()); got != len(users)+1 {
 		t.Fatalf("%d onlines", got)
 	}
 	// The outage: nothing reaches any replica for 1 s (over the lease and
@@ -230,21 +227,34 @@ func TestReviewLeaseLapseAfterOutageStorm(t *testing.T) {
 	if got := c.events(); len(got) != 0 {
 		t.Fatalf("after an outage the lapse ended %d connections, %d users left; events %d: %v ...", ended, left, len(got), got[:min(4, len(got))])
 	}
+	// One lease time later the gateway that did not come back is lost.
+	var got []string
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline) && len(got) == 0; {
+		if _, err := c.RenewLease(ctx, "gw-1", "i-1"); err != nil {
+			t.Fatal(err)
+		}
+		c.sweep()
+		c.lapseAll()
+		got = c.events()
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c.sweep()
+	c.lapseAll()
+	if got = append(got, c.events()...); !slices.Equal(got, []string{"offline:gateway_lost:lost"}) {
+		t.Fatalf("a lease time after the outage: %v, want only the lost gateway's user offline", got)
+	}
 }
 
-// others_after (a disconnect, or a lost gateway, of the connection with the
-// latest deadline while another is live) moves the presence key's expiry
-// back to the latest live deadline with PEXPIREAT, but leaves the
-// session's deadline index entry where it is: in a slot after the new
-// deadline (the sweep refiled it at the old one). The index invariant
-// "an entry at a slot no later than its deadline" breaks, and the sweep
-// ends the session only when that later slot comes due: up to a TTL late
-// (here 1.4 s after the key lapsed) whenever the keyspace event is missed
-// or unavailable.
-func TestReviewShrunkDeadlineSweptLate(t *testing.T) {
+// When the connection with the latest deadline ends while another is live,
+// the presence key's expiry moves back to the latest live deadline; the
+// session's index entry may sit at the later one, so a check entry at the
+// new deadline lets the sweep alone (no keyspace event) end the session on
+// time.
+func TestShortenedDeadlineSweptOnTime(t *testing.T) {
 	t.Parallel()
 	const ttl = 2 * time.Second
-	c, _ := newReviewStore(t, presence.Options{TTL: ttl})
+	c, _ := newRawConnStore(t, presence.Options{TTL: ttl})
 	c.sweep()
 	t0 := time.Now()
 	at := func(d time.Duration) { time.Sleep(time.Until(t0.Add(d))) }
@@ -269,13 +279,11 @@ func TestReviewShrunkDeadlineSweptLate(t *testing.T) {
 }
 
 // A lease lapse ends a connection of a user whose presence key another
-// program replaced by a hash: last_gone DELs that key (others_after would
-// PEXPIREAT it). The README: a key of another type is not presenced's, and
-// the scripts never write or delete it (release.lua checks key_type;
-// lapse.lua does not).
-func TestReviewLapseDeletesForeignKey(t *testing.T) {
+// program replaced by a hash: the key is not presenced's, and the lapse
+// neither deletes it nor sets its expiry.
+func TestLapseLeavesForeignKey(t *testing.T) {
 	t.Parallel()
-	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute, GatewayLease: 200 * time.Millisecond})
+	c, rdb := newRawConnStore(t, presence.Options{TTL: time.Minute, GatewayLease: 200 * time.Millisecond})
 	ctx := context.Background()
 	if _, err := c.RenewLease(ctx, "gw", "i"); err != nil {
 		t.Fatal(err)
@@ -295,13 +303,11 @@ func TestReviewLapseDeletesForeignKey(t *testing.T) {
 	}
 }
 
-// Every gateway id that ever sends a connection without holding a lease
-// gets a number in <p>gwnum and <p>leasegw (connect.lua resolve), and
-// nothing ever removes it: with gateway ids that change (pod names, one per
-// deploy) both hashes grow without bound.
-func TestReviewGatewayNumbersGrow(t *testing.T) {
+// Gateway ids that send connections without holding a lease (pod names,
+// one per deploy) leave nothing behind once their connections are gone.
+func TestLeaselessGatewaysLeaveNothing(t *testing.T) {
 	t.Parallel()
-	c, rdb := newReviewStore(t, presence.Options{TTL: 300 * time.Millisecond, GatewayLease: 200 * time.Millisecond})
+	c, rdb := newRawConnStore(t, presence.Options{TTL: 300 * time.Millisecond, GatewayLease: 200 * time.Millisecond})
 	ctx := context.Background()
 	prefix := c.Keys().Prefix()
 	c.sweep()
@@ -324,14 +330,11 @@ func TestReviewGatewayNumbersGrow(t *testing.T) {
 	}
 }
 
-// README: "A user may have PRESENCE_MAX_CONNECTIONS_PER_USER live
-// connections ... (the implicit connection does not count)". connect.lua
-// counts the implicit connection's record (adopted, or written by
-// heartbeat.lua) in the summary it compares with the limit, so a user who
-// also sends plain heartbeats gets one named connection less.
-func TestReviewImplicitConnectionCountsTowardLimit(t *testing.T) {
+// The implicit connection (plain heartbeats beside named connections) does
+// not count toward PRESENCE_MAX_CONNECTIONS_PER_USER.
+func TestImplicitConnectionOutsideLimit(t *testing.T) {
 	t.Parallel()
-	c, _ := newReviewStore(t, presence.Options{TTL: time.Minute, MaxConnections: 2})
+	c, _ := newRawConnStore(t, presence.Options{TTL: time.Minute, MaxConnections: 2})
 	ctx := context.Background()
 	if _, err := c.Heartbeat(ctx, []string{"u"}); err != nil {
 		t.Fatal(err)
@@ -342,15 +345,12 @@ func TestReviewImplicitConnectionCountsTowardLimit(t *testing.T) {
 	}
 }
 
-// A deployment with only plain users (no connection ids, no gateways) and
-// PRESENCE_OFFLINE_GRACE set: the first plain disconnect's hold calls
-// conns_mark (last_gone), and from then on heartbeat.lua's refresh of every
-// plain user costs an HGET of its connections shard on top of the
-// documented single SET ... GET (README: "A refresh is one command"); the
-// plain users' hot path changed though none of them ever had a connection.
-func TestReviewGraceSlowsPlainRefresh(t *testing.T) {
+// A deployment with only plain users and PRESENCE_OFFLINE_GRACE set: a held
+// plain disconnect does not change the plain users' refresh, one SET ...
+// GET with no read of the connections shards.
+func TestHoldKeepsPlainRefreshOneCommand(t *testing.T) {
 	t.Parallel()
-	c, rdb := newReviewStore(t, presence.Options{TTL: time.Minute, OfflineGrace: time.Second})
+	c, rdb := newRawConnStore(t, presence.Options{TTL: time.Minute, OfflineGrace: time.Second})
 	ctx := context.Background()
 	var users []string
 	for i := range 100 {
