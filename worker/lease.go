@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -86,29 +85,7 @@ func (w *Worker) respondLease(msg *nats.Msg, r contract.GatewayLeaseReply) {
 // deadline sweep must not wait for them. Every replica runs it; the
 // lease's cursor in Redis hands each step's buckets to one of them.
 func (w *Worker) lapses(ctx context.Context) {
-	t := time.NewTicker(w.opts.ReconcileInterval)
-	defer t.Stop()
-	failing := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if !w.canClaim() {
-			continue
-		}
-		err := w.lapseAll(ctx)
-		w.storeFailed(err)
-		switch {
-		case err != nil && ctx.Err() == nil && !failing:
-			w.log.Warn("ending the connections of lost gateways failed; retrying every interval", "err", err)
-			failing = true
-		case err == nil && failing:
-			w.log.Info("ending the connections of lost gateways recovered")
-			failing = false
-		}
-	}
+	w.everyInterval(ctx, false, "ending the connections of lost gateways", w.lapseAll)
 }
 
 // lapseAll ends the connections of every gateway lease that is due, in

@@ -16,10 +16,17 @@ const sweepLimit = 1000
 // done. Every replica runs it; the claim in the script
 // makes each user's offline happen exactly once whichever replica wins.
 func (w *Worker) reconcile(ctx context.Context) {
+	w.everyInterval(ctx, true, "sweep", w.sweepAll)
+}
+
+// everyInterval runs step every ReconcileInterval (at once first, with
+// now) while the replica may claim, until ctx is done. A failure goes to
+// storeFailed and is logged once until the step succeeds again.
+func (w *Worker) everyInterval(ctx context.Context, now bool, what string, step func(context.Context) error) {
 	t := time.NewTicker(w.opts.ReconcileInterval)
 	defer t.Stop()
 	failing := false
-	for first := true; ; first = false {
+	for first := now; ; first = false {
 		if !first {
 			select {
 			case <-ctx.Done():
@@ -30,14 +37,14 @@ func (w *Worker) reconcile(ctx context.Context) {
 		if !w.canClaim() {
 			continue
 		}
-		err := w.sweepAll(ctx)
+		err := step(ctx)
 		w.storeFailed(err)
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
-			w.log.Warn("sweep failed; retrying every interval", "err", err)
+			w.log.Warn(what+" failed; retrying every interval", "err", err)
 			failing = true
 		case err == nil && failing:
-			w.log.Info("sweep recovered")
+			w.log.Info(what + " recovered")
 			failing = false
 		}
 	}
