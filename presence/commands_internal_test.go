@@ -15,7 +15,7 @@ func TestScriptCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"DEL", "EXISTS", "GET", "GETDEL", "HDEL", "HGET", "HGETALL", "HINCRBY", "HKEYS", "HLEN", "HSCAN", "HSET", "HSETNX",
+	want := []string{"DEL", "EXISTS", "GET", "GETDEL", "HDEL", "HGET", "HGETALL", "HINCRBY", "HKEYS", "HLEN", "HMGET", "HSCAN", "HSET", "HSETNX",
 		"INCR", "INCRBY", "PEXPIREAT", "PTTL", "SET", "TIME", "TYPE", "XADD", "XCLAIM", "XGROUP DELCONSUMER", "XINFO CONSUMERS", "XINFO GROUPS",
 		"XPENDING", "XRANGE", "XTRIM", "ZADD", "ZCOUNT", "ZRANGEBYSCORE", "ZREM"}
 	if !slices.Equal(got, want) {

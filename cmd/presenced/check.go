@@ -58,6 +58,7 @@ var scriptProbes = []struct{ cmd, lua string }{
 	{"HSETNX", "redis.call('HSETNX', KEYS[3], 'u', '1')"},
 	{"HSET", "redis.call('HSET', KEYS[3], 'u', '1')"},
 	{"HGET", "redis.call('HGET', KEYS[3], 'u')"},
+	{"HMGET", "redis.call('HMGET', KEYS[3], 'u', 'n')"},
 	{"HINCRBY", "redis.call('HINCRBY', KEYS[3], 'n', 1)"},
 	{"HLEN", "redis.call('HLEN', KEYS[3])"},
 	{"HKEYS", "redis.call('HKEYS', KEYS[3])"},

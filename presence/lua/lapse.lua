@@ -60,26 +60,87 @@ local ended, offline, read, stop = 0, 0, 0, b + BUCKETS_PER_CALL
 while b < SHARDS and b < stop and read < limit do
   local bk = string.format('%sg:%s:%d', P, lease, b)
   local e = redis.call('HGETALL', bk)
+  -- The bucket's users share one sessions shard (b = hash mod shards) and
+  -- at most CONN_SPREAD connections shards, so the records and summaries
+  -- are read with one HMGET and removed with one HDEL per connections
+  -- shard, and the sessions of the users left without a connection are
+  -- claimed with one HMGET and one HDEL: besides those, a user whose last
+  -- connection this was (most) costs one GETDEL of its key.
+  local groups, order = {}, {}
   for j = 1, #e, 2 do
     local field = e[j]
-    local id = string.match(field, '^(%S+) ')
+    local id = string.sub(field, 1, string.find(field, ' ', 1, true) - 1)
     local h = hash(id)
-    local rec = redis.call('HGET', conn_key(h), field)
-    if rec and parse_rec(rec) == ln then
-      local n = summary(id, h) or 1
-      redis.call('HDEL', conn_key(h), field)
-      ended = ended + 1
-      -- another program's key of another type is left alone (last_gone
-      -- refuses it; others_after would set its expiry, so it is asked
-      -- only when the user has other connections)
-      local others = false
-      if n > 1 then
-        local t = key_type(user_key(id))
-        others = (t ~= 'none' and t ~= 'string') or others_after(id, h, n)
+    local ck = conn_key(h)
+    local g = groups[ck]
+    if not g then
+      g = {ck = ck, args = {}, hs = {}}
+      groups[ck] = g
+      order[#order + 1] = g
+    end
+    g.args[#g.args + 1] = field
+    g.args[#g.args + 1] = id
+    g.hs[#g.hs + 1] = h
+  end
+  local gone, gone_h = {}, {} -- users whose last connection ended here
+  for _, g in ipairs(order) do
+    local v = redis.call('HMGET', g.ck, unpack(g.args))
+    local del = {}
+    for i = 1, #g.hs do
+      local field, id, h = g.args[2 * i - 1], g.args[2 * i], g.hs[i]
+      local rec, sum = v[2 * i - 1], v[2 * i]
+      if rec and tonumber(string.match(rec, '^(%d+)')) == ln then
+        ended = ended + 1
+        local n = 1
+        if sum then n = tonumber(string.match(sum, '^(%d+)')) end
+        if n <= 1 then
+          del[#del + 1] = field
+          del[#del + 1] = id
+          gone[#gone + 1] = id
+          gone_h[#gone_h + 1] = h
+        else
+          -- the user has other connections (two on this gateway, even):
+          -- one at a time, reading again
+          redis.call('HDEL', g.ck, field)
+          -- another program's key of another type is left alone
+          -- (last_gone refuses it; others_after would set its expiry)
+          local t = key_type(user_key(id))
+          if not ((t ~= 'none' and t ~= 'string') or others_after(id, h, n)) then
+            last_gone(id, h, OFFLINE_GATEWAY_LOST, 'gateway_lost', grace)
+            offline = offline + 1
+          end
+        end
       end
-      if not others then
-        last_gone(id, h, OFFLINE_GATEWAY_LOST, 'gateway_lost', grace)
-        offline = offline + 1
+    end
+    if #del > 0 then redis.call('HDEL', g.ck, unpack(del)) end
+  end
+  if #gone > 0 then
+    offline = offline + #gone
+    if grace > 0 then
+      for i, id in ipairs(gone) do
+        last_gone(id, gone_h[i], OFFLINE_GATEWAY_LOST, 'gateway_lost', grace, true)
+      end
+    else
+      -- last_gone without a grace, for the bucket at once: GETDEL each key
+      -- (another program's key is refused, and its session left to the
+      -- sweep), then claim the sessions together
+      local claim = {}
+      for _, id in ipairs(gone) do
+        local old = redis.pcall('GETDEL', user_key(id))
+        if not (type(old) == 'table' and old.err) then claim[#claim + 1] = id end
+      end
+      if #claim > 0 then
+        local sk = shard_key(gone_h[1])
+        local sv = redis.call('HMGET', sk, unpack(claim))
+        local ended_ids = {}
+        for i, id in ipairs(claim) do
+          if sv[i] then ended_ids[#ended_ids + 1] = id end
+        end
+        if #ended_ids > 0 then
+          redis.call('HDEL', sk, unpack(ended_ids))
+          COUNT_DELTA = COUNT_DELTA - #ended_ids
+          for _, id in ipairs(ended_ids) do emit(OFFLINE_GATEWAY_LOST .. id) end
+        end
       end
     end
   end

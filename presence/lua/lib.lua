@@ -494,8 +494,9 @@ end
 -- again), the session stays open and its offline is held until NOW_MS +
 -- grace, by the summary "0 <reason> <until>" and a check entry due then; a
 -- connection within it continues the session (revive). Else the session
--- ends now. Returns the offline's version, or 0.
-local function last_gone(id, h, line, reason, grace)
+-- ends now (its summary too, unless the caller removed it: summary_gone).
+-- Returns the offline's version, or 0.
+local function last_gone(id, h, line, reason, grace, summary_gone)
   -- GETDEL deletes a string and refuses any other type (WRONGTYPE): another
   -- program's key is left alone, and so is the session on it (the sweep
   -- ends a session whose key is not presenced's).
@@ -512,7 +513,7 @@ local function last_gone(id, h, line, reason, grace)
       return 0
     end
   end
-  if any_on() then set_summary(id, h, 0) end
+  if not summary_gone and any_on() then set_summary(id, h, 0) end
   return end_session(id, h, line)
 end
 
