@@ -93,13 +93,17 @@
 --   2. its body, through the names below
 --   3. flush()                                                 -- last, once
 -- Names it may use: NOW_MS, NOW_US (this call's Redis time), P (the
--- prefix), SLOT_MS, SHARDS (set by check_epoch), KEY_CONFLICT, the event
--- line prefixes ONLINE, OFFLINE_DISCONNECT, OFFLINE_EXPIRED, and hash,
+-- prefix), SLOT_MS, SHARDS (set by check_epoch), KEY_CONFLICT, TOO_MANY,
+-- STALE, CHECK, the event line prefixes ONLINE, OFFLINE_DISCONNECT,
+-- OFFLINE_EXPIRED, OFFLINE_KICKED, OFFLINE_GATEWAY_LOST, and hash,
 -- shard_key, user_key, key_type, peek_version, emit, file, entry_version,
--- end_session; FIRST_V, EVENTS, OUTBOX_ID, COUNT_DELTA, FILED and OFFSETS
--- are this call's state, which emit, file and end_session fill and flush
--- writes. The read-only scripts (status, list) call read_shards and use
--- hash and P only. Errors a script raises are reported by the store as
+-- end_session, and the connection helpers (conns_on ... close_user, below
+-- the epoch); FIRST_V, EVENTS, OUTBOX_ID, COUNT_DELTA, FILED, OFFSETS and
+-- the markers' cache are this call's state, which emit, file and
+-- end_session fill and flush writes. Every writing script flushes before
+-- each return, or what check_epoch queued (a data-loss reset) is lost.
+-- The read-only scripts (status, list) call read_shards and use hash,
+-- conn_key, parse_rec and P only. Errors a script raises are reported by the store as
 -- "<script>.lua:<line>" (or "lib.lua:<line>"), not as the line of the
 -- combined text Redis runs.
 local T = redis.call('TIME')
