@@ -155,11 +155,7 @@ func checkTopology(c Config, name func(string) string, urlSet bool) error {
 	if c.RedisClusterAddrs != "" {
 		set = append(set, name("REDIS_CLUSTER_ADDRS"))
 	}
-	if len(set) < 2 {
-		return nil
-	}
-	list := strings.Join(set[:len(set)-1], ", ") + " and " + set[len(set)-1]
-	return fmt.Errorf("%s are mutually exclusive: set one Redis topology (one server, Sentinel or Cluster)", list)
+	return exclusive(set, "set one Redis topology (one server, Sentinel or Cluster)")
 }
 
 // checkSentinelOnly fails when a Sentinel setting is set (set) without

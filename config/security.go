@@ -186,11 +186,17 @@ func checkNATSAuth(c Config, name func(string) string) error {
 	if c.NATSCredsFile != "" {
 		set = append(set, name("NATS_CREDS_FILE"))
 	}
+	return exclusive(set, "set one NATS authentication method")
+}
+
+// exclusive fails, naming the settings and saying what to do, when more
+// than one of set (the names of the settings given) is set.
+func exclusive(set []string, do string) error {
 	if len(set) < 2 {
 		return nil
 	}
 	list := strings.Join(set[:len(set)-1], ", ") + " and " + set[len(set)-1]
-	return fmt.Errorf("%s are mutually exclusive: set one NATS authentication method", list)
+	return fmt.Errorf("%s are mutually exclusive: %s", list, do)
 }
 
 // natsURLHasCredentials reports whether an entry of the NATS URL list
