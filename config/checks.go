@@ -107,3 +107,62 @@ func findSpaceOrControl(s string) (rune, bool) {
 	}
 	return 0, false
 }
+
+// splitAddrs returns the comma-separated entries of list, trimmed; nil for
+// an empty list.
+func splitAddrs(list string) []string {
+	if strings.TrimSpace(list) == "" {
+		return nil
+	}
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+	}
+	return parts
+}
+
+// checkAddrs fails unless every entry of the comma-separated list is
+// host:port; an empty list passes.
+func checkAddrs(list string) error {
+	for _, a := range splitAddrs(list) {
+		if a == "" {
+			return errors.New("empty entry in list")
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return fmt.Errorf("%q: want host:port", a)
+		}
+		if host == "" {
+			return fmt.Errorf("%q has no host", a)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%q: port %q: want a number from 1 to 65535", a, port)
+		}
+	}
+	return nil
+}
+
+// checkTopology fails when more than one Redis topology is set: REDIS_URL
+// (urlSet), REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS.
+func checkTopology(c Config, name func(string) string, urlSet bool) error {
+	var set []string
+	if urlSet {
+		set = append(set, name("REDIS_URL"))
+	}
+	if c.RedisSentinelAddrs != "" {
+		set = append(set, name("REDIS_SENTINEL_ADDRS"))
+	}
+	if c.RedisClusterAddrs != "" {
+		set = append(set, name("REDIS_CLUSTER_ADDRS"))
+	}
+	return exclusive(set, "set one Redis topology (one server, Sentinel or Cluster)")
+}
+
+// checkSentinelOnly fails when a Sentinel setting is set (set) without
+// REDIS_SENTINEL_ADDRS, where it would silently not be used.
+func checkSentinelOnly(c Config, name func(string) string, env string, set bool) error {
+	if set && !c.Sentinel() {
+		return fmt.Errorf("%s is set without %s", name(env), name("REDIS_SENTINEL_ADDRS"))
+	}
+	return nil
+}

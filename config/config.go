@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -74,7 +75,39 @@ type Config struct {
 	// RedisURL is the Redis URL, redis:// or rediss:// (REDIS_URL,
 	// --redis-url). Default "redis://127.0.0.1:6379/0". It may carry
 	// user:password; the skip_verify parameter is refused.
+	//
+	// REDIS_URL is the single-server topology. Exactly one topology is
+	// used: REDIS_URL, Sentinel (RedisSentinelAddrs) or Redis Cluster
+	// (RedisClusterAddrs); setting REDIS_URL beside another is an error.
 	RedisURL string
+	// RedisSentinelAddrs is a comma-separated list of Redis Sentinel
+	// addresses, host:port (REDIS_SENTINEL_ADDRS, --redis-sentinel-addrs).
+	// Default empty. With it, presenced asks the sentinels for the master
+	// named RedisSentinelMaster and follows it across failovers.
+	RedisSentinelAddrs string
+	// RedisSentinelMaster is the name the sentinels monitor the master
+	// under (REDIS_SENTINEL_MASTER, --redis-sentinel-master). Default
+	// empty; set with RedisSentinelAddrs.
+	RedisSentinelMaster string
+	// RedisSentinelPassword authenticates to the sentinels (their
+	// requirepass) (REDIS_SENTINEL_PASSWORD, --redis-sentinel-password).
+	// Default empty. The Redis servers take RedisUsername and
+	// RedisPassword. A secret.
+	RedisSentinelPassword string
+	// RedisSentinelDB is the database number on the master the sentinels
+	// name (REDIS_SENTINEL_DB, --redis-sentinel-db). Default 0.
+	RedisSentinelDB int
+	// RedisSentinelTLS turns on TLS to the sentinels and to the servers
+	// they name, as rediss:// does for REDIS_URL (REDIS_SENTINEL_TLS,
+	// --redis-sentinel-tls); the REDIS_TLS_* files apply to both. Default
+	// false. Each server's certificate must name the address the sentinels
+	// announce for it.
+	RedisSentinelTLS bool
+	// RedisClusterAddrs is a comma-separated list of Redis Cluster seed
+	// nodes, host:port (REDIS_CLUSTER_ADDRS, --redis-cluster-addrs).
+	// Default empty. Redis Cluster is not supported yet: Validate refuses
+	// it.
+	RedisClusterAddrs string
 	// RedisUsername is the Redis ACL user; it replaces the user in RedisURL
 	// (REDIS_USERNAME, --redis-username). Default empty: the URL's, else
 	// "default". A password must be set too, here or in the URL.
@@ -274,6 +307,13 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		}
 		return env
 	}
+	// Validate sees only values: REDIS_URL given at its default beside
+	// another topology is caught here.
+	if _, ok := fromFlag["REDIS_URL"]; ok || getenv("REDIS_URL") != "" {
+		if err := checkTopology(c, name, true); err != nil {
+			return Config{}, err
+		}
+	}
 	if err := c.validate(name); err != nil {
 		return Config{}, err
 	}
@@ -310,15 +350,37 @@ func (c Config) validate(name func(env string) string) error {
 	return nil
 }
 
-// RedisDB returns the database number in RedisURL, as used in keyspace
-// notification channels (__keyevent@<db>__:expired). It returns 0 when the
-// URL names no database or does not parse; Validate rejects the latter.
+// RedisDB returns the database number of the presence keys, as used in
+// keyspace notification channels (__keyevent@<db>__:expired):
+// RedisSentinelDB with Sentinel, else the one in RedisURL. It returns 0 when
+// the URL names no database or does not parse; Validate rejects the latter.
 func (c Config) RedisDB() int {
+	if c.Sentinel() {
+		return c.RedisSentinelDB
+	}
 	o, err := redis.ParseURL(c.RedisURL)
 	if err != nil {
 		return 0
 	}
 	return o.DB
+}
+
+// Sentinel reports whether Redis is reached through Sentinel
+// (RedisSentinelAddrs is set).
+func (c Config) Sentinel() bool { return c.RedisSentinelAddrs != "" }
+
+// SentinelAddrs returns the addresses in RedisSentinelAddrs, trimmed; nil
+// when it is empty.
+func (c Config) SentinelAddrs() []string { return splitAddrs(c.RedisSentinelAddrs) }
+
+// RedisTarget describes the Redis presenced uses, for logs and errors,
+// without secrets: REDIS_URL redacted, or the master's name and its
+// sentinels.
+func (c Config) RedisTarget() string {
+	if c.Sentinel() {
+		return fmt.Sprintf("master %q via sentinels %s", c.RedisSentinelMaster, strings.Join(c.SentinelAddrs(), ","))
+	}
+	return RedactURL(c.RedisURL)
 }
 
 // Level returns LogLevel as a slog.Level; slog.LevelInfo if it is not one

@@ -107,6 +107,29 @@ func TestLoad(t *testing.T) {
 		{name: "redis bad db", env: env("REDIS_URL", "redis://:secret@r:6379/x"), wantErr: `invalid REDIS_URL "redis://:xxxxx@r:6379/x": redis: invalid database number: "x"`},
 		{name: "redis no host", args: []string{"--redis-url=redis:///0"}, wantErr: `invalid --redis-url (REDIS_URL) "redis:///0": no host`},
 
+		// Redis topologies
+		{name: "sentinel", env: env("REDIS_SENTINEL_ADDRS", "s1:26379, s2:26379,[::1]:26379", "REDIS_SENTINEL_MASTER", "mymaster", "REDIS_SENTINEL_DB", "3"), want: func(c *Config) {
+			c.RedisSentinelAddrs, c.RedisSentinelMaster, c.RedisSentinelDB = "s1:26379, s2:26379,[::1]:26379", "mymaster", 3
+		}},
+		{name: "sentinel flags", args: []string{"--redis-sentinel-addrs=s1:26379", "--redis-sentinel-master=m", "--redis-sentinel-tls"}, want: func(c *Config) {
+			c.RedisSentinelAddrs, c.RedisSentinelMaster, c.RedisSentinelTLS = "s1:26379", "m", true
+		}},
+		{name: "sentinel without master", env: env("REDIS_SENTINEL_ADDRS", "s1:26379"), wantErr: `REDIS_SENTINEL_ADDRS is set without REDIS_SENTINEL_MASTER: set both or neither`},
+		{name: "master without sentinels", args: []string{"--redis-sentinel-master=m"}, wantErr: `--redis-sentinel-master (REDIS_SENTINEL_MASTER) is set without REDIS_SENTINEL_ADDRS: set both or neither`},
+		{name: "sentinel bad addr", env: env("REDIS_SENTINEL_ADDRS", "s1:26379,s2", "REDIS_SENTINEL_MASTER", "m"), wantErr: `invalid REDIS_SENTINEL_ADDRS "s1:26379,s2": "s2": want host:port`},
+		{name: "sentinel bad port", env: env("REDIS_SENTINEL_ADDRS", "s1:0", "REDIS_SENTINEL_MASTER", "m"), wantErr: `invalid REDIS_SENTINEL_ADDRS "s1:0": "s1:0": port "0": want a number from 1 to 65535`},
+		{name: "sentinel empty entry", env: env("REDIS_SENTINEL_ADDRS", "s1:26379,", "REDIS_SENTINEL_MASTER", "m"), wantErr: `invalid REDIS_SENTINEL_ADDRS "s1:26379,": empty entry in list`},
+		{name: "sentinel master space", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "my master"), wantErr: `invalid REDIS_SENTINEL_MASTER "my master": contains whitespace or control character ' '`},
+		{name: "sentinel db without sentinels", env: env("REDIS_SENTINEL_DB", "2"), wantErr: `REDIS_SENTINEL_DB is set without REDIS_SENTINEL_ADDRS`},
+		{name: "sentinel db negative", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_SENTINEL_DB", "-1"), wantErr: `REDIS_SENTINEL_DB must be 0 or more, got -1`},
+		{name: "sentinel tls without sentinels", env: env("REDIS_SENTINEL_TLS", "true"), wantErr: `REDIS_SENTINEL_TLS is set without REDIS_SENTINEL_ADDRS`},
+		{name: "url and sentinel", env: env("REDIS_URL", "redis://r:6379/0", "REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m"), wantErr: `REDIS_URL and REDIS_SENTINEL_ADDRS are mutually exclusive: set one Redis topology (one server, Sentinel or Cluster)`},
+		{name: "url at its default and sentinel", args: []string{"--redis-url=redis://127.0.0.1:6379/0"}, env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m"), wantErr: `--redis-url (REDIS_URL) and REDIS_SENTINEL_ADDRS are mutually exclusive: set one Redis topology (one server, Sentinel or Cluster)`},
+		{name: "all three topologies", env: env("REDIS_URL", "redis://r/0", "REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_CLUSTER_ADDRS", "c1:7000"), wantErr: `REDIS_URL, REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS are mutually exclusive: set one Redis topology (one server, Sentinel or Cluster)`},
+		{name: "sentinel and cluster", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_CLUSTER_ADDRS", "c1:7000"), wantErr: `REDIS_SENTINEL_ADDRS and REDIS_CLUSTER_ADDRS are mutually exclusive: set one Redis topology (one server, Sentinel or Cluster)`},
+		{name: "cluster not supported", env: env("REDIS_CLUSTER_ADDRS", "c1:7000,c2:7000"), wantErr: `REDIS_CLUSTER_ADDRS is set but Redis Cluster is not supported yet: use REDIS_URL (one server) or REDIS_SENTINEL_ADDRS (Sentinel)`},
+		{name: "cluster bad addr", args: []string{"--redis-cluster-addrs=c1"}, wantErr: `invalid --redis-cluster-addrs (REDIS_CLUSTER_ADDRS) "c1": "c1": want host:port`},
+
 		// PRESENCE_TTL
 		{name: "ttl env", env: env("PRESENCE_TTL", "90s"), want: func(c *Config) { c.TTL = 90 * time.Second }},
 		{name: "ttl minimum", env: env("PRESENCE_TTL", "100ms", "PRESENCE_RECONCILE_INTERVAL", "50ms"), want: func(c *Config) { c.TTL = 100 * time.Millisecond; c.ReconcileInterval = 50 * time.Millisecond }},
@@ -394,6 +417,14 @@ func TestRedisDB(t *testing.T) {
 		if got := c.RedisDB(); got != tt.want {
 			t.Errorf("RedisDB() for %q = %d, want %d", tt.url, got, tt.want)
 		}
+	}
+	c := Default()
+	c.RedisSentinelAddrs, c.RedisSentinelMaster, c.RedisSentinelDB = "s1:26379", "m", 4
+	if got := c.RedisDB(); got != 4 {
+		t.Errorf("RedisDB() with Sentinel = %d, want REDIS_SENTINEL_DB (4)", got)
+	}
+	if got, want := c.RedisTarget(), `master "m" via sentinels s1:26379`; got != want {
+		t.Errorf("RedisTarget() = %q, want %q", got, want)
 	}
 }
 

@@ -186,11 +186,17 @@ func checkNATSAuth(c Config, name func(string) string) error {
 	if c.NATSCredsFile != "" {
 		set = append(set, name("NATS_CREDS_FILE"))
 	}
+	return exclusive(set, "set one NATS authentication method")
+}
+
+// exclusive fails, naming the settings and saying what to do, when more
+// than one of set (the names of the settings given) is set.
+func exclusive(set []string, do string) error {
 	if len(set) < 2 {
 		return nil
 	}
 	list := strings.Join(set[:len(set)-1], ", ") + " and " + set[len(set)-1]
-	return fmt.Errorf("%s are mutually exclusive: set one NATS authentication method", list)
+	return fmt.Errorf("%s are mutually exclusive: %s", list, do)
 }
 
 // natsURLHasCredentials reports whether an entry of the NATS URL list
@@ -208,10 +214,16 @@ func natsURLHasCredentials(list string) bool {
 	return false
 }
 
-// checkRediss fails when a TLS file is set for a plain redis:// URL, where
-// it would silently not be used.
+// checkRediss fails when a TLS file is set for a plain redis:// URL, or
+// for Sentinel without REDIS_SENTINEL_TLS, where it would silently not be
+// used.
 func checkRediss(c Config, name func(string) string, env, v string) error {
-	if v == "" || strings.HasPrefix(c.RedisURL, "rediss://") {
+	switch {
+	case v == "":
+		return nil
+	case c.Sentinel() && !c.RedisSentinelTLS:
+		return fmt.Errorf("%s is set but %s is off: turn it on for TLS", name(env), name("REDIS_SENTINEL_TLS"))
+	case c.Sentinel() || strings.HasPrefix(c.RedisURL, "rediss://"):
 		return nil
 	}
 	return fmt.Errorf("%s is set but %s is not rediss://: use rediss:// for TLS", name(env), name("REDIS_URL"))

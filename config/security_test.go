@@ -149,6 +149,15 @@ func TestLoadCredentialsAndTLS(t *testing.T) {
 		}},
 		{name: "redis tls needs rediss", env: env("REDIS_TLS_CA_FILE", f.ca), wantErr: `REDIS_TLS_CA_FILE is set but REDIS_URL is not rediss://: use rediss:// for TLS`},
 		{name: "redis tls cert needs rediss", args: []string{"--redis-url=redis://r/0", "--redis-tls-cert-file", f.cert}, wantErr: `--redis-tls-cert-file (REDIS_TLS_CERT_FILE) is set but --redis-url (REDIS_URL) is not rediss://: use rediss:// for TLS`},
+		{name: "redis tls with sentinel", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_SENTINEL_TLS", "true", "REDIS_TLS_CA_FILE", f.ca, "REDIS_TLS_CERT_FILE", f.cert, "REDIS_TLS_KEY_FILE", f.key), want: func(c *Config) {
+			c.RedisSentinelAddrs, c.RedisSentinelMaster, c.RedisSentinelTLS, c.RedisTLSCAFile, c.RedisTLSCertFile, c.RedisTLSKeyFile = "s1:26379", "m", true, f.ca, f.cert, f.key
+		}},
+		{name: "redis tls files need sentinel tls", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_TLS_CA_FILE", f.ca), wantErr: `REDIS_TLS_CA_FILE is set but REDIS_SENTINEL_TLS is off: turn it on for TLS`},
+		{name: "redis username with sentinel needs REDIS_PASSWORD", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_USERNAME", "presenced"), wantErr: `REDIS_USERNAME is set without REDIS_PASSWORD`},
+		{name: "redis sentinel password", env: env("REDIS_SENTINEL_ADDRS", "s1:26379", "REDIS_SENTINEL_MASTER", "m", "REDIS_SENTINEL_PASSWORD", secret), want: func(c *Config) {
+			c.RedisSentinelAddrs, c.RedisSentinelMaster, c.RedisSentinelPassword = "s1:26379", "m", secret
+		}},
+		{name: "redis sentinel password without sentinels", args: []string{"--redis-sentinel-password", secret}, wantErr: `--redis-sentinel-password (REDIS_SENTINEL_PASSWORD) is set without REDIS_SENTINEL_ADDRS`},
 		{name: "redis tls ca not pem", env: env("REDIS_URL", "rediss://r/0", "REDIS_TLS_CA_FILE", f.key), wantErr: fmt.Sprintf(`invalid REDIS_TLS_CA_FILE %q: no PEM certificate in it`, f.key)},
 		{name: "redis tls key without cert", env: env("REDIS_URL", "rediss://r/0", "REDIS_TLS_KEY_FILE", f.key), wantErr: `REDIS_TLS_KEY_FILE is set without REDIS_TLS_CERT_FILE: set both or neither`},
 		{name: "redis tls key garbage", env: env("REDIS_URL", "rediss://r/0", "REDIS_TLS_CERT_FILE", f.cert, "REDIS_TLS_KEY_FILE", f.garbage),
@@ -242,7 +251,13 @@ func TestSecretsMasked(t *testing.T) {
 	c.RedisUsername, c.RedisPassword = "presenced", secret
 	withToken := Default()
 	withToken.NATSToken = secret
-	for _, c := range []Config{c, withToken} {
+	sentinel := Default()
+	sentinel.RedisSentinelAddrs, sentinel.RedisSentinelMaster, sentinel.RedisSentinelPassword = "s1:26379", "mymaster", secret
+	sentinel.RedisUsername, sentinel.RedisPassword = "presenced", secret
+	if err := sentinel.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []Config{c, withToken, sentinel} {
 		var buf bytes.Buffer
 		slog.New(slog.NewJSONHandler(&buf, nil)).Info("starting", "config", c)
 		var rec struct{ Config map[string]any }
@@ -281,7 +296,7 @@ func TestSecretSettingsMarked(t *testing.T) {
 			got = append(got, s.Env)
 		}
 	}
-	if want := []string{"NATS_PASSWORD", "NATS_TOKEN", "REDIS_PASSWORD"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{"NATS_PASSWORD", "NATS_TOKEN", "REDIS_SENTINEL_PASSWORD", "REDIS_PASSWORD"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("secret settings = %v, want %v", got, want)
 	}
 }

@@ -32,6 +32,10 @@ func Settings() []Setting {
 	return s
 }
 
+// defaultRedisURL is REDIS_URL's default: a REDIS_URL with another value
+// was set, so it may not be combined with another Redis topology.
+const defaultRedisURL = "redis://127.0.0.1:6379/0"
+
 var settings = []Setting{
 	{
 		Flag: "nats-url", Env: "NATS_URL", Default: "nats://127.0.0.1:4222", url: true,
@@ -112,12 +116,78 @@ var settings = []Setting{
 		},
 	},
 	{
-		Flag: "redis-url", Env: "REDIS_URL", url: true, Default: "redis://127.0.0.1:6379/0",
-		Usage: "Redis URL, redis://[user:password@]host:port/db or rediss:// for TLS",
+		Flag: "redis-url", Env: "REDIS_URL", url: true, Default: defaultRedisURL,
+		Usage: "Redis URL of one server, redis://[user:password@]host:port/db or rediss:// for TLS",
 		field: stringField(func(c *Config) *string { return &c.RedisURL }),
 		check: func(c Config, name func(string) string) error {
 			if err := checkRedisURL(c.RedisURL); err != nil {
 				return fmt.Errorf("invalid %s %q: %w", name("REDIS_URL"), RedactURL(c.RedisURL), err)
+			}
+			return checkTopology(c, name, c.RedisURL != defaultRedisURL)
+		},
+	},
+	{
+		Flag: "redis-sentinel-addrs", Env: "REDIS_SENTINEL_ADDRS", Default: "",
+		Usage: "Redis Sentinel addresses, host:port,host:port (instead of --redis-url), with --redis-sentinel-master",
+		field: stringField(func(c *Config) *string { return &c.RedisSentinelAddrs }),
+		check: func(c Config, name func(string) string) error {
+			if err := checkAddrs(c.RedisSentinelAddrs); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("REDIS_SENTINEL_ADDRS"), c.RedisSentinelAddrs, err)
+			}
+			return nil
+		},
+	},
+	{
+		Flag: "redis-sentinel-master", Env: "REDIS_SENTINEL_MASTER", Default: "",
+		Usage: "name of the master the sentinels monitor, with --redis-sentinel-addrs",
+		field: stringField(func(c *Config) *string { return &c.RedisSentinelMaster }),
+		check: func(c Config, name func(string) string) error {
+			if r, ok := findSpaceOrControl(c.RedisSentinelMaster); ok {
+				return fmt.Errorf("invalid %s %q: contains whitespace or control character %q", name("REDIS_SENTINEL_MASTER"), c.RedisSentinelMaster, r)
+			}
+			return checkPair(name, "REDIS_SENTINEL_ADDRS", c.RedisSentinelAddrs, "REDIS_SENTINEL_MASTER", c.RedisSentinelMaster)
+		},
+	},
+	{
+		Flag: "redis-sentinel-password", Env: "REDIS_SENTINEL_PASSWORD", Default: "",
+		Usage:  "password of the sentinels (their requirepass; prefer the variable: flags show in ps)",
+		secret: true,
+		field:  stringField(func(c *Config) *string { return &c.RedisSentinelPassword }),
+		check: func(c Config, name func(string) string) error {
+			return checkSentinelOnly(c, name, "REDIS_SENTINEL_PASSWORD", c.RedisSentinelPassword != "")
+		},
+	},
+	{
+		Flag: "redis-sentinel-db", Env: "REDIS_SENTINEL_DB", Default: "0",
+		Usage: "database number on the master the sentinels name",
+		field: intField(func(c *Config) *int { return &c.RedisSentinelDB }),
+		check: func(c Config, name func(string) string) error {
+			if c.RedisSentinelDB < 0 {
+				return fmt.Errorf("%s must be 0 or more, got %d", name("REDIS_SENTINEL_DB"), c.RedisSentinelDB)
+			}
+			return checkSentinelOnly(c, name, "REDIS_SENTINEL_DB", c.RedisSentinelDB != 0)
+		},
+	},
+	{
+		Flag: "redis-sentinel-tls", Env: "REDIS_SENTINEL_TLS", Default: "false",
+		Usage:  "use TLS to the sentinels and the servers they name (the --redis-tls-* files apply)",
+		isBool: true,
+		field:  boolField(func(c *Config) *bool { return &c.RedisSentinelTLS }),
+		check: func(c Config, name func(string) string) error {
+			return checkSentinelOnly(c, name, "REDIS_SENTINEL_TLS", c.RedisSentinelTLS)
+		},
+	},
+	{
+		Flag: "redis-cluster-addrs", Env: "REDIS_CLUSTER_ADDRS", Default: "",
+		Usage: "Redis Cluster seed nodes, host:port,host:port (not supported yet)",
+		field: stringField(func(c *Config) *string { return &c.RedisClusterAddrs }),
+		check: func(c Config, name func(string) string) error {
+			if err := checkAddrs(c.RedisClusterAddrs); err != nil {
+				return fmt.Errorf("invalid %s %q: %w", name("REDIS_CLUSTER_ADDRS"), c.RedisClusterAddrs, err)
+			}
+			if c.RedisClusterAddrs != "" {
+				return fmt.Errorf("%s is set but Redis Cluster is not supported yet: use %s (one server) or %s (Sentinel)",
+					name("REDIS_CLUSTER_ADDRS"), name("REDIS_URL"), name("REDIS_SENTINEL_ADDRS"))
 			}
 			return nil
 		},
@@ -137,6 +207,9 @@ var settings = []Setting{
 			if c.RedisUsername == "" || c.RedisPassword != "" {
 				return nil
 			}
+			if c.Sentinel() {
+				return fmt.Errorf("%s is set without %s", name("REDIS_USERNAME"), name("REDIS_PASSWORD"))
+			}
 			if u, err := url.Parse(c.RedisURL); err == nil && u.User != nil {
 				if _, ok := u.User.Password(); ok {
 					return nil
@@ -148,7 +221,7 @@ var settings = []Setting{
 	},
 	{
 		Flag: "redis-tls-ca-file", Env: "REDIS_TLS_CA_FILE", Default: "",
-		Usage: "PEM CA certificates that sign the Redis server's certificate (default: system roots; needs rediss://)",
+		Usage: "PEM CA certificates that sign the Redis server's certificate (default: system roots; needs rediss:// or --redis-sentinel-tls)",
 		field: stringField(func(c *Config) *string { return &c.RedisTLSCAFile }),
 		check: func(c Config, name func(string) string) error {
 			if err := checkRediss(c, name, "REDIS_TLS_CA_FILE", c.RedisTLSCAFile); err != nil {
@@ -160,7 +233,7 @@ var settings = []Setting{
 	},
 	{
 		Flag: "redis-tls-cert-file", Env: "REDIS_TLS_CERT_FILE", Default: "",
-		Usage: "PEM client certificate for Redis, with --redis-tls-key-file (needs rediss://)",
+		Usage: "PEM client certificate for Redis, with --redis-tls-key-file (needs rediss:// or --redis-sentinel-tls)",
 		field: stringField(func(c *Config) *string { return &c.RedisTLSCertFile }),
 		check: func(c Config, name func(string) string) error {
 			if err := checkRediss(c, name, "REDIS_TLS_CERT_FILE", c.RedisTLSCertFile); err != nil {
@@ -171,7 +244,7 @@ var settings = []Setting{
 	},
 	{
 		Flag: "redis-tls-key-file", Env: "REDIS_TLS_KEY_FILE", Default: "",
-		Usage: "PEM key of the Redis client certificate (needs rediss://)",
+		Usage: "PEM key of the Redis client certificate (needs rediss:// or --redis-sentinel-tls)",
 		field: stringField(func(c *Config) *string { return &c.RedisTLSKeyFile }),
 		check: func(c Config, name func(string) string) error {
 			if err := checkRediss(c, name, "REDIS_TLS_KEY_FILE", c.RedisTLSKeyFile); err != nil {

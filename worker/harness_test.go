@@ -67,6 +67,17 @@ func (e *env) startReplica(opt ...func(*worker.Options, *presence.Options)) *rep
 // proxy in front of the real servers).
 func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Options, *presence.Options)) *replica {
 	e.t.Helper()
+	rdbOpts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.startReplicaOn(redis.NewClient(rdbOpts), redis.NewClient(rdbOpts), natsURL, opt...)
+}
+
+// startReplicaOn is startReplica on the given Redis clients (the store's
+// and the expiry listener's), which it closes when the test ends.
+func (e *env) startReplicaOn(rdb, sub *redis.Client, natsURL string, opt ...func(*worker.Options, *presence.Options)) *replica {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	popts := presence.Options{Prefix: e.prefix, TTL: e.ttl, OutageThreshold: 3 * time.Second}
@@ -74,12 +85,6 @@ func (e *env) startReplicaVia(redisURL, natsURL string, opt ...func(*worker.Opti
 	for _, f := range opt {
 		f(&wopts, &popts)
 	}
-	rdbOpts, err := redis.ParseURL(redisURL)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	rdb := redis.NewClient(rdbOpts)
-	sub := redis.NewClient(rdbOpts)
 	store := presence.NewStore(rdb, popts)
 	if err := store.Ping(ctx); err != nil {
 		e.t.Fatal(err)

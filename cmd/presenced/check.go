@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/internal/app"
@@ -164,12 +166,22 @@ func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) 
 		skipAll("no redis connection")
 		return
 	}
+	where := config.RedactURL(cfg.RedisURL)
+	if cfg.Sentinel() {
+		// The checks below run on the master the sentinels name.
+		opts.Addr = checkSentinels(ctx, cfg, report)
+		if opts.Addr == "" {
+			report(checkLine{checkFail, "redis", fmt.Sprintf("no sentinel names the master %q", cfg.RedisSentinelMaster)})
+			skipAll("no redis master")
+			return
+		}
+		where = fmt.Sprintf("master %q at %s", cfg.RedisSentinelMaster, opts.Addr)
+	}
 	opts.DialTimeout = cfg.ConnectTimeout
 	opts.MaxRetries = -1 // a check reports the first failure, it does not retry
 	opts.ClientName = "presenced-check"
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	where := config.RedactURL(cfg.RedisURL)
 
 	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	err = rdb.Ping(pctx).Err()
@@ -178,6 +190,17 @@ func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) 
 		report(checkLine{checkFail, "redis", fmt.Sprintf("not reachable at %s: %v", where, err)})
 		skipAll("redis not reachable")
 		return
+	}
+	if cfg.Sentinel() {
+		// The sentinels may lag behind a demotion: the worker needs a master.
+		rctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		role, err := rdb.Do(rctx, "ROLE").Slice()
+		cancel()
+		if err != nil || len(role) == 0 || role[0] != "master" {
+			report(checkLine{checkFail, "redis", fmt.Sprintf("%s is not a master (ROLE %v, %v)", where, role, err)})
+			skipAll("redis is not a master")
+			return
+		}
 	}
 	report(checkLine{checkOK, "redis", fmt.Sprintf("reachable at %s", where)})
 
@@ -188,6 +211,60 @@ func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) 
 	report(redisScripts(cctx, rdb, cfg.KeyPrefix))
 	report(redisStreams(cctx, rdb, cfg.KeyPrefix))
 	report(redisExpirySubscription(cctx, rdb, cfg.RedisDB()))
+}
+
+// checkSentinels checks that each sentinel answers and names the master
+// REDIS_SENTINEL_MASTER, one line each, and that the sentinels can agree on
+// a failover (SENTINEL CKQUORUM). It returns the master's address the most
+// sentinels name, or "" when none names one.
+func checkSentinels(ctx context.Context, cfg config.Config, report func(checkLine)) string {
+	fo, err := app.RedisFailoverOptions(cfg)
+	if err != nil {
+		report(checkLine{checkFail, "redis sentinels", err.Error()})
+		return ""
+	}
+	votes := map[string]int{}
+	var best string
+	var answered *redis.SentinelClient
+	for _, addr := range fo.SentinelAddrs {
+		name := "redis sentinel " + addr
+		sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: fo.SentinelPassword, TLSConfig: fo.TLSConfig,
+			DialTimeout: cfg.ConnectTimeout, MaxRetries: -1, ClientName: "presenced-check", DisableIdentity: true,
+			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
+		defer sc.Close()
+		sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		a, err := sc.GetMasterAddrByName(sctx, fo.MasterName).Result()
+		cancel()
+		switch {
+		case errors.Is(err, redis.Nil):
+			report(checkLine{checkFail, name, fmt.Sprintf("knows no master named %q", fo.MasterName)})
+		case err != nil:
+			report(checkLine{checkFail, name, fmt.Sprintf("not reachable: %v", err)})
+		case len(a) != 2:
+			report(checkLine{checkFail, name, fmt.Sprintf("unexpected reply %v", a)})
+		default:
+			master := net.JoinHostPort(a[0], a[1])
+			report(checkLine{checkOK, name, fmt.Sprintf("names master %q at %s", fo.MasterName, master)})
+			votes[master]++
+			if votes[master] > votes[best] {
+				best = master
+			}
+			answered = sc
+		}
+	}
+	if len(votes) > 1 {
+		report(checkLine{checkWarn, "redis sentinels", fmt.Sprintf("the sentinels name different masters %v (a failover under way?); checking %s", votes, best)})
+	}
+	if answered != nil {
+		qctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+		defer cancel()
+		if res, err := answered.CkQuorum(qctx, fo.MasterName).Result(); err != nil {
+			report(checkLine{checkFail, "redis sentinel quorum", fmt.Sprintf("SENTINEL CKQUORUM %s: %v", fo.MasterName, err)})
+		} else {
+			report(checkLine{checkOK, "redis sentinel quorum", res})
+		}
+	}
+	return best
 }
 
 func redisVersion(ctx context.Context, rdb *redis.Client) checkLine {

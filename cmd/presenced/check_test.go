@@ -278,3 +278,45 @@ func TestCheckWithDeployACL(t *testing.T) {
 		t.Fatalf("output:\n%s", out)
 	}
 }
+
+// TestCheckSentinel: with Sentinel, check asks each sentinel for the
+// master, checks the quorum, and runs the Redis checks on the master it
+// names; a sentinel that does not answer, or a master name no sentinel
+// knows, fails the check.
+func TestCheckSentinel(t *testing.T) {
+	master := testenv.StartRedis(t, testenv.WithConfig("notify-keyspace-events", "Ex"))
+	sc := testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 5 * time.Second, FailoverTimeout: 10 * time.Second}
+	ss := testenv.StartSentinels(t, master, 3, sc)
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	env := map[string]string{"REDIS_SENTINEL_ADDRS": ss[0].Addr + "," + ss[1].Addr + "," + ss[2].Addr, "REDIS_SENTINEL_MASTER": "pm",
+		"NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":"}
+	code, out := checkRun(t, env)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0:\n%s", code, out)
+	}
+	names := []string{"redis sentinel quorum", "redis", "redis version", "redis keyspace events", "redis scripts", "redis streams and reads", "redis expiry subscription"}
+	for _, s := range ss {
+		names = append(names, "redis sentinel "+s.Addr)
+	}
+	for _, name := range names {
+		if got := outcome(out, name); got != "ok" {
+			t.Errorf("%s: %s, want ok", name, got)
+		}
+	}
+	if want := fmt.Sprintf(`redis: reachable at master "pm" at %s`, master.Addr); !strings.Contains(out, want) {
+		t.Errorf("output does not say which master: want %q", want)
+	}
+
+	ss[2].Stop(t)
+	code, out = checkRun(t, env)
+	if code != 1 || outcome(out, "redis sentinel "+ss[2].Addr) != "FAIL" || outcome(out, "redis scripts") != "ok" {
+		t.Errorf("one sentinel down: exit %d, want 1 with that sentinel FAIL and the master checked:\n%s", code, out)
+	}
+
+	env["REDIS_SENTINEL_MASTER"] = "other"
+	code, out = checkRun(t, env)
+	if code != 1 || !strings.Contains(out, `knows no master named "other"`) || outcome(out, "redis scripts") != "skip" {
+		t.Errorf("unknown master: exit %d, want 1, each sentinel saying so and the Redis checks skipped:\n%s", code, out)
+	}
+}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,22 +26,19 @@ var presenceModule = fx.Module("presence",
 
 // newRedisClient returns the main Redis client for cfg and ties it to lc.
 func newRedisClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog.Logger) (*redis.Client, error) {
-	opts, err := RedisOptions(cfg)
+	rdb, err := NewRedisClient(cfg, "presenced")
 	if err != nil {
 		return nil, err
 	}
-	opts.DialTimeout = cfg.ConnectTimeout
-	opts.ClientName = "presenced"
-	rdb := redis.NewClient(opts)
 	rdb.AddHook(m.RedisHook())
 	lc.Append(fx.Hook{
 		OnStart: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 			defer cancel()
 			if err := rdb.Ping(ctx).Err(); err != nil {
-				return fmt.Errorf("connect to redis %s: %w", config.RedactURL(cfg.RedisURL), err)
+				return fmt.Errorf("connect to redis %s: %w", cfg.RedisTarget(), err)
 			}
-			log.With("component", "presence").Info("redis connected", "addr", opts.Addr, "db", opts.DB)
+			log.With("component", "presence").Info("redis connected", "redis", cfg.RedisTarget(), "db", cfg.RedisDB())
 			return nil
 		},
 		OnStop: func(context.Context) error { return rdb.Close() },
@@ -97,23 +95,74 @@ func newView(lc fx.Lifecycle, store *presence.Store, cfg config.Config, m *metri
 	return v
 }
 
-// newExpiryListener returns the listener on its own Redis
-// connection (same URL as the main client, as the seed's duplicate()),
+// newExpiryListener returns the listener on its own Redis client (same
+// settings as the main client, as the seed's duplicate(); with Sentinel a
+// failover client of its own, so its subscription follows the master too),
 // closed on stop. The listener runs when the worker starts it.
 func newExpiryListener(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*presence.ExpiryListener, error) {
+	sub, err := NewRedisClient(cfg, "presenced-expiry")
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.Hook{OnStop: func(context.Context) error { return sub.Close() }})
+	return presence.NewExpiryListener(sub, presence.ExpiryOptions{
+		DB:         cfg.RedisDB(),
+		UserPrefix: presence.NewKeys(cfg.KeyPrefix).UserPrefix(),
+		Logger:     log.With("component", "expiry"),
+	}), nil
+}
+
+// NewRedisClient returns a new client of cfg's Redis, named name (CLIENT
+// SETNAME), each dial bounded by PRESENCE_CONNECT_TIMEOUT; the caller
+// closes it. For REDIS_URL it is a client of that server. With Sentinel it
+// is a failover client (redis.NewFailoverClient, still a *redis.Client):
+// every new connection asks the sentinels for the master's address, and
+// when the sentinels announce a new master (+switch-master) the client
+// closes its idle connections to any other address. A connection to a
+// master that died or was demoted fails, and the next one goes to the
+// master the sentinels name; a subscription (PSUBSCRIBE) reconnects the
+// same way when its connection fails.
+func NewRedisClient(cfg config.Config, name string) (*redis.Client, error) {
+	if cfg.Sentinel() {
+		fo, err := RedisFailoverOptions(cfg)
+		if err != nil {
+			return nil, err
+		}
+		fo.DialTimeout, fo.ClientName = cfg.ConnectTimeout, name
+		return redis.NewFailoverClient(fo), nil
+	}
 	opts, err := RedisOptions(cfg)
 	if err != nil {
 		return nil, err
 	}
-	opts.DialTimeout = cfg.ConnectTimeout
-	opts.ClientName = "presenced-expiry"
-	sub := redis.NewClient(opts)
-	lc.Append(fx.Hook{OnStop: func(context.Context) error { return sub.Close() }})
-	return presence.NewExpiryListener(sub, presence.ExpiryOptions{
-		DB:         opts.DB,
-		UserPrefix: presence.NewKeys(cfg.KeyPrefix).UserPrefix(),
-		Logger:     log.With("component", "expiry"),
-	}), nil
+	opts.DialTimeout, opts.ClientName = cfg.ConnectTimeout, name
+	return redis.NewClient(opts), nil
+}
+
+// RedisFailoverOptions returns fresh failover client options for cfg's
+// Sentinel settings: the sentinels of REDIS_SENTINEL_ADDRS, authenticated
+// with REDIS_SENTINEL_PASSWORD, the master named REDIS_SENTINEL_MASTER,
+// and the servers' user, password, database and TLS of RedisOptions (TLS,
+// with REDIS_SENTINEL_TLS, to the sentinels as well: go-redis has one TLS
+// configuration for both). It fails when cfg does not use Sentinel.
+func RedisFailoverOptions(cfg config.Config) (*redis.FailoverOptions, error) {
+	if !cfg.Sentinel() {
+		return nil, errors.New("REDIS_SENTINEL_ADDRS is not set")
+	}
+	o, err := RedisOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &redis.FailoverOptions{
+		MasterName:       cfg.RedisSentinelMaster,
+		SentinelAddrs:    cfg.SentinelAddrs(),
+		SentinelPassword: cfg.RedisSentinelPassword,
+		Username:         o.Username,
+		Password:         o.Password,
+		DB:               o.DB,
+		TLSConfig:        o.TLSConfig,
+		DisableIdentity:  o.DisableIdentity,
+	}, nil
 }
 
 // RedisOptions returns fresh client options for cfg: the address, database
@@ -129,7 +178,16 @@ func newExpiryListener(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*p
 // turned off, so the worker's Redis ACL needs no other CLIENT subcommand and
 // is the same on Redis 7.0 (which has neither) and later versions; see
 // docs/security.md.
+//
+// With Sentinel the options are those of a connection to a server the
+// sentinels name, with Addr empty (the caller fills in the master's
+// address): REDIS_SENTINEL_DB, REDIS_USERNAME, REDIS_PASSWORD and, with
+// REDIS_SENTINEL_TLS, TLS with the files above and the dialed host as the
+// server name.
 func RedisOptions(cfg config.Config) (*redis.Options, error) {
+	if cfg.Sentinel() {
+		return sentinelServerOptions(cfg)
+	}
 	// url.Parse errors quote the whole URL, password included.
 	if _, err := url.Parse(cfg.RedisURL); err != nil {
 		return nil, fmt.Errorf("invalid REDIS_URL %q: not a URL", config.RedactURL(cfg.RedisURL))
@@ -159,5 +217,29 @@ func RedisOptions(cfg config.Config) (*redis.Options, error) {
 	}
 	opts.DisableIdentity = true
 	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	return opts, nil
+}
+
+// sentinelServerOptions is RedisOptions for a server of a Sentinel set.
+func sentinelServerOptions(cfg config.Config) (*redis.Options, error) {
+	opts := &redis.Options{
+		DB:                       cfg.RedisSentinelDB,
+		Username:                 cfg.RedisUsername,
+		Password:                 cfg.RedisPassword,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	}
+	tc, err := cfg.RedisTLS()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case tc != nil && !cfg.RedisSentinelTLS:
+		return nil, errors.New("REDIS_TLS_* files are set but REDIS_SENTINEL_TLS is off: turn it on for TLS")
+	case cfg.RedisSentinelTLS && tc == nil:
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	case cfg.RedisSentinelTLS:
+		opts.TLSConfig = tc
+	}
 	return opts, nil
 }

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -171,4 +172,55 @@ func (n *NATS) stopLocked() {
 	n.srv.Shutdown()
 	n.srv.WaitForShutdown()
 	n.srv = nil
+}
+
+// StartNATSCluster starts n embedded nats-servers (StartNATS) on 127.0.0.1
+// joined into one cluster by routes (each server has a fixed route port and
+// routes to every other), and returns once each has a route to every other
+// server. A server stopped and started again rejoins the cluster.
+func StartNATSCluster(t testing.TB, n int, opts ...NATSOption) []*NATS {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = FreePort(t)
+	}
+	var ss []*NATS
+	for i := range n {
+		var routes []string
+		for j, p := range ports {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", p))
+			}
+		}
+		cluster := WithServerOptions(func(o *server.Options) {
+			o.ServerName = fmt.Sprintf("n%d", i+1)
+			o.Cluster = server.ClusterOpts{Name: "testenv", Host: "127.0.0.1", Port: ports[i]}
+			o.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		})
+		ss = append(ss, StartNATS(t, append([]NATSOption{cluster}, opts...)...))
+	}
+	for _, s := range ss {
+		s.WaitRoutes(t, n-1)
+	}
+	return ss
+}
+
+// WaitRoutes waits until the server has a route to n other servers.
+func (n *NATS) WaitRoutes(t testing.TB, others int) {
+	t.Helper()
+	Eventually(t, NATSStartTimeout, func() bool {
+		srv := n.Server()
+		if srv == nil {
+			return false
+		}
+		rz, err := srv.Routez(nil)
+		if err != nil {
+			return false
+		}
+		peers := map[string]bool{}
+		for _, r := range rz.Routes {
+			peers[r.RemoteID] = true
+		}
+		return len(peers) >= others
+	}, "nats-server on %s has routes to fewer than %d servers", n.URL(), others)
 }

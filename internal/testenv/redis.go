@@ -57,6 +57,7 @@ type redisOpts struct {
 	aof      bool
 	password string
 	extra    []string
+	sentinel string // the sentinel configuration file's first contents; "" for a server
 }
 
 // WithAOF turns on the append-only file with fsync on every write, so the
@@ -181,6 +182,14 @@ func (r *Redis) Restart(t testing.TB) {
 }
 
 func (r *Redis) args() []string {
+	if r.opts.sentinel != "" {
+		return append([]string{r.sentinelConf(), "--sentinel",
+			"--port", strconv.Itoa(r.Port),
+			"--bind", "127.0.0.1",
+			"--dir", r.Dir,
+			"--daemonize", "no",
+		}, r.opts.extra...)
+	}
 	a := []string{
 		"--port", strconv.Itoa(r.Port),
 		"--bind", "127.0.0.1",
@@ -206,6 +215,10 @@ func (r *Redis) launchLocked() error {
 		return fmt.Errorf("open log: %w", err)
 	}
 	logStart, _ := logFile.Seek(0, io.SeekEnd)
+	if err := r.writeSentinelConf(); err != nil {
+		logFile.Close()
+		return err
+	}
 	cmd := exec.Command(r.bin, r.args()...)
 	cmd.Dir = r.Dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
