@@ -39,6 +39,44 @@ type rawRequest struct {
 	All       bool
 }
 
+// readRequest reads the members of a request object strictly, without
+// decoding the ids.
+func readRequest(data []byte) (rawRequest, error) { return readMembers(data, true) }
+
+// readEntry reads one entry of "connections": its userId, connectionId,
+// gatewayId and seq (the message-level members are not entry members and
+// are ignored, as unknown members are).
+func readEntry(data []byte) (rawRequest, error) { return readMembers(data, false) }
+
+func readMembers(data []byte, message bool) (rawRequest, error) {
+	var raw rawRequest
+	err := objectMembers(data, func(name string, v json.RawMessage) error {
+		switch name {
+		case "userId":
+			raw.UserID = v
+		case "connectionId":
+			raw.ConnID = v
+		case "gatewayId":
+			raw.GatewayID = v
+		case "seq":
+			raw.Seq = v
+		}
+		if !message {
+			return nil
+		}
+		switch name {
+		case "userIds":
+			return json.Unmarshal(v, &raw.UserIDs)
+		case "connections":
+			return json.Unmarshal(v, &raw.Conns)
+		case "allConnections":
+			return json.Unmarshal(v, &raw.All)
+		}
+		return nil
+	})
+	return raw, err
+}
+
 // connShaped: the message names a connection, a gateway, a sequence or
 // every connection, so it is decoded into connection entries (or a kick)
 // instead of plain ids.
@@ -101,20 +139,7 @@ func decodeConns(raw rawRequest) (Request, error) {
 		d.add(r, nil, nil, nil, gw)
 	}
 	for _, e := range raw.Conns {
-		var m struct{ UserID, ConnID, GatewayID, Seq json.RawMessage }
-		err := objectMembers(e, func(name string, v json.RawMessage) error {
-			switch name {
-			case "userId":
-				m.UserID = v
-			case "connectionId":
-				m.ConnID = v
-			case "gatewayId":
-				m.GatewayID = v
-			case "seq":
-				m.Seq = v
-			}
-			return nil
-		})
+		m, err := readEntry(e)
 		if err != nil || m.UserID == nil {
 			if err == nil {
 				err = fmt.Errorf(`no "userId"`)

@@ -242,26 +242,7 @@ func DecodeRequest(data []byte, max int) (Request, error) {
 // space only around it, member names exact, none repeated; other members
 // ignored), then encoding/json element by element.
 func decodeSlow(data []byte, max int) (Request, error) {
-	var raw rawRequest
-	err := objectMembers(data, func(name string, v json.RawMessage) error {
-		switch name {
-		case "userId":
-			raw.UserID = v
-		case "userIds":
-			return json.Unmarshal(v, &raw.UserIDs)
-		case "connectionId":
-			raw.ConnID = v
-		case "gatewayId":
-			raw.GatewayID = v
-		case "seq":
-			raw.Seq = v
-		case "connections":
-			return json.Unmarshal(v, &raw.Conns)
-		case "allConnections":
-			return json.Unmarshal(v, &raw.All)
-		}
-		return nil
-	})
+	raw, err := readRequest(data)
 	if err != nil {
 		return Request{}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
