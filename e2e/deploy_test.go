@@ -1,7 +1,8 @@
 // Package e2e tests presenced as an operator runs it: the whole local
 // topology started by scripts/local-cluster (real redis-server, nats-server,
-// three presenced processes and the example gateway), and the deployment
-// files (docker-compose.yml, Prometheus, Grafana).
+// three presenced processes and the example gateway), the compose demo run
+// in a private Docker engine (compose_test.go), and the deployment files
+// (docker-compose.yml, Prometheus, Grafana).
 package e2e
 
 import (
