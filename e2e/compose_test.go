@@ -168,14 +168,15 @@ func TestComposeDemo(t *testing.T) {
 	}
 	step("presenced check")
 
-	// A gateway that dies says nothing: its users expire.
+	// A gateway that dies says nothing: its lease lapses, and its users go
+	// offline (gateway_lost) before their connections would expire.
 	gateway := strings.TrimSpace(dc("ps", "-q", "gateway"))
 	dc("kill", "gateway")
-	waitForUsers(t, offline, "offline", "expired")
+	waitForUsers(t, offline, "offline", "gateway_lost")
 	if state := strings.TrimSpace(e.docker(t, ctx, nil, "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", gateway)); state != "exited 0" {
 		t.Fatalf("the killed gateway is %q, want \"exited 0\" (not restarted)", state)
 	}
-	step("the gateway's users expired")
+	step("the killed gateway's users offline")
 
 	dc("down", "-v")
 	removed = true
