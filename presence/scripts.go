@@ -12,12 +12,14 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Each script is lib.lua followed by its body, so the clock and the outbox
-// format live in one place. See the header of each .lua file for its KEYS,
+// Each script is lib.lua and conns.lua followed by its body, so the clock,
+// the outbox format and the connection helpers live in one place. See the header of each .lua file for its KEYS,
 // ARGV and reply.
 var (
 	//go:embed lua/lib.lua
 	luaLib string
+	//go:embed lua/conns.lua
+	luaConns string
 	//go:embed lua/heartbeat.lua
 	luaHeartbeat string
 	//go:embed lua/disconnect.lua
@@ -81,29 +83,46 @@ var scriptOwn = plainScript("own", luaOwn)
 // line of the text it ran ("user_script:<n>"), which for a script with
 // lib.lua prepended is off by lib.lua's length.
 type scriptInfo struct {
-	name     string
-	libLines int // lines of lib.lua before the body (0: no library)
+	name string
+	libs []libPart // the library files before the body, in order (none: no library)
 }
+
+// libPart is one library file prepended to a script.
+type libPart struct {
+	name  string
+	lines int
+}
+
+// libParts are the library files libScript prepends, in order.
+var libParts = []struct{ name, src string }{{"lib.lua", luaLib}, {"conns.lua", luaConns}}
 
 var (
 	scriptsMu sync.Mutex
 	scripts   = map[string]scriptInfo{} // by SHA1, as Redis's errors name them
 )
 
-// libScript is a script made of lib.lua and body, registered as name.lua.
+// libScript is a script made of the library files and body, registered as
+// name.lua.
 func libScript(name, body string) *redis.Script {
-	return registerScript(name, luaLib+"\n", body)
+	var src strings.Builder
+	var parts []libPart
+	for _, l := range libParts {
+		text := l.src + "\n"
+		src.WriteString(text)
+		parts = append(parts, libPart{l.name, strings.Count(text, "\n")})
+	}
+	return registerScript(name, src.String(), parts, body)
 }
 
 // plainScript is a script without the library, registered as name.lua.
 func plainScript(name, body string) *redis.Script {
-	return registerScript(name, "", body)
+	return registerScript(name, "", nil, body)
 }
 
-func registerScript(name, lib, body string) *redis.Script {
+func registerScript(name, lib string, parts []libPart, body string) *redis.Script {
 	sc := redis.NewScript(lib + body)
 	scriptsMu.Lock()
-	scripts[sc.Hash()] = scriptInfo{name: name, libLines: strings.Count(lib, "\n")}
+	scripts[sc.Hash()] = scriptInfo{name: name, libs: parts}
 	scriptsMu.Unlock()
 	return sc
 }
@@ -114,7 +133,8 @@ var (
 )
 
 // scriptError rewrites the location in a Lua error from one of the
-// registered scripts as "<name>.lua:<line>" (or "lib.lua:<line>"). The
+// registered scripts as "<name>.lua:<line>" (or "lib.lua:<line>",
+// "conns.lua:<line>"). The
 // result wraps err, so errors.As finds the redis.Error behind it.
 func scriptError(err error) error {
 	var rerr redis.Error
@@ -135,10 +155,13 @@ func scriptError(err error) error {
 	where := info.name + ".lua"
 	msg = scriptLineRE.ReplaceAllStringFunc(msg, func(m string) string {
 		n, _ := strconv.Atoi(strings.TrimPrefix(m, "user_script:"))
-		if n <= info.libLines {
-			return "lib.lua:" + strconv.Itoa(n)
+		for _, l := range info.libs {
+			if n <= l.lines {
+				return l.name + ":" + strconv.Itoa(n)
+			}
+			n -= l.lines
 		}
-		return info.name + ".lua:" + strconv.Itoa(n-info.libLines)
+		return info.name + ".lua:" + strconv.Itoa(n)
 	})
 	return &luaError{msg: fmt.Sprintf("%s: %s", where, msg), err: err}
 }

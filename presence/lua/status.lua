@@ -1,5 +1,6 @@
--- status.lua: one user's presence, read-only. Requires lib.lua (read_shards,
--- hash, shard_key, conn_key, parse_rec, key_type only).
+-- status.lua: one user's presence, read-only. Requires lib.lua and
+-- conns.lua (read_shards, hash, shard_key, conn_key, parse_rec, key_type
+-- only).
 --
 -- KEYS[1]  epoch (STRING "<version>:<shards>", see lib.lua)
 -- KEYS[2]  the user's presence key
