@@ -55,9 +55,9 @@ type Metrics struct {
 	// GatewayConnectionsLost counts connections ended because their
 	// gateway's lease was lost (lapsed, replaced by a restart, or ended).
 	GatewayConnectionsLost prometheus.Counter
-	// Leases counts gateway lease messages by result: renewed, taken,
-	// replaced (taken from a restarted gateway's previous instance),
-	// ended, rejected, failed.
+	// Leases counts gateway lease messages by result: renewed (taken or
+	// extended), replaced (taken from a restarted gateway's previous
+	// instance), ended, rejected, failed.
 	Leases *prometheus.CounterVec
 }
 
@@ -86,7 +86,7 @@ func New() *Metrics {
 	m.ConsumersRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_outbox_consumers_removed_total", Help: "Outbox consumers removed with nothing pending after being idle (left by replicas that stopped without leaving the group)."})
 	m.StaleEntries = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_stale_entries_total", Help: "Connection heartbeats and disconnects ignored because their seq was not above the last applied for their connection."})
 	m.GatewayConnectionsLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "presenced_gateway_connections_lost_total", Help: "Connections ended because their gateway's lease was lost (lapsed, taken by a restarted instance, or ended)."})
-	m.Leases = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_gateway_leases_total", Help: "Gateway lease messages, by result (renewed, taken, replaced, ended, rejected, failed)."}, []string{"result"})
+	m.Leases = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "presenced_gateway_leases_total", Help: "Gateway lease messages, by result (renewed: taken or extended; replaced: taken from a restarted gateway's previous instance; ended, rejected, failed)."}, []string{"result"})
 	for _, c := range []prometheus.Collector{m.Online, m.Heartbeats, m.Disconnects, m.Rejections, m.Events, m.Expiries, m.Graced, m.OfflineLag,
 		m.RedisLatency, m.OutboxDepth, m.Republished, m.IntakeDropped, m.QueueGroupLeaves, m.ConsumersRemoved,
 		m.StaleEntries, m.GatewayConnectionsLost, m.Leases} {
