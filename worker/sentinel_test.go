@@ -319,3 +319,113 @@ func decodeAll(t *testing.T, msgs []*nats.Msg) []contract.Event {
 	}
 	return out
 }
+
+// TestSentinelManualFailoverMovesExpirySubscription: one master, one
+// replica, three sentinels and two presenced replicas on the product's
+// failover clients, the sweep idle (only at start), so that offlines can
+// only come from keyspace events. SENTINEL FAILOVER promotes the replica
+// while the old master stays up: the sentinels reconfigure it as a replica
+// only when they next poll it (about 10 s later; under a partition, when it
+// heals), and until then it is a master that no longer takes the writes.
+// Within a bound of the sentinels naming the new master, every expiry
+// subscription is on it (none left on the old one), and users expiring
+// there go offline through the keyspace path.
+func TestSentinelManualFailoverMovesExpirySubscription(t *testing.T) {
+	const ttl = 600 * time.Millisecond
+	master := testenv.StartRedis(t)
+	standby := testenv.StartRedis(t, testenv.WithReplicaOf(master))
+	ctx := context.Background()
+	mc, rc := master.Client(t), standby.Client(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return replInfo(ctx, rc)["master_link_status"] == "up"
+	}, "replica not linked to the master")
+	sc := testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
+	sentinels := testenv.StartSentinels(t, master, 3, sc)
+	var addrs []string
+	for _, s := range sentinels {
+		addrs = append(addrs, s.Addr)
+	}
+	cfg := config.Default()
+	cfg.RedisSentinelAddrs, cfg.RedisSentinelMaster = strings.Join(addrs, ","), sc.Master
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	client := func(name string) *redis.Client {
+		c, err := app.NewRedisClient(cfg, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
+	t.Cleanup(func() { _ = e.rdb.Close() })
+	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
+	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
+	const reps = 2
+	m := metrics.New() // shared: the keyspace claims of both replicas
+	for range reps {
+		e.startReplicaOn(client("presenced"), client("presenced-expiry"), n.URL(), func(o *worker.Options, p *presence.Options) {
+			o.ReconcileInterval = time.Hour // the sweep runs once, at start
+			o.Metrics = m
+			p.OutageThreshold = 2 * time.Hour
+		})
+	}
+	keyspace := func() int { return int(testutil.ToFloat64(m.Expiries.WithLabelValues("keyspace"))) }
+	subs := func(c *redis.Client) int {
+		n := 0
+		for _, line := range strings.Split(c.ClientList(ctx).Val(), "\n") {
+			if strings.Contains(line, "name=presenced-expiry") && strings.Contains(line, " psub=1 ") {
+				n++
+			}
+		}
+		return n
+	}
+	round := func(name string, want int) {
+		t.Helper()
+		users := ids(name, 20)
+		e.heartbeat(users...)
+		testenv.Eventually(t, 4*time.Second, func() bool { return keyspace() >= want },
+			"round %s: %d keyspace claims, want %d (subscriptions: %d on the old master, %d on the new one)", name, keyspace(), want, subs(mc), subs(rc))
+	}
+	round("before", 20)
+	if got := subs(mc); got != reps {
+		t.Fatalf("%d expiry subscriptions on the master, want %d", got, reps)
+	}
+
+	// A failover by hand: the old master is not killed, it is demoted.
+	s0 := sentinels[0].Client(t)
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return s0.Do(ctx, "SENTINEL", "FAILOVER", sc.Master).Err() == nil
+	}, "SENTINEL FAILOVER refused")
+	started := time.Now()
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		for _, s := range sentinels {
+			if s.MasterAddr(sc.Master) != standby.Addr {
+				return false
+			}
+		}
+		return true
+	}, "the sentinels did not promote the replica")
+	switched := time.Now()
+	role := func() string {
+		r, _ := mc.Do(ctx, "ROLE").Slice()
+		if len(r) == 0 {
+			return "?"
+		}
+		return fmt.Sprint(r[0])
+	}
+	t.Logf("the sentinels name the standby %s after SENTINEL FAILOVER; the old master's role: %s", switched.Sub(started).Round(10*time.Millisecond), role())
+
+	// The bound: the listener's check (every HealthInterval, 1s in the
+	// harness) and a reconnect, well before the sentinels demote the old
+	// master.
+	testenv.Eventually(t, 4*time.Second, func() bool { return subs(rc) == reps && subs(mc) == 0 },
+		"expiry subscriptions: %d on the old master (role %s), %d on the new one, want 0 and %d", subs(mc), role(), subs(rc), reps)
+	t.Logf("expiry subscriptions on the new master %s after the switch (the old master's role: %s)", time.Since(switched).Round(10*time.Millisecond), role())
+	round("after", 40)
+	t.Logf("keyspace offlines from the new master %s after the switch", time.Since(switched).Round(10*time.Millisecond))
+	e.expectSessions(append(ids("before", 20), ids("after", 20)...), 5*time.Second)
+}
