@@ -74,6 +74,12 @@ func TestSentinelFailoverCoveredByReset(t *testing.T) {
 	p := testenv.Prefix(t)
 	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
 	t.Cleanup(func() { _ = e.rdb.Close() })
+	sm, err := app.NewSentinelMaster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sm.Close() })
+	e.masterAddr = sm.Addr
 	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
 	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
 	resets := testenv.Collect(t, e.nc, e.subjects.Reset())
@@ -362,6 +368,12 @@ func TestSentinelManualFailoverMovesExpirySubscription(t *testing.T) {
 	p := testenv.Prefix(t)
 	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
 	t.Cleanup(func() { _ = e.rdb.Close() })
+	sm, err := app.NewSentinelMaster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sm.Close() })
+	e.masterAddr = sm.Addr
 	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
 	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
 	const reps = 2
