@@ -216,7 +216,9 @@ func (sm *SentinelMaster) Close() error {
 // closes its idle connections to any other address. A connection to a
 // master that died or was demoted fails, and the next one goes to the
 // master the sentinels name; a subscription (PSUBSCRIBE) reconnects the
-// same way when its connection fails.
+// same way when its connection fails, but is not closed by the
+// announcement (the expiry listener checks its server itself, see
+// presence.ExpiryOptions.MasterAddr).
 func NewRedisClient(cfg config.Config, name string) (*redis.Client, error) {
 	if cfg.Sentinel() {
 		fo, err := RedisFailoverOptions(cfg)
