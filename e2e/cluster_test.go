@@ -182,14 +182,7 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatalf("%d processes in the cluster's group, want at least 6:\n%s", n, c.out.String())
 	}
 
-	nc, err := nats.Connect(c.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := contract.Subjects{Prefix: "presence"}
-	online := testenv.Collect(t, nc, subjects.Online())
-	offline := testenv.Collect(t, nc, subjects.Offline())
+	nc, subjects, online, offline := c.events(t)
 
 	ids := []string{"e2e-1", "e2e-2", "e2e-3"}
 	request(t, nc, subjects.Heartbeat(), ids)
@@ -222,6 +215,19 @@ func TestLocalCluster(t *testing.T) {
 	}
 
 	c.stop(t)
+}
+
+// events connects to the cluster's NATS and collects its online and
+// offline events.
+func (c *cluster) events(t *testing.T) (*nats.Conn, contract.Subjects, *testenv.Collector, *testenv.Collector) {
+	t.Helper()
+	nc, err := nats.Connect(c.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subjects := contract.Subjects{Prefix: "presence"}
+	return nc, subjects, testenv.Collect(t, nc, subjects.Online()), testenv.Collect(t, nc, subjects.Offline())
 }
 
 // request sends a heartbeat or disconnect of ids and checks the reply.
@@ -305,14 +311,7 @@ func TestLocalClusterSentinel(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() bool { return ready() && subs(master) == 3 },
 		"not ready, or %d expiry subscriptions on the master, want 3", subs(master))
 
-	nc, err := nats.Connect(c.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := contract.Subjects{Prefix: "presence"}
-	online := testenv.Collect(t, nc, subjects.Online())
-	offline := testenv.Collect(t, nc, subjects.Offline())
+	nc, subjects, online, offline := c.events(t)
 	request(t, nc, subjects.Heartbeat(), []string{"e2e-s-1", "e2e-s-2"})
 	seen(t, online, "online", []string{"e2e-s-1", "e2e-s-2"})
 

@@ -44,44 +44,9 @@ import (
 // not by silence.
 func TestSentinelFailoverCoveredByReset(t *testing.T) {
 	const ttl = 8 * time.Second // longer than the cut plus the failover, so heartbeating users never lapse
-	master := testenv.StartRedis(t)
-	standby := testenv.StartRedis(t, testenv.WithReplicaOf(master))
+	ss := newSentinelSet(t, ttl)
 	ctx := context.Background()
-	mc, rc := master.Client(t), standby.Client(t)
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		return replInfo(ctx, rc)["master_link_status"] == "up"
-	}, "replica not linked to the master")
-	sc := testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
-	sentinels := testenv.StartSentinels(t, master, 3, sc)
-	var addrs []string
-	for _, s := range sentinels {
-		addrs = append(addrs, s.Addr)
-	}
-	cfg := config.Default()
-	cfg.RedisSentinelAddrs, cfg.RedisSentinelMaster = strings.Join(addrs, ","), sc.Master
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	client := func(name string) *redis.Client {
-		c, err := app.NewRedisClient(cfg, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-
-	n := testenv.StartNATS(t)
-	p := testenv.Prefix(t)
-	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
-	t.Cleanup(func() { _ = e.rdb.Close() })
-	sm, err := app.NewSentinelMaster(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sm.Close() })
-	e.masterAddr = sm.Addr
-	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
-	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
+	master, mc, rc, client, n, e := ss.master, ss.mc, ss.rc, ss.client, ss.e.nats, ss.e
 	resets := testenv.Collect(t, e.nc, e.subjects.Reset())
 	var reps []*replica
 	var ms []*metrics.Metrics
@@ -130,14 +95,7 @@ func TestSentinelFailoverCoveredByReset(t *testing.T) {
 
 	killed := time.Now()
 	master.Stop(t)
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		for _, s := range sentinels {
-			if s.MasterAddr(sc.Master) != standby.Addr {
-				return false
-			}
-		}
-		return true
-	}, "the sentinels did not promote the replica")
+	ss.waitPromoted()
 	t.Logf("failover: the sentinels name the standby %s after the kill", time.Since(killed).Round(10*time.Millisecond))
 
 	// Settled: the walk after the reset is done, every user that is not
@@ -254,6 +212,77 @@ func TestSentinelFailoverCoveredByReset(t *testing.T) {
 	}
 }
 
+// sentinelSet is a master, its replica (the standby) and three sentinels
+// watching them (quorum 2), and an env whose clients are the product's
+// (app.NewRedisClient on REDIS_SENTINEL_* settings; the listeners ask the
+// sentinels for the master, as internal/app's do).
+type sentinelSet struct {
+	t               *testing.T
+	master, standby *testenv.Redis
+	mc, rc          *redis.Client // direct clients of the master and the standby
+	sentinels       []*testenv.Redis
+	sc              testenv.SentinelConfig
+	cfg             config.Config
+	e               *env
+}
+
+func newSentinelSet(t *testing.T, ttl time.Duration) *sentinelSet {
+	t.Helper()
+	ss := &sentinelSet{t: t, master: testenv.StartRedis(t)}
+	ss.standby = testenv.StartRedis(t, testenv.WithReplicaOf(ss.master))
+	ctx := context.Background()
+	ss.mc, ss.rc = ss.master.Client(t), ss.standby.Client(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return replInfo(ctx, ss.rc)["master_link_status"] == "up"
+	}, "replica not linked to the master")
+	ss.sc = testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
+	ss.sentinels = testenv.StartSentinels(t, ss.master, 3, ss.sc)
+	var addrs []string
+	for _, s := range ss.sentinels {
+		addrs = append(addrs, s.Addr)
+	}
+	ss.cfg = config.Default()
+	ss.cfg.RedisSentinelAddrs, ss.cfg.RedisSentinelMaster = strings.Join(addrs, ","), ss.sc.Master
+	if err := ss.cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	ss.e = &env{t: t, nats: n, rdb: ss.client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
+	t.Cleanup(func() { _ = ss.e.rdb.Close() })
+	sm, err := app.NewSentinelMaster(ss.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sm.Close() })
+	ss.e.masterAddr = sm.Addr
+	ss.e.online = testenv.Collect(t, ss.e.nc, ss.e.subjects.Online())
+	ss.e.offline = testenv.Collect(t, ss.e.nc, ss.e.subjects.Offline())
+	return ss
+}
+
+// waitPromoted waits until every sentinel names the standby the master.
+func (ss *sentinelSet) waitPromoted() {
+	ss.t.Helper()
+	testenv.Eventually(ss.t, 20*time.Second, func() bool {
+		for _, s := range ss.sentinels {
+			if s.MasterAddr(ss.sc.Master) != ss.standby.Addr {
+				return false
+			}
+		}
+		return true
+	}, "the sentinels did not promote the replica")
+}
+
+// client returns a new failover client named name; the caller closes it.
+func (ss *sentinelSet) client(name string) *redis.Client {
+	c, err := app.NewRedisClient(ss.cfg, name)
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	return c
+}
+
 // settled says why the data set and the events have not settled after a
 // failover, or "" once they have: the re-announce walk is done, Redis holds
 // exactly the sessions of online, and a consumer that applies events by
@@ -338,44 +367,9 @@ func decodeAll(t *testing.T, msgs []*nats.Msg) []contract.Event {
 // there go offline through the keyspace path.
 func TestSentinelManualFailoverMovesExpirySubscription(t *testing.T) {
 	const ttl = 600 * time.Millisecond
-	master := testenv.StartRedis(t)
-	standby := testenv.StartRedis(t, testenv.WithReplicaOf(master))
+	ss := newSentinelSet(t, ttl)
 	ctx := context.Background()
-	mc, rc := master.Client(t), standby.Client(t)
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		return replInfo(ctx, rc)["master_link_status"] == "up"
-	}, "replica not linked to the master")
-	sc := testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
-	sentinels := testenv.StartSentinels(t, master, 3, sc)
-	var addrs []string
-	for _, s := range sentinels {
-		addrs = append(addrs, s.Addr)
-	}
-	cfg := config.Default()
-	cfg.RedisSentinelAddrs, cfg.RedisSentinelMaster = strings.Join(addrs, ","), sc.Master
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	client := func(name string) *redis.Client {
-		c, err := app.NewRedisClient(cfg, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-
-	n := testenv.StartNATS(t)
-	p := testenv.Prefix(t)
-	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
-	t.Cleanup(func() { _ = e.rdb.Close() })
-	sm, err := app.NewSentinelMaster(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sm.Close() })
-	e.masterAddr = sm.Addr
-	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
-	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
+	mc, rc, sentinels, sc, client, n, e := ss.mc, ss.rc, ss.sentinels, ss.sc, ss.client, ss.e.nats, ss.e
 	const reps = 2
 	m := metrics.New() // shared: the keyspace claims of both replicas
 	for range reps {
@@ -413,14 +407,7 @@ func TestSentinelManualFailoverMovesExpirySubscription(t *testing.T) {
 		return s0.Do(ctx, "SENTINEL", "FAILOVER", sc.Master).Err() == nil
 	}, "SENTINEL FAILOVER refused")
 	started := time.Now()
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		for _, s := range sentinels {
-			if s.MasterAddr(sc.Master) != standby.Addr {
-				return false
-			}
-		}
-		return true
-	}, "the sentinels did not promote the replica")
+	ss.waitPromoted()
 	switched := time.Now()
 	role := func() string {
 		r, _ := mc.Do(ctx, "ROLE").Slice()
