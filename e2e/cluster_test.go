@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
@@ -34,13 +37,16 @@ type cluster struct {
 	natsURL  string
 	replicas []string // http://127.0.0.1:port of presenced-1..3 (HTTP_ADDR)
 	status   []string // their status pages (STATUS_ADDR)
+	urls     map[string]string
+	ready    string // the whole ready block and the lines after it
 }
 
-var readyLine = regexp.MustCompile(`^\s+(\S+)\s+((?:redis|nats|http)://\S+)`)
+var readyLine = regexp.MustCompile(`^\s+(\S+)\s+((?:redis|nats|http)://\S+|\S+:\d+(?:,\S+:\d+)*)`)
 
-// startCluster runs the script in its own process group and waits for its
-// "ready" block. A cleanup kills the group if the test did not stop it.
-func startCluster(t *testing.T) *cluster {
+// startCluster runs the script with args in its own process group and
+// waits for its "ready" block. A cleanup kills the group if the test did
+// not stop it.
+func startCluster(t *testing.T, args ...string) *cluster {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found: install it with `apt-get install -y redis-server` (%v)", err)
@@ -50,7 +56,7 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	// --duration bounds the cluster even if this test dies without cleanup.
-	cmd := exec.Command(script, "--duration", "5m", "--users", "50", "--interval", "1s", "--ttl", "5s")
+	cmd := exec.Command(script, append([]string{"--duration", "5m", "--users", "50", "--interval", "1s", "--ttl", "5s"}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// The script's temporary directory goes in the test's, removed even if
 	// the script is killed before its own cleanup.
@@ -67,15 +73,18 @@ func startCluster(t *testing.T) *cluster {
 	urls := make(chan map[string]string, 1)
 	go func() { // ends at EOF, when the script exits
 		found := map[string]string{}
+		var block strings.Builder
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			line := sc.Text()
 			c.out.Write([]byte(line + "\n"))
+			block.WriteString(line + "\n")
 			if m := readyLine.FindStringSubmatch(line); m != nil {
 				found[m[1]] = m[2]
-				if len(found) == 8 { // redis, nats, presenced-1..3, status-1..3
-					urls <- found
-				}
+			}
+			if strings.HasPrefix(line, "presenced-N serves") { // the block's last line
+				found[""] = block.String()
+				urls <- found
 			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
@@ -98,6 +107,7 @@ func startCluster(t *testing.T) *cluster {
 	})
 	select {
 	case u := <-urls:
+		c.urls, c.ready = u, u[""]
 		c.natsURL = u["nats"]
 		for i := 1; i <= 3; i++ {
 			c.replicas = append(c.replicas, strings.TrimSuffix(u[fmt.Sprintf("presenced-%d", i)], "/"))
@@ -172,47 +182,13 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatalf("%d processes in the cluster's group, want at least 6:\n%s", n, c.out.String())
 	}
 
-	nc, err := nats.Connect(c.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	subjects := contract.Subjects{Prefix: "presence"}
-	online := testenv.Collect(t, nc, subjects.Online())
-	offline := testenv.Collect(t, nc, subjects.Offline())
+	nc, subjects, online, offline := c.events(t)
 
 	ids := []string{"e2e-1", "e2e-2", "e2e-3"}
-	request := func(subject string) {
-		t.Helper()
-		data, _ := json.Marshal(map[string]any{"userIds": ids})
-		msg, err := nc.Request(subject, data, 5*time.Second)
-		if err != nil {
-			t.Fatalf("request %s: %v", subject, err)
-		}
-		var reply contract.Reply
-		if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Accepted != len(ids) {
-			t.Fatalf("reply to %s: %s (%v)", subject, msg.Data, err)
-		}
-	}
-	// seen waits for one event per id with the given status on col (the
-	// gateway's users produce events too).
-	seen := func(col *testenv.Collector, status string) {
-		t.Helper()
-		want := map[string]bool{}
-		testenv.Eventually(t, 15*time.Second, func() bool {
-			for _, m := range col.Msgs() {
-				var ev contract.Event
-				if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && strings.HasPrefix(ev.UserID, "e2e-") {
-					want[ev.UserID] = true
-				}
-			}
-			return len(want) == len(ids)
-		}, "%s events for %v: saw %v", status, ids, want)
-	}
-	request(subjects.Heartbeat())
-	seen(online, "online")
-	request(subjects.Disconnect())
-	seen(offline, "offline")
+	request(t, nc, subjects.Heartbeat(), ids)
+	seen(t, online, "online", ids)
+	request(t, nc, subjects.Disconnect(), ids)
+	seen(t, offline, "offline", ids)
 
 	// Every replica exports its metrics; together they handled the heartbeats
 	// (the queue group may have given one replica none).
@@ -238,7 +214,132 @@ func TestLocalCluster(t *testing.T) {
 		t.Fatalf("the replicas accepted %v heartbeat ids in all, want at least %d", accepted, len(ids))
 	}
 
-	// SIGTERM to the script alone: its trap stops every process it started.
+	c.stop(t)
+}
+
+// events connects to the cluster's NATS and collects its online and
+// offline events.
+func (c *cluster) events(t *testing.T) (*nats.Conn, contract.Subjects, *testenv.Collector, *testenv.Collector) {
+	t.Helper()
+	nc, err := nats.Connect(c.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	subjects := contract.Subjects{Prefix: "presence"}
+	return nc, subjects, testenv.Collect(t, nc, subjects.Online()), testenv.Collect(t, nc, subjects.Offline())
+}
+
+// request sends a heartbeat or disconnect of ids and checks the reply.
+func request(t *testing.T, nc *nats.Conn, subject string, ids []string) {
+	t.Helper()
+	data, _ := json.Marshal(map[string]any{"userIds": ids})
+	msg, err := nc.Request(subject, data, 5*time.Second)
+	if err != nil {
+		t.Fatalf("request %s: %v", subject, err)
+	}
+	var reply contract.Reply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Accepted != len(ids) {
+		t.Fatalf("reply to %s: %s (%v)", subject, msg.Data, err)
+	}
+}
+
+// seen waits for one event per id with the given status on col (the
+// gateway's users produce events too).
+func seen(t *testing.T, col *testenv.Collector, status string, ids []string) {
+	t.Helper()
+	want := map[string]bool{}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		for _, m := range col.Msgs() {
+			var ev contract.Event
+			if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && slices.Contains(ids, ev.UserID) {
+				want[ev.UserID] = true
+			}
+		}
+		return len(want) == len(ids)
+	}, "%s events for %v: saw %v", status, ids, want)
+}
+
+// TestLocalClusterSentinel: with --redis sentinel the script starts a
+// master, a replica and three sentinels, the workers follow the master
+// through them, and the ready block says how to fail over by hand. Doing
+// so (the old master stays up): the workers stay ready, their expiry
+// subscriptions move to the new master, and users expiring there go
+// offline.
+func TestLocalClusterSentinel(t *testing.T) {
+	c := startCluster(t, "--redis", "sentinel", "--ttl", "3s")
+	for _, name := range []string{"redis", "replica", "sentinels"} {
+		if c.urls[name] == "" {
+			t.Fatalf("no %s line in the ready block:\n%s", name, c.ready)
+		}
+	}
+	if !strings.Contains(c.ready, "SENTINEL FAILOVER presenced") {
+		t.Fatalf("the ready block does not say how to fail over:\n%s", c.ready)
+	}
+	sentinels := strings.Split(c.urls["sentinels"], ",")
+	if len(sentinels) != 3 {
+		t.Fatalf("sentinels %v, want 3", sentinels)
+	}
+	client := func(url string) *redis.Client {
+		o, err := redis.ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := redis.NewClient(o)
+		t.Cleanup(func() { _ = rc.Close() })
+		return rc
+	}
+	master, replica := client(c.urls["redis"]), client(c.urls["replica"])
+	ctx := context.Background()
+	subs := func(rc *redis.Client) int {
+		n := 0
+		for _, line := range strings.Split(rc.ClientList(ctx).Val(), "\n") {
+			if strings.Contains(line, "name=presenced-expiry") && strings.Contains(line, " psub=1 ") {
+				n++
+			}
+		}
+		return n
+	}
+	ready := func() bool {
+		for _, r := range c.replicas {
+			if code, _, err := get(r + "/readyz"); err != nil || code != 200 {
+				return false
+			}
+		}
+		return true
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return ready() && subs(master) == 3 },
+		"not ready, or %d expiry subscriptions on the master, want 3", subs(master))
+
+	nc, subjects, online, offline := c.events(t)
+	request(t, nc, subjects.Heartbeat(), []string{"e2e-s-1", "e2e-s-2"})
+	seen(t, online, "online", []string{"e2e-s-1", "e2e-s-2"})
+
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinels[0]})
+	defer sc.Close()
+	testenv.Eventually(t, 10*time.Second, func() bool { return sc.Failover(ctx, "presenced").Err() == nil },
+		"SENTINEL FAILOVER refused")
+	replicaAddr := replica.Options().Addr
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		a, err := sc.GetMasterAddrByName(ctx, "presenced").Result()
+		return err == nil && len(a) == 2 && net.JoinHostPort(a[0], a[1]) == replicaAddr
+	}, "the sentinels do not name the replica %s the master", replicaAddr)
+	testenv.Eventually(t, 15*time.Second, func() bool { return ready() && subs(replica) == 3 && subs(master) == 0 },
+		"after the failover: ready %v, expiry subscriptions %d on the new master and %d on the old, want 3 and 0", ready(), subs(replica), subs(master))
+
+	// Sessions before and after the failover lapse on the new master.
+	ids := []string{"e2e-f-1", "e2e-f-2"}
+	request(t, nc, subjects.Heartbeat(), ids)
+	seen(t, online, "online", ids)
+	seen(t, offline, "offline", append(ids, "e2e-s-1", "e2e-s-2"))
+	c.stop(t)
+}
+
+// stop sends SIGTERM to the script alone and checks that its trap stopped
+// every process it started, the workers' ports closed, and that it said so.
+func (c *cluster) stop(t *testing.T) {
+	t.Helper()
+	pgid := c.cmd.Process.Pid
 	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

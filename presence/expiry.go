@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -25,11 +27,26 @@ import (
 // clobbering flags already set. If CONFIG is forbidden (managed Redis), it
 // warns once and keeps listening in case the operator enabled the flags.
 // It reconnects with exponential backoff and never gives up.
+//
+// With Sentinel (ExpiryOptions.MasterAddr set, rdb a failover client) it
+// also follows the master: go-redis's failover client drops its command
+// connections to a master the sentinels replaced, but not a subscribed
+// connection, and the old master, when it is still up, keeps it until the
+// sentinels reconfigure it as a replica (they close its subscribers then),
+// which takes until they next poll it (about 10 s), or until a partition
+// that isolated it heals. Meanwhile the keys expire on the new master and
+// the subscription hears nothing. So every HealthInterval the listener asks
+// MasterAddr for the master the sentinels name and compares it with the
+// server of its subscribed connection; when they differ it closes the
+// subscription, which reconnects through the failover client to the master
+// the sentinels name (and merges the flags there).
 type ExpiryListener struct {
-	rdb     *redis.Client // dedicated: a subscribed connection can do nothing else
-	channel string
-	prefix  string
-	log     *slog.Logger
+	rdb        *redis.Client // dedicated: a subscribed connection can do nothing else
+	channel    string
+	prefix     string
+	log        *slog.Logger
+	masterAddr func(context.Context) (string, error)
+	subAddr    atomic.Pointer[string] // the server of the subscribed connection, with masterAddr
 
 	ids           chan string // expired ids waiting for the claimer
 	connected     atomic.Bool
@@ -49,7 +66,12 @@ type ExpiryOptions struct {
 	// pinged; zero means 5s. A ping unanswered within it forces a reconnect,
 	// which catches half-open connections.
 	HealthInterval time.Duration
-	Logger         *slog.Logger
+	// MasterAddr, with Sentinel, returns the address (host:port) of the
+	// master the sentinels name now. Every HealthInterval the listener
+	// compares it with the server its subscription is on and resubscribes
+	// when they differ. Nil (one server) disables the check.
+	MasterAddr func(context.Context) (string, error)
+	Logger     *slog.Logger
 }
 
 // NewExpiryListener returns a listener that subscribes through rdb, which it
@@ -62,14 +84,19 @@ func NewExpiryListener(rdb *redis.Client, opts ExpiryOptions) *ExpiryListener {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &ExpiryListener{
+	l := &ExpiryListener{
 		rdb:           rdb,
 		channel:       fmt.Sprintf("__keyevent@%d__:expired", opts.DB),
 		prefix:        opts.UserPrefix,
 		log:           opts.Logger,
+		masterAddr:    opts.MasterAddr,
 		healthTimeout: opts.HealthInterval,
 		ids:           make(chan string, 16*ChunkSize),
 	}
+	if l.masterAddr != nil {
+		rdb.AddHook(subDialHook{l})
+	}
+	return l
 }
 
 // Expired delivers the user ids of expired presence keys. It is buffered;
@@ -127,6 +154,11 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 	if err := l.ensureNotifications(ctx); err != nil {
 		return err
 	}
+	// The subscription's dials (and redials) carry this mark, so that the
+	// hook records which server the subscription is on.
+	ctx, cancel := context.WithCancel(context.WithValue(ctx, subDialKey{}, true))
+	defer cancel()
+	l.subAddr.Store(nil)
 	ps := l.rdb.PSubscribe(ctx, l.channel)
 	defer ps.Close()
 	// go-redis does not abort a blocked read on ctx; closing the PubSub does.
@@ -137,13 +169,23 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 	}
 	established()
 	l.connected.Store(true)
-	l.log.Info("expiry subscription established", "channel", l.channel)
+	l.log.Info("expiry subscription established", "channel", l.channel, "server", l.server())
+	var moved atomic.Pointer[error]
+	if l.masterAddr != nil {
+		go l.followMaster(ctx, func(err error) {
+			moved.Store(&err)
+			_ = ps.Close()
+		})
+	}
 	pinged := false
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, l.healthTimeout)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if m := moved.Load(); m != nil {
+				return *m
 			}
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() && !pinged {
@@ -171,6 +213,107 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 			}
 		}
 	}
+}
+
+// followMaster checks every healthTimeout, until ctx is done, that the
+// subscription is on the master the sentinels name, and calls moved (once)
+// when it is not. A check that fails (no sentinel answers, a name that does
+// not resolve) changes nothing: the subscription stays where it is.
+func (l *ExpiryListener) followMaster(ctx context.Context, moved func(error)) {
+	t := time.NewTicker(l.healthTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		on := l.server()
+		if on == "" {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, l.healthTimeout)
+		master, err := l.masterAddr(cctx)
+		same := true
+		if err == nil {
+			same, err = sameServer(cctx, on, master)
+		}
+		cancel()
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				l.log.Debug("cannot check the expiry subscription's server against the master", "err", err)
+			}
+		case !same:
+			moved(fmt.Errorf("expiry subscription on %s, but the sentinels name %s the master", on, master))
+			return
+		}
+	}
+}
+
+// server returns the address of the server the subscription is on, "" when
+// unknown (without MasterAddr, or before the dial).
+func (l *ExpiryListener) server() string {
+	if p := l.subAddr.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// sameServer reports whether conn, the remote address of a connection
+// (ip:port), is the server at addr (host:port, host an IP or a name, which
+// is resolved).
+func sameServer(ctx context.Context, conn, addr string) (bool, error) {
+	ch, cp, err := net.SplitHostPort(conn)
+	if err != nil {
+		return false, err
+	}
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false, err
+	}
+	if cp != p {
+		return false, nil
+	}
+	ip, err := netip.ParseAddr(ch)
+	if err != nil {
+		return false, err
+	}
+	ips := []string{h}
+	if _, err := netip.ParseAddr(h); err != nil {
+		if ips, err = net.DefaultResolver.LookupHost(ctx, h); err != nil {
+			return false, err
+		}
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Unmap() == ip.Unmap() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// subDialKey marks the context of the subscription's dials.
+type subDialKey struct{}
+
+// subDialHook records the remote address of the subscription's connection.
+type subDialHook struct{ l *ExpiryListener }
+
+func (h subDialHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		cn, err := next(ctx, network, addr)
+		if err == nil && ctx.Value(subDialKey{}) != nil {
+			a := cn.RemoteAddr().String()
+			h.l.subAddr.Store(&a)
+		}
+		return cn, err
+	}
+}
+
+func (subDialHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (subDialHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // ensureNotifications merges "Ex" into notify-keyspace-events.

@@ -29,6 +29,8 @@ type env struct {
 	ttl      time.Duration
 	online   *testenv.Collector
 	offline  *testenv.Collector
+	// masterAddr, with Sentinel, is the listeners' ExpiryOptions.MasterAddr.
+	masterAddr func(context.Context) (string, error)
 }
 
 func newEnv(t *testing.T, ttl time.Duration, ropts ...testenv.RedisOption) *env {
@@ -93,7 +95,7 @@ func (e *env) startReplicaOn(rdb, sub *redis.Client, natsURL string, opt ...func
 	if err := b.Start(ctx); err != nil {
 		e.t.Fatal(err)
 	}
-	l := presence.NewExpiryListener(sub, presence.ExpiryOptions{UserPrefix: store.Keys().UserPrefix(), HealthInterval: time.Second})
+	l := presence.NewExpiryListener(sub, presence.ExpiryOptions{UserPrefix: store.Keys().UserPrefix(), HealthInterval: time.Second, MasterAddr: e.masterAddr})
 	w := worker.New(store, store.Outbox(worker.ConsumerName()), b, l, wopts)
 	if err := w.Start(ctx); err != nil {
 		e.t.Fatal(err)

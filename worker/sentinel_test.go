@@ -44,38 +44,9 @@ import (
 // not by silence.
 func TestSentinelFailoverCoveredByReset(t *testing.T) {
 	const ttl = 8 * time.Second // longer than the cut plus the failover, so heartbeating users never lapse
-	master := testenv.StartRedis(t)
-	standby := testenv.StartRedis(t, testenv.WithReplicaOf(master))
+	ss := newSentinelSet(t, ttl)
 	ctx := context.Background()
-	mc, rc := master.Client(t), standby.Client(t)
-	testenv.Eventually(t, 10*time.Second, func() bool {
-		return replInfo(ctx, rc)["master_link_status"] == "up"
-	}, "replica not linked to the master")
-	sc := testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
-	sentinels := testenv.StartSentinels(t, master, 3, sc)
-	var addrs []string
-	for _, s := range sentinels {
-		addrs = append(addrs, s.Addr)
-	}
-	cfg := config.Default()
-	cfg.RedisSentinelAddrs, cfg.RedisSentinelMaster = strings.Join(addrs, ","), sc.Master
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	client := func(name string) *redis.Client {
-		c, err := app.NewRedisClient(cfg, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-
-	n := testenv.StartNATS(t)
-	p := testenv.Prefix(t)
-	e := &env{t: t, nats: n, rdb: client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
-	t.Cleanup(func() { _ = e.rdb.Close() })
-	e.online = testenv.Collect(t, e.nc, e.subjects.Online())
-	e.offline = testenv.Collect(t, e.nc, e.subjects.Offline())
+	master, mc, rc, client, n, e := ss.master, ss.mc, ss.rc, ss.client, ss.e.nats, ss.e
 	resets := testenv.Collect(t, e.nc, e.subjects.Reset())
 	var reps []*replica
 	var ms []*metrics.Metrics
@@ -124,14 +95,7 @@ func TestSentinelFailoverCoveredByReset(t *testing.T) {
 
 	killed := time.Now()
 	master.Stop(t)
-	testenv.Eventually(t, 20*time.Second, func() bool {
-		for _, s := range sentinels {
-			if s.MasterAddr(sc.Master) != standby.Addr {
-				return false
-			}
-		}
-		return true
-	}, "the sentinels did not promote the replica")
+	ss.waitPromoted()
 	t.Logf("failover: the sentinels name the standby %s after the kill", time.Since(killed).Round(10*time.Millisecond))
 
 	// Settled: the walk after the reset is done, every user that is not
@@ -248,6 +212,77 @@ func TestSentinelFailoverCoveredByReset(t *testing.T) {
 	}
 }
 
+// sentinelSet is a master, its replica (the standby) and three sentinels
+// watching them (quorum 2), and an env whose clients are the product's
+// (app.NewRedisClient on REDIS_SENTINEL_* settings; the listeners ask the
+// sentinels for the master, as internal/app's do).
+type sentinelSet struct {
+	t               *testing.T
+	master, standby *testenv.Redis
+	mc, rc          *redis.Client // direct clients of the master and the standby
+	sentinels       []*testenv.Redis
+	sc              testenv.SentinelConfig
+	cfg             config.Config
+	e               *env
+}
+
+func newSentinelSet(t *testing.T, ttl time.Duration) *sentinelSet {
+	t.Helper()
+	ss := &sentinelSet{t: t, master: testenv.StartRedis(t)}
+	ss.standby = testenv.StartRedis(t, testenv.WithReplicaOf(ss.master))
+	ctx := context.Background()
+	ss.mc, ss.rc = ss.master.Client(t), ss.standby.Client(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return replInfo(ctx, ss.rc)["master_link_status"] == "up"
+	}, "replica not linked to the master")
+	ss.sc = testenv.SentinelConfig{Master: "pm", Quorum: 2, DownAfter: 700 * time.Millisecond, FailoverTimeout: 4 * time.Second}
+	ss.sentinels = testenv.StartSentinels(t, ss.master, 3, ss.sc)
+	var addrs []string
+	for _, s := range ss.sentinels {
+		addrs = append(addrs, s.Addr)
+	}
+	ss.cfg = config.Default()
+	ss.cfg.RedisSentinelAddrs, ss.cfg.RedisSentinelMaster = strings.Join(addrs, ","), ss.sc.Master
+	if err := ss.cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	ss.e = &env{t: t, nats: n, rdb: ss.client("test"), nc: n.Conn(t), prefix: p + ":", subjects: contract.Subjects{Prefix: p}, ttl: ttl}
+	t.Cleanup(func() { _ = ss.e.rdb.Close() })
+	sm, err := app.NewSentinelMaster(ss.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sm.Close() })
+	ss.e.masterAddr = sm.Addr
+	ss.e.online = testenv.Collect(t, ss.e.nc, ss.e.subjects.Online())
+	ss.e.offline = testenv.Collect(t, ss.e.nc, ss.e.subjects.Offline())
+	return ss
+}
+
+// waitPromoted waits until every sentinel names the standby the master.
+func (ss *sentinelSet) waitPromoted() {
+	ss.t.Helper()
+	testenv.Eventually(ss.t, 20*time.Second, func() bool {
+		for _, s := range ss.sentinels {
+			if s.MasterAddr(ss.sc.Master) != ss.standby.Addr {
+				return false
+			}
+		}
+		return true
+	}, "the sentinels did not promote the replica")
+}
+
+// client returns a new failover client named name; the caller closes it.
+func (ss *sentinelSet) client(name string) *redis.Client {
+	c, err := app.NewRedisClient(ss.cfg, name)
+	if err != nil {
+		ss.t.Fatal(err)
+	}
+	return c
+}
+
 // settled says why the data set and the events have not settled after a
 // failover, or "" once they have: the re-announce walk is done, Redis holds
 // exactly the sessions of online, and a consumer that applies events by
@@ -318,4 +353,78 @@ func decodeAll(t *testing.T, msgs []*nats.Msg) []contract.Event {
 		out = append(out, decodeEvent(t, m.Data))
 	}
 	return out
+}
+
+// TestSentinelManualFailoverMovesExpirySubscription: one master, one
+// replica, three sentinels and two presenced replicas on the product's
+// failover clients, the sweep idle (only at start), so that offlines can
+// only come from keyspace events. SENTINEL FAILOVER promotes the replica
+// while the old master stays up: the sentinels reconfigure it as a replica
+// only when they next poll it (about 10 s later; under a partition, when it
+// heals), and until then it is a master that no longer takes the writes.
+// Within a bound of the sentinels naming the new master, every expiry
+// subscription is on it (none left on the old one), and users expiring
+// there go offline through the keyspace path.
+func TestSentinelManualFailoverMovesExpirySubscription(t *testing.T) {
+	const ttl = 600 * time.Millisecond
+	ss := newSentinelSet(t, ttl)
+	ctx := context.Background()
+	mc, rc, sentinels, sc, client, n, e := ss.mc, ss.rc, ss.sentinels, ss.sc, ss.client, ss.e.nats, ss.e
+	const reps = 2
+	m := metrics.New() // shared: the keyspace claims of both replicas
+	for range reps {
+		e.startReplicaOn(client("presenced"), client("presenced-expiry"), n.URL(), func(o *worker.Options, p *presence.Options) {
+			o.ReconcileInterval = time.Hour // the sweep runs once, at start
+			o.Metrics = m
+			p.OutageThreshold = 2 * time.Hour
+		})
+	}
+	keyspace := func() int { return int(testutil.ToFloat64(m.Expiries.WithLabelValues("keyspace"))) }
+	subs := func(c *redis.Client) int {
+		n := 0
+		for _, line := range strings.Split(c.ClientList(ctx).Val(), "\n") {
+			if strings.Contains(line, "name=presenced-expiry") && strings.Contains(line, " psub=1 ") {
+				n++
+			}
+		}
+		return n
+	}
+	round := func(name string, want int) {
+		t.Helper()
+		users := ids(name, 20)
+		e.heartbeat(users...)
+		testenv.Eventually(t, 4*time.Second, func() bool { return keyspace() >= want },
+			"round %s: %d keyspace claims, want %d (subscriptions: %d on the old master, %d on the new one)", name, keyspace(), want, subs(mc), subs(rc))
+	}
+	round("before", 20)
+	if got := subs(mc); got != reps {
+		t.Fatalf("%d expiry subscriptions on the master, want %d", got, reps)
+	}
+
+	// A failover by hand: the old master is not killed, it is demoted.
+	s0 := sentinels[0].Client(t)
+	testenv.Eventually(t, 20*time.Second, func() bool {
+		return s0.Do(ctx, "SENTINEL", "FAILOVER", sc.Master).Err() == nil
+	}, "SENTINEL FAILOVER refused")
+	started := time.Now()
+	ss.waitPromoted()
+	switched := time.Now()
+	role := func() string {
+		r, _ := mc.Do(ctx, "ROLE").Slice()
+		if len(r) == 0 {
+			return "?"
+		}
+		return fmt.Sprint(r[0])
+	}
+	t.Logf("the sentinels name the standby %s after SENTINEL FAILOVER; the old master's role: %s", switched.Sub(started).Round(10*time.Millisecond), role())
+
+	// The bound: the listener's check (every HealthInterval, 1s in the
+	// harness) and a reconnect, well before the sentinels demote the old
+	// master.
+	testenv.Eventually(t, 4*time.Second, func() bool { return subs(rc) == reps && subs(mc) == 0 },
+		"expiry subscriptions: %d on the old master (role %s), %d on the new one, want 0 and %d", subs(mc), role(), subs(rc), reps)
+	t.Logf("expiry subscriptions on the new master %s after the switch (the old master's role: %s)", time.Since(switched).Round(10*time.Millisecond), role())
+	round("after", 40)
+	t.Logf("keyspace offlines from the new master %s after the switch", time.Since(switched).Round(10*time.Millisecond))
+	e.expectSessions(append(ids("before", 20), ids("after", 20)...), 5*time.Second)
 }

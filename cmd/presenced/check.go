@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/internal/app"
@@ -228,9 +227,7 @@ func checkSentinels(ctx context.Context, cfg config.Config, report func(checkLin
 	var answered *redis.SentinelClient
 	for _, addr := range fo.SentinelAddrs {
 		name := "redis sentinel " + addr
-		sc := redis.NewSentinelClient(&redis.Options{Addr: addr, Password: fo.SentinelPassword, TLSConfig: fo.TLSConfig,
-			DialTimeout: cfg.ConnectTimeout, MaxRetries: -1, ClientName: "presenced-check", DisableIdentity: true,
-			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}})
+		sc := redis.NewSentinelClient(app.SentinelOptions(cfg, fo, addr, "presenced-check"))
 		defer sc.Close()
 		sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 		a, err := sc.GetMasterAddrByName(sctx, fo.MasterName).Result()

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"sync/atomic"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -97,19 +100,111 @@ func newView(lc fx.Lifecycle, store *presence.Store, cfg config.Config, m *metri
 
 // newExpiryListener returns the listener on its own Redis client (same
 // settings as the main client, as the seed's duplicate(); with Sentinel a
-// failover client of its own, so its subscription follows the master too),
-// closed on stop. The listener runs when the worker starts it.
+// failover client of its own, and the sentinels asked for the master, so
+// that its subscription follows the master too), closed on stop. The
+// listener runs when the worker starts it.
 func newExpiryListener(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*presence.ExpiryListener, error) {
 	sub, err := NewRedisClient(cfg, "presenced-expiry")
 	if err != nil {
 		return nil, err
 	}
-	lc.Append(fx.Hook{OnStop: func(context.Context) error { return sub.Close() }})
-	return presence.NewExpiryListener(sub, presence.ExpiryOptions{
+	opts := presence.ExpiryOptions{
 		DB:         cfg.RedisDB(),
 		UserPrefix: presence.NewKeys(cfg.KeyPrefix).UserPrefix(),
 		Logger:     log.With("component", "expiry"),
-	}), nil
+	}
+	closeAll := sub.Close
+	if cfg.Sentinel() {
+		sm, err := NewSentinelMaster(cfg)
+		if err != nil {
+			_ = sub.Close()
+			return nil, err
+		}
+		opts.MasterAddr = sm.Addr
+		closeAll = func() error { return errors.Join(sub.Close(), sm.Close()) }
+	}
+	lc.Append(fx.Hook{OnStop: func(context.Context) error { return closeAll() }})
+	return presence.NewExpiryListener(sub, opts), nil
+}
+
+// SentinelMaster asks the sentinels of a Sentinel configuration for the
+// master's address.
+type SentinelMaster struct {
+	name    string
+	addrs   []string
+	clients []*redis.SentinelClient
+	timeout time.Duration
+	next    atomic.Int32 // the sentinel to ask first: the last that answered
+}
+
+// NewSentinelMaster returns a SentinelMaster of cfg's sentinels (with
+// REDIS_SENTINEL_PASSWORD and REDIS_SENTINEL_TLS, as the failover client
+// reaches them), each question bounded by PRESENCE_CONNECT_TIMEOUT. It does
+// no I/O until Addr; Close closes its connections.
+func NewSentinelMaster(cfg config.Config) (*SentinelMaster, error) {
+	fo, err := RedisFailoverOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sm := &SentinelMaster{name: fo.MasterName, addrs: fo.SentinelAddrs, timeout: cfg.ConnectTimeout}
+	for _, a := range fo.SentinelAddrs {
+		sm.clients = append(sm.clients, redis.NewSentinelClient(SentinelOptions(cfg, fo, a, "presenced-expiry")))
+	}
+	return sm, nil
+}
+
+// SentinelOptions returns the options of a client of the sentinel at addr
+// of fo (RedisFailoverOptions), named name: the sentinels' user, password
+// and TLS, one connection, each dial bounded by PRESENCE_CONNECT_TIMEOUT, no
+// retries, and a context's deadline bounding its replies.
+func SentinelOptions(cfg config.Config, fo *redis.FailoverOptions, addr, name string) *redis.Options {
+	return &redis.Options{
+		Addr:                     addr,
+		ClientName:               name,
+		Username:                 fo.SentinelUsername,
+		Password:                 fo.SentinelPassword,
+		TLSConfig:                fo.TLSConfig,
+		DialTimeout:              cfg.ConnectTimeout,
+		MaxRetries:               -1,
+		PoolSize:                 1,
+		ContextTimeoutEnabled:    true,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	}
+}
+
+// Addr returns the address (host:port) of the master as the first sentinel
+// that answers names it, starting with the one that answered last.
+func (sm *SentinelMaster) Addr(ctx context.Context) (string, error) {
+	var errs []error
+	first := int(sm.next.Load())
+	for i := range sm.clients {
+		k := (first + i) % len(sm.clients)
+		qctx, cancel := context.WithTimeout(ctx, sm.timeout)
+		a, err := sm.clients[k].GetMasterAddrByName(qctx, sm.name).Result()
+		cancel()
+		if err == nil && len(a) == 2 {
+			sm.next.Store(int32(k))
+			return net.JoinHostPort(a[0], a[1]), nil
+		}
+		if err == nil {
+			err = fmt.Errorf("unexpected reply %q", a)
+		}
+		errs = append(errs, fmt.Errorf("sentinel %s: %w", sm.addrs[k], err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return "", fmt.Errorf("no sentinel names master %q: %w", sm.name, errors.Join(errs...))
+}
+
+// Close closes the connections to the sentinels.
+func (sm *SentinelMaster) Close() error {
+	var errs []error
+	for _, c := range sm.clients {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // NewRedisClient returns a new client of cfg's Redis, named name (CLIENT
@@ -121,7 +216,9 @@ func newExpiryListener(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*p
 // closes its idle connections to any other address. A connection to a
 // master that died or was demoted fails, and the next one goes to the
 // master the sentinels name; a subscription (PSUBSCRIBE) reconnects the
-// same way when its connection fails.
+// same way when its connection fails, but is not closed by the
+// announcement (the expiry listener checks its server itself, see
+// presence.ExpiryOptions.MasterAddr).
 func NewRedisClient(cfg config.Config, name string) (*redis.Client, error) {
 	if cfg.Sentinel() {
 		fo, err := RedisFailoverOptions(cfg)
