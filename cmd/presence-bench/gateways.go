@@ -435,24 +435,13 @@ func (b *bench) gwLoad(ctx context.Context, im impl, col *collector, users gwUse
 func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwUsers, tag string, group int, keeper *leaseKeeper, row *GatewaysRow) (*steadyResult, error) {
 	cfg := b.cfg
 	n := users.n
-	st := &steadyResult{leaver: make([]atomic.Bool, n), deadline: make([]atomic.Int64, n)}
-	req, err := newRequester(b.c.pub, cfg.batchWindow)
+	st, req, stop, err := b.startSteady(im, tag, n)
 	if err != nil {
 		return nil, err
 	}
-	defer req.close()
+	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, cfg.offDuration+cfg.offTTL+cfg.offGrace+cfg.timeout)
 	defer cancel()
-
-	pttl := &batchQueue{signal: make(chan struct{}, 1)}
-	var leavers, known, maxDeadline atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		b.readDeadlines(im, tag, st, pttl, &known, &maxDeadline)
-	}()
-	defer func() { pttl.close(); wg.Wait() }()
 
 	var lost []int32 // users only on gateway 0
 	for i := range n {
@@ -481,23 +470,13 @@ func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwU
 			return false
 		}
 		lastCheck = now
-		if known.Load() < leavers.Load() {
-			return false
+		var until time.Time
+		if ex := keeper.expiry.Load(); ex > 0 {
+			until = time.UnixMilli(ex)
 		}
-		md := time.Unix(0, maxDeadline.Load())
-		if ex := keeper.expiry.Load(); ex > 0 && time.UnixMilli(ex).After(md) {
-			md = time.UnixMilli(ex)
-		}
-		switch {
-		case now.Before(md.Add(2 * time.Second)): // room for duplicates
-			return false
-		case now.After(md.Add(cfg.offGrace)):
-			return true
-		}
-		for i := range n {
-			if st.leaver[i].Load() && st.deadline[i].Load() != 0 && col.offline[i].Load() == 0 {
-				return false
-			}
+		done, timedOut := st.leaversDone(now, col, until, cfg.offGrace)
+		if !done || timedOut {
+			return done
 		}
 		for _, i := range lost {
 			if col.offline[i].Load() == 0 {
@@ -518,7 +497,7 @@ func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwU
 	for !done {
 		seq++
 		roundStart := time.Now()
-		prob := perSecond * cfg.hbInterval.Seconds() / float64(max(eligible-int(leavers.Load()), 1))
+		prob := perSecond * cfg.hbInterval.Seconds() / float64(max(eligible-int(st.leavers.Load()), 1))
 		groups := (len(active) + group - 1) / group
 		if groups == 0 {
 			return nil, errors.New("every user left: lower --leave-per-min or --offline-duration")
@@ -555,7 +534,7 @@ func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwU
 				case leaving && !users.on(int(i), 0) && rng.Float64() < prob:
 					gone = append(gone, i)
 					st.leaver[i].Store(true)
-					leavers.Add(1)
+					st.leavers.Add(1)
 				default:
 					next = append(next, i)
 				}
@@ -567,7 +546,7 @@ func (b *bench) gwSteady(ctx context.Context, im impl, col *collector, users gwU
 				left.Store(int32(len(msgs)))
 				cb = func() {
 					if left.Add(-1) == 0 {
-						pttl.push(gone)
+						st.pttl.push(gone)
 					}
 				}
 			}

@@ -115,6 +115,59 @@ type steadyResult struct {
 	maxRound time.Duration
 	failed   int64
 	unknown  atomic.Int64
+
+	// leavers counts the users who left; known, those whose deadline was
+	// read (or found unknown); maxDeadline is the latest deadline read.
+	leavers, known, maxDeadline atomic.Int64
+	pttl                        *batchQueue // leavers whose deadline is to be read
+}
+
+// startSteady prepares a steady phase of n users: its result, a requester,
+// and the reader of the leavers' deadlines (pushed to st.pttl once their
+// last heartbeat was applied; deadline = time before the PTTL + PTTL: at
+// most one round trip and 1ms early, so a latency is at most that much too
+// long). stop ends the reader and the requester.
+func (b *bench) startSteady(im impl, tag string, n int) (st *steadyResult, req *requester, stop func(), err error) {
+	st = &steadyResult{leaver: make([]atomic.Bool, n), deadline: make([]atomic.Int64, n)}
+	req, err = newRequester(b.c.pub, b.cfg.batchWindow)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st.pttl = &batchQueue{signal: make(chan struct{}, 1)}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		b.readDeadlines(im, tag, st)
+	}()
+	// Replies may still come after stop: the queue ignores them.
+	return st, req, func() { st.pttl.close(); wg.Wait(); req.close() }, nil
+}
+
+// leaversDone reports whether the phase may end: every leaver's offline
+// arrived (col) and their latest deadline, or until if later, is 2 s past
+// (room for duplicates); or offline-grace is past it whatever arrived
+// (timedOut).
+func (st *steadyResult) leaversDone(now time.Time, col *collector, until time.Time, grace time.Duration) (done, timedOut bool) {
+	if st.known.Load() < st.leavers.Load() {
+		return false, false
+	}
+	md := time.Unix(0, st.maxDeadline.Load())
+	if until.After(md) {
+		md = until
+	}
+	switch {
+	case now.Before(md.Add(2 * time.Second)): // room for duplicates
+		return false, false
+	case now.After(md.Add(grace)):
+		return true, true
+	}
+	for i := range st.leaver {
+		if st.leaver[i].Load() && st.deadline[i].Load() != 0 && col.offline[i].Load() == 0 {
+			return false, false
+		}
+	}
+	return true, false
 }
 
 // batchQueue is an unbounded queue of leaver batches from the reply
@@ -161,28 +214,13 @@ func (q *batchQueue) close() {
 // offline-grace after the last deadline.
 func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string, n int) (*steadyResult, error) {
 	cfg := b.cfg
-	st := &steadyResult{leaver: make([]atomic.Bool, n), deadline: make([]atomic.Int64, n)}
-	req, err := newRequester(b.c.pub, cfg.batchWindow)
+	st, req, stop, err := b.startSteady(im, tag, n)
 	if err != nil {
 		return nil, err
 	}
-	defer req.close()
+	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, cfg.offDuration+cfg.offTTL+cfg.offGrace+cfg.timeout)
 	defer cancel()
-
-	// Deadlines of leavers, read after their last heartbeat was applied.
-	// deadline = time before the PTTL + PTTL: at most one round trip and
-	// 1ms early, so a latency is at most that much too long.
-	pttl := &batchQueue{signal: make(chan struct{}, 1)}
-	var leavers, known, maxDeadline atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		b.readDeadlines(im, tag, st, pttl, &known, &maxDeadline)
-	}()
-	// Replies may still come after this returns: the queue ignores them.
-	defer func() { pttl.close(); wg.Wait() }()
 
 	rng := rand.New(rand.NewPCG(uint64(n), 42))
 	perSecond := float64(n) * cfg.leavePct / 100 / 60
@@ -195,22 +233,8 @@ func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string,
 			return false
 		}
 		lastCheck = now
-		if known.Load() < leavers.Load() {
-			return false
-		}
-		md := time.Unix(0, maxDeadline.Load())
-		switch {
-		case now.Before(md.Add(2 * time.Second)): // room for duplicates
-			return false
-		case now.After(md.Add(cfg.offGrace)):
-			return true
-		}
-		for i := range n {
-			if st.leaver[i].Load() && st.deadline[i].Load() != 0 && col.offline[i].Load() == 0 {
-				return false
-			}
-		}
-		return true
+		done, _ := st.leaversDone(now, col, time.Time{}, cfg.offGrace)
+		return done
 	}
 	subject := im.subjects.Heartbeat()
 	active := make([]int32, n)
@@ -251,14 +275,14 @@ func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string,
 				if leaving && rng.Float64() < prob {
 					gone = append(gone, i)
 					st.leaver[i].Store(true)
-					leavers.Add(1)
+					st.leavers.Add(1)
 				} else {
 					next = append(next, i)
 				}
 			}
 			var cb func()
 			if len(gone) > 0 {
-				cb = func() { pttl.push(gone) }
+				cb = func() { st.pttl.push(gone) }
 			}
 			if err := req.send(ctx, subject, batchPayload(tag, idx), cb); err != nil {
 				return nil, fmt.Errorf("steady state: %w", err)
@@ -284,7 +308,8 @@ func (b *bench) steady(ctx context.Context, im impl, col *collector, tag string,
 // in known and keeping the latest in maxDeadline, until q is closed and
 // empty. deadline = time before the PTTL + PTTL: at most one round trip
 // and 1ms early, so a latency is at most that much too long.
-func (b *bench) readDeadlines(im impl, tag string, st *steadyResult, q *batchQueue, known, maxDeadline *atomic.Int64) {
+func (b *bench) readDeadlines(im impl, tag string, st *steadyResult) {
+	q := st.pttl
 	for {
 		batches, closed := q.take()
 		for _, batch := range batches {
@@ -302,15 +327,15 @@ func (b *bench) readDeadlines(im impl, tag string, st *steadyResult, q *batchQue
 					dl := t + d.Nanoseconds()
 					st.deadline[i].Store(dl)
 					for {
-						cur := maxDeadline.Load()
-						if dl <= cur || maxDeadline.CompareAndSwap(cur, dl) {
+						cur := st.maxDeadline.Load()
+						if dl <= cur || st.maxDeadline.CompareAndSwap(cur, dl) {
 							break
 						}
 					}
 				} else {
 					st.unknown.Add(1)
 				}
-				known.Add(1)
+				st.known.Add(1)
 			}
 		}
 		if closed && len(batches) == 0 {
