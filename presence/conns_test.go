@@ -22,17 +22,7 @@ type connStore struct {
 
 func newConnStore(t *testing.T, opts presence.Options) *connStore {
 	t.Helper()
-	r := testenv.StartRedis(t)
-	opts.Prefix = testenv.Prefix(t) + ":"
-	s := presence.NewStore(r.Client(t), opts)
-	ctx := context.Background()
-	if err := s.Ping(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c := &connStore{Store: s, t: t, ob: s.Outbox("t")}
-	if err := c.ob.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c, _ := newRawConnStore(t, opts)
 	return c
 }
 

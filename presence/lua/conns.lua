@@ -284,8 +284,8 @@ local function release(id, h, conn, seq, ttl, grace)
   local field = id .. ' ' .. conn
   local n, held = nil, nil
   if any_on() then n, held = summary(id, h) end
+  local rec = n and redis.call('HGET', conn_key(h), field)
   if seq > 0 then
-    local rec = n and redis.call('HGET', conn_key(h), field)
     if rec and select(2, parse_rec(rec)) >= seq then return STALE end
     bury(h, field, seq, ttl)
   end
@@ -294,7 +294,6 @@ local function release(id, h, conn, seq, ttl, grace)
     if conn ~= '' then return 0 end
     return last_gone(id, h, OFFLINE_DISCONNECT, 'disconnect', grace)
   end
-  local rec = redis.call('HGET', conn_key(h), field)
   if not rec then return 0 end
   redis.call('HDEL', conn_key(h), field)
   index_conn(parse_rec(rec), id, h, field, -1)

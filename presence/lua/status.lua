@@ -1,6 +1,6 @@
 -- status.lua: one user's presence, read-only. Requires lib.lua and
--- conns.lua (read_shards, hash, shard_key, conn_key, parse_rec, key_type
--- only).
+-- conns.lua (read_shards, hash, shard_key, conn_key, each_conn, parse_rec,
+-- key_type only).
 --
 -- KEYS[1]  epoch (STRING "<version>:<shards>", see lib.lua)
 -- KEYS[2]  the user's presence key
@@ -24,21 +24,15 @@ local conns, held = {}, ''
 local sum = redis.call('HGET', conn_key(h), id)
 if sum then
   held = string.match(sum, '^%d+ (%S+ %d+)$') or ''
-  local cur = '0'
-  repeat
-    local r = redis.call('HSCAN', conn_key(h), cur, 'MATCH', id .. ' *', 'COUNT', 1000)
-    cur = r[1]
-    local kv = r[2]
-    for j = 1, #kv, 2 do
-      local lease, _, dl, since, gw = parse_rec(kv[j + 1])
-      if dl and dl > NOW_MS then
-        if lease > 0 then gw = redis.call('HGET', P .. 'leasegw', string.format('%d', lease)) or '' end
-        conns[#conns + 1] = string.sub(kv[j], #id + 2)
-        conns[#conns + 1] = gw
-        conns[#conns + 1] = since
-        conns[#conns + 1] = dl
-      end
+  each_conn(id, h, function(f, rec)
+    local lease, _, dl, since, gw = parse_rec(rec)
+    if dl and dl > NOW_MS then
+      if lease > 0 then gw = redis.call('HGET', P .. 'leasegw', string.format('%d', lease)) or '' end
+      conns[#conns + 1] = string.sub(f, #id + 2)
+      conns[#conns + 1] = gw
+      conns[#conns + 1] = since
+      conns[#conns + 1] = dl
     end
-  until cur == '0'
+  end)
 end
 return {pttl, v or 0, conns, held}
