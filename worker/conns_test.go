@@ -205,9 +205,18 @@ func TestGatewayRestartAndGrace(t *testing.T) {
 	if r := e.lease("gw", "new"); !r.Replaced {
 		t.Fatalf("restart lease: %+v", r)
 	}
-	time.Sleep(500 * time.Millisecond) // the old lease is swept: both held
+	// The old lease is swept: "back" is held (no live connection, session
+	// open) before it reconnects.
+	store := presence.NewStore(e.rdb, presence.Options{Prefix: e.prefix, TTL: e.ttl})
+	testenv.Eventually(t, 5*time.Second, func() bool {
+		st, err := store.Status(context.Background(), "back")
+		return err == nil && !st.HeldUntil.IsZero()
+	}, "the restarted gateway's old connections were not ended")
 	e.connections(hb, "gw", []contract.Conn{{UserID: "back", ConnectionID: "2"}})
-	time.Sleep(3 * time.Second)
+	// After the grace: the two offlines, and time for a third (there must
+	// be none) to arrive.
+	e.offline.WaitFor(t, 2, 10*time.Second)
+	time.Sleep(time.Second)
 	got := byUser(e.received())
 	for user, want := range map[string][]string{
 		"back":   {"online:heartbeat"},
