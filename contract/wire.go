@@ -74,6 +74,14 @@ type Event struct {
 	// Version strictly increases across one user's successive events: a
 	// consumer drops an event whose version is not above the last it applied.
 	Version int64 `json:"version"`
+	// Partitions is set on a reset that covers one partition of the data
+	// (presenced on Redis Cluster, where each partition can lose writes on
+	// its own): the reset concerns only the users of partition Partition
+	// among Partitions (see Covers and PartitionOf). Zero on every other
+	// event, and on a reset of the whole data set.
+	Partitions int `json:"partitions,omitempty"`
+	// Partition is the partition a reset covers, with Partitions.
+	Partition int `json:"partition,omitempty"`
 }
 
 // TimeFormat is the format of Event.At on the wire: RFC 3339, microseconds.
