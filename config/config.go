@@ -105,9 +105,20 @@ type Config struct {
 	RedisSentinelTLS bool
 	// RedisClusterAddrs is a comma-separated list of Redis Cluster seed
 	// nodes, host:port (REDIS_CLUSTER_ADDRS, --redis-cluster-addrs).
-	// Default empty. Redis Cluster is not supported yet: Validate refuses
-	// it.
+	// Default empty. With it, the presence data is split into
+	// RedisClusterPartitions partitions spread over the cluster's masters
+	// (see presence.Cluster).
 	RedisClusterAddrs string
+	// RedisClusterPartitions is the number of partitions of the presence
+	// data on a Redis Cluster (REDIS_CLUSTER_PARTITIONS,
+	// --redis-cluster-partitions). Default 48. Every replica must use the
+	// same count for the life of the data: start-up refuses another.
+	RedisClusterPartitions int
+	// RedisClusterTLS turns on TLS to the cluster's nodes
+	// (REDIS_CLUSTER_TLS, --redis-cluster-tls); the REDIS_TLS_* files
+	// apply. Default false. Each node's certificate must name the address
+	// the cluster announces for it.
+	RedisClusterTLS bool
 	// RedisUsername is the Redis ACL user; it replaces the user in RedisURL
 	// (REDIS_USERNAME, --redis-username). Default empty: the URL's, else
 	// "default". A password must be set too, here or in the URL.
@@ -355,6 +366,9 @@ func (c Config) validate(name func(env string) string) error {
 // RedisSentinelDB with Sentinel, else the one in RedisURL. It returns 0 when
 // the URL names no database or does not parse; Validate rejects the latter.
 func (c Config) RedisDB() int {
+	if c.Cluster() {
+		return 0 // a cluster has database 0 only
+	}
 	if c.Sentinel() {
 		return c.RedisSentinelDB
 	}
@@ -364,6 +378,14 @@ func (c Config) RedisDB() int {
 	}
 	return o.DB
 }
+
+// Cluster reports whether Redis is a Redis Cluster (RedisClusterAddrs is
+// set).
+func (c Config) Cluster() bool { return c.RedisClusterAddrs != "" }
+
+// ClusterAddrs returns the addresses in RedisClusterAddrs, trimmed; nil
+// when it is empty.
+func (c Config) ClusterAddrs() []string { return splitAddrs(c.RedisClusterAddrs) }
 
 // Sentinel reports whether Redis is reached through Sentinel
 // (RedisSentinelAddrs is set).
@@ -379,6 +401,9 @@ func (c Config) SentinelAddrs() []string { return splitAddrs(c.RedisSentinelAddr
 func (c Config) RedisTarget() string {
 	if c.Sentinel() {
 		return fmt.Sprintf("master %q via sentinels %s", c.RedisSentinelMaster, strings.Join(c.SentinelAddrs(), ","))
+	}
+	if c.Cluster() {
+		return "cluster via " + strings.Join(c.ClusterAddrs(), ",")
 	}
 	return RedactURL(c.RedisURL)
 }

@@ -215,15 +215,17 @@ func natsURLHasCredentials(list string) bool {
 }
 
 // checkRediss fails when a TLS file is set for a plain redis:// URL, or
-// for Sentinel without REDIS_SENTINEL_TLS, where it would silently not be
-// used.
+// for Sentinel without REDIS_SENTINEL_TLS or a cluster without
+// REDIS_CLUSTER_TLS, where it would silently not be used.
 func checkRediss(c Config, name func(string) string, env, v string) error {
 	switch {
 	case v == "":
 		return nil
 	case c.Sentinel() && !c.RedisSentinelTLS:
 		return fmt.Errorf("%s is set but %s is off: turn it on for TLS", name(env), name("REDIS_SENTINEL_TLS"))
-	case c.Sentinel() || strings.HasPrefix(c.RedisURL, "rediss://"):
+	case c.Cluster() && !c.RedisClusterTLS:
+		return fmt.Errorf("%s is set but %s is off: turn it on for TLS", name(env), name("REDIS_CLUSTER_TLS"))
+	case c.Sentinel() || c.Cluster() || strings.HasPrefix(c.RedisURL, "rediss://"):
 		return nil
 	}
 	return fmt.Errorf("%s is set but %s is not rediss://: use rediss:// for TLS", name(env), name("REDIS_URL"))

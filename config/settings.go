@@ -179,15 +179,31 @@ var settings = []Setting{
 	},
 	{
 		Flag: "redis-cluster-addrs", Env: "REDIS_CLUSTER_ADDRS", Default: "",
-		Usage: "Redis Cluster seed nodes, host:port,host:port (not supported yet)",
+		Usage: "Redis Cluster seed nodes, host:port,host:port",
 		field: stringField(func(c *Config) *string { return &c.RedisClusterAddrs }),
 		check: func(c Config, name func(string) string) error {
 			if err := checkAddrs(c.RedisClusterAddrs); err != nil {
 				return fmt.Errorf("invalid %s %q: %w", name("REDIS_CLUSTER_ADDRS"), c.RedisClusterAddrs, err)
 			}
-			if c.RedisClusterAddrs != "" {
-				return fmt.Errorf("%s is set but Redis Cluster is not supported yet: use %s (one server) or %s (Sentinel)",
-					name("REDIS_CLUSTER_ADDRS"), name("REDIS_URL"), name("REDIS_SENTINEL_ADDRS"))
+			return nil
+		},
+	},
+	{
+		Flag: "redis-cluster-partitions", Env: "REDIS_CLUSTER_PARTITIONS", Default: "48",
+		Usage: "partitions of the presence data on a Redis Cluster, the same on every replica for the life of the data (1 to 1024)",
+		field: intField(func(c *Config) *int { return &c.RedisClusterPartitions }),
+		check: func(c Config, name func(string) string) error {
+			return checkIntRange(name("REDIS_CLUSTER_PARTITIONS"), c.RedisClusterPartitions, 1, 1024)
+		},
+	},
+	{
+		Flag: "redis-cluster-tls", Env: "REDIS_CLUSTER_TLS", Default: "false",
+		Usage:  "use TLS to the cluster's nodes (the --redis-tls-* files apply)",
+		isBool: true,
+		field:  boolField(func(c *Config) *bool { return &c.RedisClusterTLS }),
+		check: func(c Config, name func(string) string) error {
+			if c.RedisClusterTLS && !c.Cluster() {
+				return fmt.Errorf("%s is set without %s", name("REDIS_CLUSTER_TLS"), name("REDIS_CLUSTER_ADDRS"))
 			}
 			return nil
 		},
@@ -401,7 +417,7 @@ var settings = []Setting{
 	},
 	{
 		Flag: "query-view", Env: "PRESENCE_QUERY_VIEW", Default: "true",
-		Usage:  "answer online queries from an in-memory view of the sessions that follows the outbox (false: Redis MGET)",
+		Usage:  "answer online queries from an in-memory view of the sessions that follows the outbox (false: Redis MGET; not used on a Redis Cluster, where queries read Redis)",
 		isBool: true,
 		field:  boolField(func(c *Config) *bool { return &c.QueryView }),
 		check:  func(Config, func(string) string) error { return nil },

@@ -36,17 +36,7 @@ func (s *Store) graceMS() string { return strconv.FormatInt(s.opts.OfflineGrace.
 // known connection is one O(1) step. Results: the version, 0, KeyConflict,
 // TooManyConnections or Stale, one per entry. See lua/connect.lua.
 func (s *Store) Connect(ctx context.Context, conns []contract.Conn) ([]int64, error) {
-	max := strconv.Itoa(s.opts.MaxConnections)
-	res, err := s.runChunks(ctx, scriptConnect, len(conns), func(lo, hi int) ([]string, []any) {
-		chunk := conns[lo:hi]
-		keys := s.baseKeys(len(chunk))
-		args := append(s.baseArgs(2+4*len(chunk)), s.ttlMS(), max)
-		for _, c := range chunk {
-			keys = append(keys, s.keys.User(c.UserID))
-			args = append(args, c.UserID, c.ConnectionID, c.GatewayID, strconv.FormatInt(c.Seq, 10))
-		}
-		return keys, args
-	})
+	res, err := s.runChunks(ctx, scriptConnect, len(conns), s.connectCalls(conns))
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %d connections: %w", len(conns), err)
 	}
@@ -58,16 +48,7 @@ func (s *Store) Connect(ctx context.Context, conns []contract.Conn) ([]int64, er
 // the offline held for OfflineGrace. Results: the offline's version, 0,
 // KeyConflict or Stale, one per entry. See lua/release.lua.
 func (s *Store) Release(ctx context.Context, conns []contract.Conn) ([]int64, error) {
-	res, err := s.runChunks(ctx, scriptRelease, len(conns), func(lo, hi int) ([]string, []any) {
-		chunk := conns[lo:hi]
-		keys := s.baseKeys(len(chunk))
-		args := append(s.baseArgs(3+3*len(chunk)), s.ttlMS(), s.graceMS(), "conn")
-		for _, c := range chunk {
-			keys = append(keys, s.keys.User(c.UserID))
-			args = append(args, c.UserID, c.ConnectionID, strconv.FormatInt(c.Seq, 10))
-		}
-		return keys, args
-	})
+	res, err := s.runChunks(ctx, scriptRelease, len(conns), s.releaseCalls(conns))
 	if err != nil {
 		return nil, fmt.Errorf("disconnect %d connections: %w", len(conns), err)
 	}
@@ -78,7 +59,46 @@ func (s *Store) Release(ctx context.Context, conns []contract.Conn) ([]int64, er
 // session ends with reason "kicked". Results: the offline's version, 0
 // (no session) or KeyConflict, one per id.
 func (s *Store) Kick(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := s.runChunks(ctx, scriptRelease, len(ids), func(lo, hi int) ([]string, []any) {
+	res, err := s.runChunks(ctx, scriptRelease, len(ids), s.kickCalls(ids))
+	if err != nil {
+		return nil, fmt.Errorf("end every connection of %d users: %w", len(ids), err)
+	}
+	return res, nil
+}
+
+// connectCalls builds the connect script's calls of conns (see runChunks).
+func (s *Store) connectCalls(conns []contract.Conn) func(lo, hi int) ([]string, []any) {
+	max := strconv.Itoa(s.opts.MaxConnections)
+	return func(lo, hi int) ([]string, []any) {
+		chunk := conns[lo:hi]
+		keys := s.baseKeys(len(chunk))
+		args := append(s.baseArgs(2+4*len(chunk)), s.ttlMS(), max)
+		for _, c := range chunk {
+			keys = append(keys, s.keys.User(c.UserID))
+			args = append(args, c.UserID, c.ConnectionID, c.GatewayID, strconv.FormatInt(c.Seq, 10))
+		}
+		return keys, args
+	}
+}
+
+// releaseCalls builds the release script's calls of conns.
+func (s *Store) releaseCalls(conns []contract.Conn) func(lo, hi int) ([]string, []any) {
+	return func(lo, hi int) ([]string, []any) {
+		chunk := conns[lo:hi]
+		keys := s.baseKeys(len(chunk))
+		args := append(s.baseArgs(3+3*len(chunk)), s.ttlMS(), s.graceMS(), "conn")
+		for _, c := range chunk {
+			keys = append(keys, s.keys.User(c.UserID))
+			args = append(args, c.UserID, c.ConnectionID, strconv.FormatInt(c.Seq, 10))
+		}
+		return keys, args
+	}
+}
+
+// kickCalls builds the release script's calls that end every connection
+// of ids.
+func (s *Store) kickCalls(ids []string) func(lo, hi int) ([]string, []any) {
+	return func(lo, hi int) ([]string, []any) {
 		chunk := ids[lo:hi]
 		keys := s.baseKeys(len(chunk))
 		args := append(s.baseArgs(3+len(chunk)), s.ttlMS(), s.graceMS(), "kick")
@@ -87,11 +107,7 @@ func (s *Store) Kick(ctx context.Context, ids []string) ([]int64, error) {
 			args = append(args, id)
 		}
 		return keys, args
-	})
-	if err != nil {
-		return nil, fmt.Errorf("end every connection of %d users: %w", len(ids), err)
 	}
-	return res, nil
 }
 
 // Lease is what a gateway's lease message did.
@@ -121,7 +137,7 @@ func (s *Store) EndLease(ctx context.Context, gateway, instance string) (Lease, 
 func (s *Store) lease(ctx context.Context, gateway, instance, op string) (Lease, error) {
 	keys := s.baseKeys(0)
 	args := append(s.baseArgs(4), gateway, instance, s.opts.GatewayLease.Milliseconds(), op)
-	vals, err := scriptLease.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	vals, err := s.run(ctx, scriptLease, keys, args...).Int64Slice()
 	if err != nil {
 		return Lease{}, fmt.Errorf("%s lease of gateway %q: %w", op, gateway, scriptError(err))
 	}
@@ -149,7 +165,7 @@ type LapseResult struct {
 // one call. See lua/lapse.lua.
 func (s *Store) Lapse(ctx context.Context, limit int) (LapseResult, error) {
 	args := append(s.baseArgs(3), limit, s.graceMS(), s.opts.GatewayLease.Milliseconds())
-	vals, err := scriptLapse.Run(ctx, s.rdb, s.baseKeys(0), args...).Int64Slice()
+	vals, err := s.run(ctx, scriptLapse, s.baseKeys(0), args...).Int64Slice()
 	if err != nil {
 		return LapseResult{}, fmt.Errorf("end connections of lost gateways: %w", scriptError(err))
 	}

@@ -44,6 +44,7 @@ type ExpiryListener struct {
 	rdb        *redis.Client // dedicated: a subscribed connection can do nothing else
 	channel    string
 	prefix     string
+	keyID      func(string) (string, bool)
 	log        *slog.Logger
 	masterAddr func(context.Context) (string, error)
 	subAddr    atomic.Pointer[string] // the server of the subscribed connection, with masterAddr
@@ -62,6 +63,10 @@ type ExpiryOptions struct {
 	DB int
 	// UserPrefix selects the expired keys of interest ("presence:user:").
 	UserPrefix string
+	// KeyID, when set, replaces UserPrefix: it returns the user id of an
+	// expired key of interest (ok false for any other key). The
+	// partitions of a Cluster name their deadline keys with a hash tag.
+	KeyID func(key string) (id string, ok bool)
 	// HealthInterval is how long the connection may be silent before it is
 	// pinged; zero means 5s. A ping unanswered within it forces a reconnect,
 	// which catches half-open connections.
@@ -88,6 +93,7 @@ func NewExpiryListener(rdb *redis.Client, opts ExpiryOptions) *ExpiryListener {
 		rdb:           rdb,
 		channel:       fmt.Sprintf("__keyevent@%d__:expired", opts.DB),
 		prefix:        opts.UserPrefix,
+		keyID:         opts.KeyID,
 		log:           opts.Logger,
 		masterAddr:    opts.MasterAddr,
 		healthTimeout: opts.HealthInterval,
@@ -204,7 +210,7 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 		if !ok {
 			continue // pong or subscription confirmation
 		}
-		if id, ok := strings.CutPrefix(m.Payload, l.prefix); ok {
+		if id, ok := l.userID(m.Payload); ok {
 			select {
 			case l.ids <- id:
 			default:
@@ -213,6 +219,15 @@ func (l *ExpiryListener) session(ctx context.Context, established func()) error 
 			}
 		}
 	}
+}
+
+// userID returns the user id of an expired key, ok false for a key that
+// is not a presence key.
+func (l *ExpiryListener) userID(key string) (string, bool) {
+	if l.keyID != nil {
+		return l.keyID(key)
+	}
+	return strings.CutPrefix(key, l.prefix)
 }
 
 // followMaster checks every healthTimeout, until ctx is done, that the

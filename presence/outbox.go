@@ -30,6 +30,10 @@ type Event struct {
 	Version int64 // strictly increasing across one user's events
 	// Deadline is the deadline that passed, for expired offlines (else zero).
 	Deadline time.Time
+	// Partition and Partitions: on a reset read from the outbox of one
+	// partition of a Redis Cluster, the partition it covers (see
+	// contract.Event.Partitions); zero otherwise.
+	Partition, Partitions int
 }
 
 // At is when the transition happened: Redis server time, from the version
@@ -41,19 +45,26 @@ func (e Event) At() time.Time { return time.UnixMicro(e.Version).UTC() }
 // a consumer that died are taken over by Reclaim. An Outbox is used by one
 // goroutine at a time.
 type Outbox struct {
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 	key      string
 	consumer string
 	reclaim  string // XAUTOCLAIM cursor
 	floor    string // key of the latest trim's MINID
 	// retention in ms, formatted for the trim script
 	retention string
+	// part and parts: the partition of a Redis Cluster this outbox belongs
+	// to (Store.part); zero on one server.
+	part, parts int
+	// read, when set (a partition of a Cluster), is told the events of
+	// every batch read, before the relay publishes them.
+	onRead func(ctx context.Context, events []Event)
 }
 
 // Outbox returns the outbox reader for consumer, a name unique to this replica.
 func (s *Store) Outbox(consumer string) *Outbox {
 	return &Outbox{rdb: s.rdb, key: s.keys.Outbox(), consumer: consumer, reclaim: "0-0",
-		floor: s.keys.OutboxFloor(), retention: strconv.FormatInt(s.opts.OutboxRetention.Milliseconds(), 10)}
+		floor: s.keys.OutboxFloor(), retention: strconv.FormatInt(s.opts.OutboxRetention.Milliseconds(), 10),
+		part: s.part, parts: s.parts}
 }
 
 // Init creates the stream and the consumer group if they do not exist. The
@@ -99,7 +110,7 @@ func (o *Outbox) read(ctx context.Context, id string, count int, block time.Dura
 	for _, st := range streams {
 		out = appendEvents(out, st.Messages)
 	}
-	return out, nil
+	return o.decoded(ctx, out), nil
 }
 
 // Reclaim takes over up to count entries that have been pending on any
@@ -113,7 +124,7 @@ func (o *Outbox) Reclaim(ctx context.Context, minIdle time.Duration, count int) 
 		return nil, fmt.Errorf("reclaim outbox entries: %w", err)
 	}
 	o.reclaim = next
-	return appendEvents(nil, msgs), nil
+	return o.decoded(ctx, appendEvents(nil, msgs)), nil
 }
 
 // Own returns the entries of ids still pending on this consumer, in the
@@ -207,6 +218,22 @@ func (o *Outbox) Leave(ctx context.Context) error {
 // ErrBadEntry is wrapped in the error logged for an outbox entry that cannot
 // be decoded; such entries are acknowledged and dropped.
 var ErrBadEntry = errors.New("malformed outbox entry")
+
+// decoded marks the resets of a partition's outbox with the partition and
+// tells onRead of the batch.
+func (o *Outbox) decoded(ctx context.Context, events []Event) []Event {
+	if o.parts > 0 {
+		for i := range events {
+			if events[i].Status == contract.StatusReset {
+				events[i].Partition, events[i].Partitions = o.part, o.parts
+			}
+		}
+	}
+	if o.onRead != nil && len(events) > 0 {
+		o.onRead(ctx, events)
+	}
+	return events
+}
 
 // appendEvents decodes each entry into its events (the format is in
 // layout.go: decodeEntry, decodeLine). Decoding never fails: a malformed

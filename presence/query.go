@@ -131,7 +131,7 @@ func (s *Store) List(ctx context.Context, cursor string, limit int) (Page, error
 		}
 		shard, inner = a, b
 	}
-	vals, err := scriptList.Run(ctx, s.rdb, []string{s.keys.Epoch()}, s.keys.Prefix(), shard, inner, max(1, limit)).Slice()
+	vals, err := s.run(ctx, scriptList, []string{s.keys.Epoch()}, s.keys.Prefix(), shard, inner, max(1, limit)).Slice()
 	if err != nil {
 		return Page{}, fmt.Errorf("list online users: %w", scriptError(err))
 	}
@@ -224,7 +224,7 @@ type Connection struct {
 // Status returns id's presence in one round trip. A user is online while
 // their presence key exists, as for the seed's EXISTS.
 func (s *Store) Status(ctx context.Context, id string) (Status, error) {
-	vals, err := scriptStatus.Run(ctx, s.rdb, []string{s.keys.Epoch(), s.keys.User(id)}, s.keys.Prefix(), id).Slice()
+	vals, err := s.run(ctx, scriptStatus, []string{s.keys.Epoch(), s.keys.User(id)}, s.keys.Prefix(), id).Slice()
 	if err != nil {
 		return Status{}, fmt.Errorf("status of %q: %w", id, scriptError(err))
 	}

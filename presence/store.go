@@ -6,7 +6,7 @@
 // transition and its event are written by one Lua script, so a transition is
 // never lost or doubled between Redis and the publisher.
 //
-// Store is safe for concurrent use. It does not own the *redis.Client it is
+// Store is safe for concurrent use. It does not own the Redis client it is
 // given; the fx Module owns and closes the clients it creates.
 package presence
 
@@ -83,14 +83,29 @@ func (o Options) withDefaults() Options {
 
 // Store is the Redis side of presence. See the package comment.
 type Store struct {
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	keys   Keys
 	opts   Options
 	shards string // opts.Shards, formatted once
+	// fence, in a partition of a Redis Cluster, is a key of the partition's
+	// hash slot that never exists, declared last in every script call's
+	// keys. The scripts reach keys they do not declare (sessions shards,
+	// index buckets), which Redis does not check while a slot migrates
+	// (redis-cli --cluster reshard moves keys one batch at a time): such a
+	// script could read a key already moved as missing. A declared key that
+	// is always missing makes Redis refuse every call on a migrating slot,
+	// on either node, with TRYAGAIN (or ASK, then TRYAGAIN), before the
+	// script runs; the call is retried once the slot has moved. Empty on
+	// one server and with Sentinel.
+	fence string
+	// part and parts: the partition this store holds, of parts (0 and 0
+	// on one server and with Sentinel); reset events read from its outbox
+	// carry them (contract.Event.Partition).
+	part, parts int
 }
 
 // NewStore returns a Store on rdb. It does no I/O.
-func NewStore(rdb *redis.Client, opts Options) *Store {
+func NewStore(rdb redis.UniversalClient, opts Options) *Store {
 	opts = opts.withDefaults()
 	return &Store{rdb: rdb, keys: NewKeys(opts.Prefix), opts: opts, shards: strconv.Itoa(opts.Shards)}
 }
@@ -157,17 +172,7 @@ var ErrKeyConflict = errors.New("the presence key holds another data type (not p
 // KeyConflict when the id's key holds another type (nothing written for it).
 // The online events are in the outbox when Heartbeat returns.
 func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
-	ttl := strconv.FormatInt(s.opts.TTL.Milliseconds(), 10)
-	res, err := s.runChunks(ctx, scriptHeartbeat, len(ids), func(lo, hi int) ([]string, []any) {
-		chunk := ids[lo:hi]
-		keys := s.baseKeys(len(chunk))
-		args := append(s.baseArgs(1+len(chunk)), ttl)
-		for _, id := range chunk {
-			keys = append(keys, s.keys.User(id))
-			args = append(args, id)
-		}
-		return keys, args
-	})
+	res, err := s.runChunks(ctx, scriptHeartbeat, len(ids), s.heartbeatCalls(ids))
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %d users: %w", len(ids), err)
 	}
@@ -181,7 +186,32 @@ func (s *Store) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
 // key holds another type (the key is not deleted and nothing of that id
 // changes; the sweep ends a session still open on such a key).
 func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := s.runChunks(ctx, scriptDisconnect, len(ids), func(lo, hi int) ([]string, []any) {
+	res, err := s.runChunks(ctx, scriptDisconnect, len(ids), s.disconnectCalls(ids))
+	if err != nil {
+		return nil, fmt.Errorf("disconnect %d users: %w", len(ids), err)
+	}
+	return res, nil
+}
+
+// heartbeatCalls builds the heartbeat script's calls of ids (see
+// runChunks); Cluster uses it on each partition's ids.
+func (s *Store) heartbeatCalls(ids []string) func(lo, hi int) ([]string, []any) {
+	ttl := s.ttlMS()
+	return func(lo, hi int) ([]string, []any) {
+		chunk := ids[lo:hi]
+		keys := s.baseKeys(len(chunk))
+		args := append(s.baseArgs(1+len(chunk)), ttl)
+		for _, id := range chunk {
+			keys = append(keys, s.keys.User(id))
+			args = append(args, id)
+		}
+		return keys, args
+	}
+}
+
+// disconnectCalls builds the disconnect script's calls of ids.
+func (s *Store) disconnectCalls(ids []string) func(lo, hi int) ([]string, []any) {
+	return func(lo, hi int) ([]string, []any) {
 		chunk := ids[lo:hi]
 		keys := s.baseKeys(len(chunk))
 		args := append(s.baseArgs(2+len(chunk)), s.ttlMS(), s.graceMS())
@@ -190,11 +220,48 @@ func (s *Store) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
 			args = append(args, id)
 		}
 		return keys, args
-	})
-	if err != nil {
-		return nil, fmt.Errorf("disconnect %d users: %w", len(ids), err)
 	}
-	return res, nil
+}
+
+// run runs script with keys (the fence appended, see Store.fence).
+func (s *Store) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	return script.Run(ctx, s.rdb, s.withFence(keys), args...)
+}
+
+// withFence appends the fence key to keys when the store has one.
+func (s *Store) withFence(keys []string) []string {
+	if s.fence == "" {
+		return keys
+	}
+	return append(keys, s.fence)
+}
+
+// fenced is build with the fence key appended to each call's keys.
+func (s *Store) fenced(build func(lo, hi int) ([]string, []any)) func(lo, hi int) ([]string, []any) {
+	if s.fence == "" {
+		return build
+	}
+	return func(lo, hi int) ([]string, []any) {
+		k, a := build(lo, hi)
+		return append(k, s.fence), a
+	}
+}
+
+// scriptCall is one script call's keys and args.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// chunkCalls makes one call per ChunkSize of n entries (build makes a
+// call's keys and args for entries [lo, hi)).
+func chunkCalls(n int, build func(lo, hi int) ([]string, []any)) []scriptCall {
+	calls := make([]scriptCall, 0, (n+ChunkSize-1)/ChunkSize)
+	for start := 0; start < n; start += ChunkSize {
+		k, a := build(start, min(start+ChunkSize, n))
+		calls = append(calls, scriptCall{k, a})
+	}
+	return calls
 }
 
 // runChunks runs script once per ChunkSize of n entries, all in one
@@ -204,19 +271,24 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, buil
 	if n == 0 {
 		return nil, nil
 	}
-	type call struct {
-		keys []string
-		args []any
+	cmds, err := pipelineCalls(ctx, s.rdb, script, chunkCalls(n, s.fenced(build)))
+	if err != nil {
+		return nil, scriptError(err)
 	}
-	calls := make([]call, 0, (n+ChunkSize-1)/ChunkSize)
-	for start := 0; start < n; start += ChunkSize {
-		k, a := build(start, min(start+ChunkSize, n))
-		calls = append(calls, call{k, a})
-	}
+	out := make([]int64, 0, n)
+	return appendResults(out, cmds)
+}
+
+// pipelineCalls sends calls of script in one pipeline (on a cluster client,
+// one per master, sent concurrently). On NOSCRIPT (Redis restarted, or a
+// replica promoted, without the script) nothing of the pipeline ran: it
+// loads the script (on every master) and sends the pipeline once more.
+// Every command's own error stays on it.
+func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	var cmds []*redis.Cmd
 	exec := func() error {
 		cmds = cmds[:0]
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, c := range calls {
 				cmds = append(cmds, script.EvalSha(ctx, p, c.keys, c.args...))
 			}
@@ -226,16 +298,17 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, buil
 	}
 	err := exec()
 	if err != nil && isNoScript(err) {
-		// Redis restarted or SCRIPT FLUSH ran: nothing executed, so load and retry once.
-		if lerr := script.Load(ctx, s.rdb).Err(); lerr != nil {
-			return nil, fmt.Errorf("reload script: %w", lerr)
+		if lerr := script.Load(ctx, rdb).Err(); lerr != nil {
+			return cmds, fmt.Errorf("reload script: %w", lerr)
 		}
 		err = exec()
 	}
-	if err != nil {
-		return nil, scriptError(err)
-	}
-	out := make([]int64, 0, n)
+	return cmds, err
+}
+
+// appendResults appends the per-entry results of script calls (each reply
+// is {now_ms, r1..rn}) to out.
+func appendResults(out []int64, cmds []*redis.Cmd) ([]int64, error) {
 	for _, c := range cmds {
 		vals, err := c.Int64Slice()
 		if err != nil {
@@ -249,9 +322,10 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, buil
 // IsUnavailable reports whether err means Redis cannot serve this client
 // now (a refused, broken or timed-out connection; a server that is loading,
 // read-only or has lost its master) rather than that one command was
-// wrong. A cancelled context is neither.
+// wrong. A cancelled context is neither, nor is a PartitionsError that
+// leaves partitions working.
 func IsUnavailable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) {
+	if err == nil || errors.Is(err, context.Canceled) || partial(err) {
 		return false
 	}
 	var rerr redis.Error
@@ -272,7 +346,7 @@ func IsUnavailable(err error) bool {
 // for now (busy with a script, out of memory, unable to persist, or without
 // the replicas it must write to).
 func IsRetryable(err error) bool {
-	if IsUnavailable(err) {
+	if IsUnavailable(err) || partial(err) {
 		return true
 	}
 	var rerr redis.Error
@@ -314,7 +388,7 @@ type SweepResult struct {
 func (s *Store) Sweep(ctx context.Context, limit int) (SweepResult, error) {
 	keys := append(s.baseKeys(3), s.keys.SweepMarker(), s.keys.GraceCutoff(), s.keys.Resync())
 	args := append(s.baseArgs(3), limit, s.opts.OutageThreshold.Milliseconds(), s.opts.TTL.Milliseconds())
-	vals, err := scriptSweep.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	vals, err := s.run(ctx, scriptSweep, keys, args...).Int64Slice()
 	if err != nil {
 		return SweepResult{}, fmt.Errorf("sweep due users: %w", scriptError(err))
 	}
@@ -341,7 +415,7 @@ func (s *Store) Claim(ctx context.Context, ids []string) (int, error) {
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	n, err := scriptClaim.Run(ctx, s.rdb, keys, args...).Int64()
+	n, err := s.run(ctx, scriptClaim, keys, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("claim %d expired users: %w", len(ids), scriptError(err))
 	}
@@ -380,7 +454,7 @@ func (s *Store) ResetAfterLoss(ctx context.Context, entries []Published, version
 	for _, e := range entries {
 		args = append(args, e.Entry, strconv.FormatInt(e.Version, 10))
 	}
-	v, err := scriptReset.Run(ctx, s.rdb, keys, args...).Int64()
+	v, err := s.run(ctx, scriptReset, keys, args...).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("check %d published outbox entries for lost writes: %w", len(entries), scriptError(err))
 	}
@@ -411,7 +485,7 @@ type ReannounceResult struct {
 func (s *Store) Reannounce(ctx context.Context) (ReannounceResult, error) {
 	keys := append(s.baseKeys(1), s.keys.Resync())
 	args := append(s.baseArgs(3), ReannounceShards, s.opts.TTL.Milliseconds(), OutboxGroup)
-	vals, err := scriptReannounce.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	vals, err := s.run(ctx, scriptReannounce, keys, args...).Int64Slice()
 	if err != nil {
 		return ReannounceResult{}, fmt.Errorf("re-announce sessions after data loss: %w", scriptError(err))
 	}

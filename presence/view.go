@@ -44,7 +44,7 @@ import (
 // every query of the query service; it exposes none of the store's writes.
 type View struct {
 	store viewStore
-	rdb   *redis.Client // the outbox, the version clock, the epoch and the floor
+	rdb   redis.UniversalClient // the outbox, the version clock, the epoch and the floor
 	keys  Keys
 	// CatchUp bounds how long a query waits for the view to apply the
 	// transitions committed before it; zero means CatchUpTimeout. Set it

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,13 +21,31 @@ const (
 	trimEvery    = time.Second
 )
 
+// relayer is the relay of one outbox (one partition of a Redis Cluster,
+// or the one outbox of one server): its goroutine reads, publishes and
+// acknowledges the outbox's entries and checks them for lost writes.
+type relayer struct {
+	w      *Worker
+	outbox Outbox
+	loss   LossChecker
+	log    *slog.Logger
+	// published is the highest event version this relay has published, and
+	// unchecked the outbox entries it published since the last checkLoss,
+	// after the newest one before (only the relay's goroutine uses them).
+	published int64
+	unchecked []presence.Published
+	counters  map[[2]string]prometheus.Counter // see eventCounter
+	depth     atomic.Int64                     // the outbox's length at the last trim
+}
+
 // relay publishes outbox entries to NATS and acknowledges them only after the
 // server confirmed the publish (a flush, or with a stream a PubAck per
 // event), so an event is never lost between Redis and NATS: an
 // entry this replica read but could not publish is retried (ReadPending), and
 // one left by a replica that died is republished by another (Reclaim) after
 // ClaimAfter. A republish carries the same Nats-Msg-Id.
-func (w *Worker) relay(ctx context.Context) {
+func (r *relayer) relay(ctx context.Context) {
+	w := r.w
 	var (
 		retryOwn    = true // pending entries of this consumer first
 		lastReclaim time.Time
@@ -38,7 +58,7 @@ func (w *Worker) relay(ctx context.Context) {
 			// Acknowledge before anything else, so entries already published
 			// are not published again when Redis returns.
 			actx, cancel := context.WithTimeout(ctx, publishLimit)
-			err := w.outbox.Ack(actx, unacked...)
+			err := r.outbox.Ack(actx, unacked...)
 			cancel()
 			if err != nil {
 				sleep(ctx, 200*time.Millisecond)
@@ -56,23 +76,23 @@ func (w *Worker) relay(ctx context.Context) {
 		)
 		switch {
 		case retryOwn:
-			events, err = w.outbox.ReadPending(ctx, relayBatch)
+			events, err = r.outbox.ReadPending(ctx, relayBatch)
 			if err == nil && len(events) == 0 {
 				retryOwn = false
 				continue
 			}
 		case time.Since(lastReclaim) > w.opts.ClaimAfter/2:
 			lastReclaim = time.Now()
-			events, err = w.outbox.Reclaim(ctx, w.opts.ClaimAfter, relayBatch)
+			events, err = r.outbox.Reclaim(ctx, w.opts.ClaimAfter, relayBatch)
 			if err == nil && len(events) > 0 {
 				w.m.Republished.Add(float64(len(events)))
-				w.log.Warn("republishing events left unacknowledged by another replica", "count", len(events))
+				r.log.Warn("republishing events left unacknowledged by another replica", "count", len(events))
 			}
 		default:
-			events, err = w.outbox.ReadNew(ctx, relayBatch, relayBlock)
+			events, err = r.outbox.ReadNew(ctx, relayBatch, relayBlock)
 		}
 		if err == nil && len(events) > 0 {
-			err = w.publish(ctx, events)
+			err = r.publish(ctx, events)
 		}
 		var ae *ackError
 		if errors.As(err, &ae) {
@@ -84,13 +104,13 @@ func (w *Worker) relay(ctx context.Context) {
 			}
 			if presence.IsNoGroup(err) {
 				// Redis lost the stream (restart without persistence, FLUSHALL).
-				if ierr := w.outbox.Init(ctx); ierr == nil {
-					w.log.Warn("outbox group was missing and has been recreated")
+				if ierr := r.outbox.Init(ctx); ierr == nil {
+					r.log.Warn("outbox group was missing and has been recreated")
 					continue
 				}
 			}
 			if !failing {
-				w.log.Warn("relay failed; retrying", "err", err)
+				r.log.Warn("relay failed; retrying", "err", err)
 				failing = true
 			}
 			retryOwn = true
@@ -98,13 +118,13 @@ func (w *Worker) relay(ctx context.Context) {
 			continue
 		}
 		if failing {
-			w.log.Info("relay recovered")
+			r.log.Info("relay recovered")
 			failing = false
 		}
 		if time.Since(lastTrim) > trimEvery {
 			lastTrim = time.Now()
-			w.checkLoss(ctx)
-			w.trim(ctx)
+			r.checkLoss(ctx)
+			r.trim(ctx)
 		}
 	}
 }
@@ -121,7 +141,8 @@ func (w *Worker) relay(ctx context.Context) {
 // reclaimed and published meanwhile. The confirmation, the publish and the
 // ack do not use ctx's cancellation (each batch is bounded by publishLimit),
 // so a stopping worker still publishes and acknowledges what it read.
-func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
+func (r *relayer) publish(ctx context.Context, events []presence.Event) error {
+	w := r.w
 	if err := afterOutboxRead(events); err != nil { // a fault point in -tags faultinject builds only
 		return err
 	}
@@ -129,12 +150,12 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	defer cancel()
 	ids := entryIDs(events)
 	confirmed := time.Now()
-	owned, err := w.outbox.Own(fctx, ids)
+	owned, err := r.outbox.Own(fctx, ids)
 	if err != nil {
 		return err
 	}
 	if len(owned) < len(ids) {
-		w.log.Warn("skipping outbox entries this replica no longer owns (acknowledged or reclaimed by another replica while it was paused)",
+		r.log.Warn("skipping outbox entries this replica no longer owns (acknowledged or reclaimed by another replica while it was paused)",
 			"entries", len(ids)-len(owned))
 		events = keepEntries(events, owned)
 	}
@@ -152,14 +173,15 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 	)
 	for _, e := range events {
 		if err := e.Valid(); err != nil {
-			w.log.Error("dropping outbox entry", "err", err)
+			r.log.Error("dropping outbox entry", "err", err)
 			continue
 		}
 		if len(gids) == 0 || gids[len(gids)-1] != e.ID {
 			groups, entries, gids = append(groups, nil), append(entries, nil), append(gids, e.ID)
 		}
 		g := len(groups) - 1
-		groups[g] = append(groups[g], contract.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version})
+		groups[g] = append(groups[g], contract.Event{UserID: e.UserID, Status: e.Status, Reason: e.Reason, At: e.At(), Version: e.Version,
+			Partition: e.Partition, Partitions: e.Partitions})
 		entries[g] = append(entries[g], e)
 	}
 	errs := w.bus.PublishBatch(fctx, w.opts.Subjects, groups, sendBy)
@@ -177,7 +199,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			continue
 		}
 		for _, e := range entries[g] {
-			w.recordPublished(e, now)
+			r.recordPublished(e, now)
 		}
 	}
 	done := ids[:0:0]
@@ -186,7 +208,7 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 			done = append(done, id)
 		}
 	}
-	if err := w.outbox.Ack(fctx, done...); err != nil {
+	if err := r.outbox.Ack(fctx, done...); err != nil {
 		return &ackError{ids: done, err: err}
 	}
 	if firstErr != nil {
@@ -197,33 +219,34 @@ func (w *Worker) publish(ctx context.Context, events []presence.Event) error {
 
 // recordPublished counts and logs one event the server confirmed, and
 // remembers its outbox entry for the data-loss check (see checkLoss).
-func (w *Worker) recordPublished(e presence.Event, now time.Time) {
-	w.published = max(w.published, e.Version)
-	if n := len(w.unchecked); n > 0 && w.unchecked[n-1].Entry == e.ID {
-		w.unchecked[n-1].Version = max(w.unchecked[n-1].Version, e.Version)
+func (r *relayer) recordPublished(e presence.Event, now time.Time) {
+	w := r.w
+	r.published = max(r.published, e.Version)
+	if n := len(r.unchecked); n > 0 && r.unchecked[n-1].Entry == e.ID {
+		r.unchecked[n-1].Version = max(r.unchecked[n-1].Version, e.Version)
 	} else {
 		if n >= maxUnchecked {
 			// Redis has been unreachable for long: the newest entries
 			// published tell as much (Redis loses a suffix of its writes).
-			w.unchecked = append(w.unchecked[:0], w.unchecked[n-maxUnchecked/2:]...)
+			r.unchecked = append(r.unchecked[:0], r.unchecked[n-maxUnchecked/2:]...)
 		}
-		w.unchecked = append(w.unchecked, presence.Published{Entry: e.ID, Version: e.Version})
+		r.unchecked = append(r.unchecked, presence.Published{Entry: e.ID, Version: e.Version})
 	}
-	w.eventCounter(e.Status, e.Reason).Inc()
+	r.eventCounter(e.Status, e.Reason).Inc()
 	if !e.Deadline.IsZero() {
 		w.m.OfflineLag.Observe(now.Sub(e.Deadline).Seconds())
 	}
 	switch {
 	case e.Status == contract.StatusReset:
-		w.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
+		r.log.Warn("presence data set was empty or lost: published a reset so consumers resynchronise", "version", e.Version)
 	case e.Status == contract.StatusOnline && e.Reason == contract.ReasonResync:
-		w.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)
+		r.log.Info("user online again after a data loss", "user_id", e.UserID, "version", e.Version)
 	case e.Status == contract.StatusOnline:
-		w.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
+		r.log.Info("user became online", "user_id", e.UserID, "version", e.Version)
 	case e.Reason == contract.ReasonExpired:
-		w.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
+		r.log.Info("presence expired", "user_id", e.UserID, "version", e.Version)
 	default:
-		w.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
+		r.log.Info("user went offline", "user_id", e.UserID, "reason", e.Reason, "version", e.Version)
 	}
 }
 
@@ -269,29 +292,36 @@ func (e *ackError) Unwrap() error { return e.err }
 // eventCounter returns the published-events counter for status and reason,
 // looked up once per pair (the relay publishes every event; only the relay
 // goroutine calls it).
-func (w *Worker) eventCounter(status contract.Status, reason contract.Reason) prometheus.Counter {
+func (r *relayer) eventCounter(status contract.Status, reason contract.Reason) prometheus.Counter {
+	w := r.w
 	k := [2]string{string(status), string(reason)}
-	c, ok := w.counters[k]
+	c, ok := r.counters[k]
 	if !ok {
 		c = w.m.Events.WithLabelValues(k[0], k[1])
-		w.counters[k] = c
+		r.counters[k] = c
 	}
 	return c
 }
 
-func (w *Worker) trim(ctx context.Context) {
-	if _, err := w.outbox.Trim(ctx); err != nil {
+func (r *relayer) trim(ctx context.Context) {
+	w := r.w
+	if _, err := r.outbox.Trim(ctx); err != nil {
 		w.debugf("trim outbox", "err", err)
 		return
 	}
-	if n, err := w.outbox.RemoveIdleConsumers(ctx, w.opts.ConsumerIdleAfter); err != nil {
+	if n, err := r.outbox.RemoveIdleConsumers(ctx, w.opts.ConsumerIdleAfter); err != nil {
 		w.debugf("remove idle outbox consumers", "err", err)
 	} else if n > 0 {
 		w.m.ConsumersRemoved.Add(float64(n))
-		w.log.Info("removed idle outbox consumers with nothing pending (left by stopped replicas)", "count", n)
+		r.log.Info("removed idle outbox consumers with nothing pending (left by stopped replicas)", "count", n)
 	}
-	if n, err := w.outbox.Len(ctx); err == nil {
-		w.m.OutboxDepth.Set(float64(n))
+	if n, err := r.outbox.Len(ctx); err == nil {
+		r.depth.Store(n)
+		var sum int64
+		for _, o := range w.relays {
+			sum += o.depth.Load()
+		}
+		w.m.OutboxDepth.Set(float64(sum))
 	}
 }
 
@@ -309,19 +339,20 @@ const maxUnchecked = 4096
 // replicas that notice the same loss find it announced. The newest entry
 // stays for the next check: a loss may come before anything else is
 // published.
-func (w *Worker) checkLoss(ctx context.Context) {
-	if len(w.unchecked) == 0 {
+func (r *relayer) checkLoss(ctx context.Context) {
+	w := r.w
+	if len(r.unchecked) == 0 {
 		return
 	}
-	v, err := w.store.ResetAfterLoss(ctx, w.unchecked, w.published)
+	v, err := r.loss.ResetAfterLoss(ctx, r.unchecked, r.published)
 	if err != nil {
 		w.debugf("check for lost writes", "err", err)
 		return
 	}
-	w.unchecked = append(w.unchecked[:0], w.unchecked[len(w.unchecked)-1])
+	r.unchecked = append(r.unchecked[:0], r.unchecked[len(r.unchecked)-1])
 	if v > 0 {
-		w.log.Warn("redis lost writes that were published (restarted from an older snapshot?): queued a reset and the re-announcement of the surviving sessions",
-			"published_version", w.published, "reset_version", v)
+		r.log.Warn("redis lost writes that were published (restarted from an older snapshot?): queued a reset and the re-announcement of the surviving sessions",
+			"published_version", r.published, "reset_version", v)
 	}
 }
 

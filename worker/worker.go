@@ -42,8 +42,20 @@ type Store interface {
 	// Writable reports whether Redis answers and accepts writes (the
 	// worker rejoins the queue group once it does).
 	Writable(ctx context.Context) error
-	ResetAfterLoss(ctx context.Context, entries []presence.Published, version int64) (int64, error)
 	Reannounce(ctx context.Context) (presence.ReannounceResult, error)
+}
+
+// LossChecker checks an outbox's published entries for writes Redis lost
+// (presence.Store.ResetAfterLoss): the store that holds the outbox.
+type LossChecker interface {
+	ResetAfterLoss(ctx context.Context, entries []presence.Published, version int64) (int64, error)
+}
+
+// Partition is one outbox the worker relays, with the store that holds
+// it: the one outbox of one server, or one partition's of a Redis Cluster.
+type Partition struct {
+	Outbox Outbox
+	Loss   LossChecker
 }
 
 // Outbox is what the relay needs from the outbox stream.
@@ -80,9 +92,12 @@ type ExpirySource interface {
 
 var (
 	_ Store        = (*presence.Store)(nil)
+	_ Store        = (*presence.Cluster)(nil)
+	_ LossChecker  = (*presence.Store)(nil)
 	_ Outbox       = (*presence.Outbox)(nil)
 	_ Bus          = (*bus.Bus)(nil)
 	_ ExpirySource = (*presence.ExpiryListener)(nil)
+	_ ExpirySource = (*presence.ClusterExpiry)(nil)
 )
 
 // Options configures a Worker. Zero values take the documented defaults.
@@ -163,7 +178,7 @@ func (o Options) withDefaults() Options {
 // Worker runs the presence flow. Start it once, stop it once.
 type Worker struct {
 	store  Store
-	outbox Outbox
+	relays []*relayer // one per outbox
 	bus    Bus
 	expiry ExpirySource
 	opts   Options
@@ -196,21 +211,25 @@ type Worker struct {
 	debug    sampler
 	dropLog  sampler
 	counts   [2]resultCounters                // by op
-	counters map[[2]string]prometheus.Counter // the relay's cache, see eventCounter
-	// published is the highest event version this replica's relay has
-	// published, and unchecked the outbox entries it published since the
-	// last checkLoss, after the newest one before (only the relay goroutine
-	// uses them).
-	published int64
-	unchecked []presence.Published
 }
 
-// New returns a Worker. expiry may be nil: then the sweep alone finds
-// expired users.
-func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *Worker {
+// New returns a Worker on one store and its outbox. expiry may be nil:
+// then the sweep alone finds expired users.
+func New(store interface {
+	Store
+	LossChecker
+}, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *Worker {
+	return NewPartitioned(store, []Partition{{Outbox: outbox, Loss: store}}, b, expiry, opts)
+}
+
+// NewPartitioned returns a Worker on a store whose data is split into
+// partitions, each with its own outbox (presence.Cluster): the worker
+// stores through store and runs one relay per partition. expiry may be
+// nil.
+func NewPartitioned(store Store, parts []Partition, b Bus, expiry ExpirySource, opts Options) *Worker {
 	opts = opts.withDefaults()
 	w := &Worker{
-		store: store, outbox: outbox, bus: b, expiry: expiry, opts: opts,
+		store: store, bus: b, expiry: expiry, opts: opts,
 		log: opts.Logger, m: opts.Metrics,
 		in:                newIntake(opts.IntakeBytes),
 		overloaded:        make(chan *nats.Msg, 1024),
@@ -222,7 +241,13 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 		closing:           make(chan struct{}),
 		abort:             make(chan struct{}),
 		downCh:            make(chan struct{}, 1),
-		counters:          map[[2]string]prometheus.Counter{},
+	}
+	for i, p := range parts {
+		log := w.log
+		if len(parts) > 1 {
+			log = log.With("partition", i)
+		}
+		w.relays = append(w.relays, &relayer{w: w, outbox: p.Outbox, loss: p.Loss, log: log, counters: map[[2]string]prometheus.Counter{}})
 	}
 	for range opts.InFlight {
 		w.execQ = append(w.execQ, make(chan job, 64))
@@ -236,8 +261,10 @@ func New(store Store, outbox Outbox, b Bus, expiry ExpirySource, opts Options) *
 // queue group and starts the executors, the reconciler, the relay and the
 // expiry listener on their own context. It fails fast on the first error.
 func (w *Worker) Start(ctx context.Context) error {
-	if err := w.outbox.Init(ctx); err != nil {
-		return err
+	for _, r := range w.relays {
+		if err := r.outbox.Init(ctx); err != nil {
+			return err
+		}
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
@@ -278,7 +305,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.goLoop(func() { w.reconcile(runCtx) })
 	w.goLoop(func() { w.lapses(runCtx) })
 	w.goLoop(func() { w.leases(runCtx) })
-	w.goLoop(func() { w.relay(runCtx) })
+	for _, r := range w.relays {
+		w.goLoop(func() { r.relay(runCtx) })
+	}
 	if w.expiry != nil {
 		w.goLoop(func() { _ = w.expiry.Run(runCtx) })
 		w.goLoop(func() { w.claimExpired(runCtx) })
@@ -345,8 +374,10 @@ func (w *Worker) Stop(ctx context.Context) error {
 	if err := wait(ctx, &w.loops); err != nil {
 		errs = append(errs, fmt.Errorf("stop loops: %w", err))
 	}
-	if err := w.outbox.Leave(ctx); err != nil {
-		w.log.Warn("leave outbox group", "err", err)
+	for _, r := range w.relays {
+		if err := r.outbox.Leave(ctx); err != nil {
+			r.log.Warn("leave outbox group", "err", err)
+		}
 	}
 	w.log.Info("worker stopped")
 	return errors.Join(errs...)

@@ -44,7 +44,7 @@ func Modules(cfg config.Config, log *slog.Logger, extra ...fx.Option) fx.Option 
 		statusModule,
 		pageModule,
 		fx.Provide(
-			readiness("redis", func(rdb *redis.Client) func(context.Context) error {
+			readiness("redis", func(rdb redis.UniversalClient) func(context.Context) error {
 				return func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
 			}),
 			readiness("worker", func(w *worker.Worker) func(context.Context) error {

@@ -16,7 +16,6 @@ import (
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/contract"
-	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/query"
 )
 
@@ -73,8 +72,7 @@ type queryDeps struct {
 	Lifecycle fx.Lifecycle
 	Config    config.Config
 	Bus       *bus.Bus
-	Store     *presence.Store
-	View      *presence.View
+	Backend   *backend
 	Logger    *slog.Logger
 	Version   ServiceVersion `optional:"true"`
 }
@@ -83,12 +81,9 @@ type queryDeps struct {
 // the lifetime of the application, answering online queries from view when
 // PRESENCE_QUERY_VIEW is on.
 func startQuery(d queryDeps) {
-	lc, cfg, b, store, view, log := d.Lifecycle, d.Config, d.Bus, d.Store, d.View, d.Logger
+	lc, cfg, b, log := d.Lifecycle, d.Config, d.Bus, d.Logger
 	var svc micro.Service
-	var qs query.Store = store
-	if cfg.QueryView {
-		qs = view
-	}
+	qs := d.Backend.query
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			var err error

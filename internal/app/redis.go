@@ -18,18 +18,93 @@ import (
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/metrics"
 	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/query"
+	"github.com/presenced/presenced/worker"
 )
 
-// presenceModule provides the Redis client, the Store, the query View and the
-// ExpiryListener. It owns both Redis connections: it pings in OnStart
-// (failing within PRESENCE_CONNECT_TIMEOUT) and closes them in OnStop.
+// presenceModule provides the Redis client and the presence backend: the
+// Store, the query View and the ExpiryListener on one server or Sentinel,
+// the Cluster and its ClusterExpiry on a Redis Cluster. It owns the Redis
+// connections: it pings in OnStart (failing within
+// PRESENCE_CONNECT_TIMEOUT) and closes them in OnStop.
 var presenceModule = fx.Module("presence",
-	fx.Provide(newRedisClient, newStore, newView, newExpiryListener),
+	fx.Provide(newRedisClient, newBackend),
 )
 
-// newRedisClient returns the main Redis client for cfg and ties it to lc.
-func newRedisClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog.Logger) (*redis.Client, error) {
-	rdb, err := NewRedisClient(cfg, "presenced")
+// expirySource is the expiry fast path as the worker and the metrics use
+// it (presence.ExpiryListener, presence.ClusterExpiry).
+type expirySource interface {
+	worker.ExpirySource
+	Reconnects() int64
+	Dropped() int64
+}
+
+// backend is the presence store as the worker and the query service use
+// it, whatever the Redis topology.
+type backend struct {
+	store  worker.Store
+	parts  func(consumer string) []worker.Partition
+	query  query.Store
+	expiry expirySource
+}
+
+// newBackend builds the backend for cfg's topology on rdb. The store's
+// OnStart hook fails start-up unless Redis takes writes (a master; on a
+// cluster every master, with this replica's partition count).
+func newBackend(lc fx.Lifecycle, rdb redis.UniversalClient, cfg config.Config, m *metrics.Metrics, log *slog.Logger) (*backend, error) {
+	opts := presence.Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards, OutboxRetention: cfg.OutboxRetention,
+		OfflineGrace: cfg.OfflineGrace, GatewayLease: cfg.GatewayLease, MaxConnections: cfg.MaxConnectionsPerUser}
+	writable := func(f func(context.Context) error) {
+		lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+			defer cancel()
+			return f(ctx)
+		}})
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		c := presence.NewCluster(cc, opts, cfg.RedisClusterPartitions)
+		writable(c.Writable)
+		exp, err := newClusterExpiry(lc, cc, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.QueryView {
+			log.With("component", "presence").Info("the query view is not used on a Redis Cluster: queries read Redis")
+		}
+		return &backend{store: c, query: c, expiry: exp, parts: func(consumer string) []worker.Partition {
+			obs := c.Outboxes(consumer)
+			parts := make([]worker.Partition, len(obs))
+			for i, o := range obs {
+				parts[i] = worker.Partition{Outbox: o, Loss: c.Partitions()[i]}
+			}
+			return parts
+		}}, nil
+	}
+	s := presence.NewStore(rdb, opts)
+	writable(s.Writable)
+	exp, err := newExpiryListener(lc, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	var qs query.Store = s
+	if cfg.QueryView {
+		qs = newView(lc, s, m, log)
+	}
+	return &backend{store: s, query: qs, expiry: exp, parts: func(consumer string) []worker.Partition {
+		return []worker.Partition{{Outbox: s.Outbox(consumer), Loss: s}}
+	}}, nil
+}
+
+// newRedisClient returns the main Redis client for cfg (a
+// *redis.ClusterClient on a cluster) and ties it to lc.
+func newRedisClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log *slog.Logger) (redis.UniversalClient, error) {
+	var rdb redis.UniversalClient
+	var err error
+	if cfg.Cluster() {
+		rdb, err = NewRedisClusterClient(cfg, "presenced")
+	} else {
+		rdb, err = NewRedisClient(cfg, "presenced")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -49,26 +124,10 @@ func newRedisClient(lc fx.Lifecycle, cfg config.Config, m *metrics.Metrics, log 
 	return rdb, nil
 }
 
-// newStore returns the Store on rdb with cfg's settings.
-func newStore(lc fx.Lifecycle, rdb *redis.Client, cfg config.Config) *presence.Store {
-	s := presence.NewStore(rdb, presence.Options{Prefix: cfg.KeyPrefix, TTL: cfg.TTL, OutageThreshold: cfg.OutageThreshold, Shards: cfg.Shards, OutboxRetention: cfg.OutboxRetention,
-		OfflineGrace: cfg.OfflineGrace, GatewayLease: cfg.GatewayLease, MaxConnections: cfg.MaxConnectionsPerUser})
-	lc.Append(fx.Hook{OnStart: func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
-		defer cancel()
-		// A replica (or a demoted master) takes no writes: fail start-up.
-		return s.Writable(ctx)
-	}})
-	return s
-}
-
-// newView returns the query View of store; with
-// PRESENCE_QUERY_VIEW on it is built and followed from start to stop.
-func newView(lc fx.Lifecycle, store *presence.Store, cfg config.Config, m *metrics.Metrics, log *slog.Logger) *presence.View {
+// newView returns the query View of store, built and followed from start
+// to stop.
+func newView(lc fx.Lifecycle, store *presence.Store, m *metrics.Metrics, log *slog.Logger) *presence.View {
 	v := presence.NewView(store, log.With("component", "view"))
-	if !cfg.QueryView {
-		return v
-	}
 	m.ObserveView(metrics.ViewSources{
 		Users:     func() int64 { return int64(v.Len()) },
 		FromView:  func() int64 { return v.Stats().FromView },
@@ -125,6 +184,70 @@ func newExpiryListener(lc fx.Lifecycle, cfg config.Config, log *slog.Logger) (*p
 	}
 	lc.Append(fx.Hook{OnStop: func(context.Context) error { return closeAll() }})
 	return presence.NewExpiryListener(sub, opts), nil
+}
+
+// newClusterExpiry returns the cluster's expiry fast path: a listener on
+// every master, each on a client of its own with the cluster's settings,
+// closed when it leaves its node.
+func newClusterExpiry(lc fx.Lifecycle, rdb *redis.ClusterClient, cfg config.Config, log *slog.Logger) (*presence.ClusterExpiry, error) {
+	co, err := RedisClusterOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	node := func(addr string) *redis.Client {
+		return redis.NewClient(&redis.Options{
+			Addr: addr, ClientName: "presenced-expiry", Username: co.Username, Password: co.Password, TLSConfig: co.TLSConfig,
+			DialTimeout: cfg.ConnectTimeout, DisableIdentity: true,
+			MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		})
+	}
+	return presence.NewClusterExpiry(rdb, node, presence.ExpiryOptions{
+		KeyID:  presence.ClusterKeyID(cfg.KeyPrefix),
+		Logger: log.With("component", "expiry"),
+	}), nil
+}
+
+// NewRedisClusterClient returns a new client of cfg's Redis Cluster, named
+// name, each dial bounded by PRESENCE_CONNECT_TIMEOUT; the caller closes
+// it. It follows the cluster's topology (MOVED, ASK, failovers).
+func NewRedisClusterClient(cfg config.Config, name string) (*redis.ClusterClient, error) {
+	co, err := RedisClusterOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	co.DialTimeout, co.ClientName = cfg.ConnectTimeout, name
+	return redis.NewClusterClient(co), nil
+}
+
+// RedisClusterOptions returns fresh cluster client options for cfg's
+// REDIS_CLUSTER_ADDRS: the seed nodes, REDIS_USERNAME and REDIS_PASSWORD,
+// and with REDIS_CLUSTER_TLS, TLS with the REDIS_TLS_* files and the
+// dialed host as the server name. It fails when cfg does not use a
+// cluster.
+func RedisClusterOptions(cfg config.Config) (*redis.ClusterOptions, error) {
+	if !cfg.Cluster() {
+		return nil, errors.New("REDIS_CLUSTER_ADDRS is not set")
+	}
+	co := &redis.ClusterOptions{
+		Addrs:                    cfg.ClusterAddrs(),
+		Username:                 cfg.RedisUsername,
+		Password:                 cfg.RedisPassword,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+	}
+	tc, err := cfg.RedisTLS()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case tc != nil && !cfg.RedisClusterTLS:
+		return nil, errors.New("REDIS_TLS_* files are set but REDIS_CLUSTER_TLS is off: turn it on for TLS")
+	case cfg.RedisClusterTLS && tc == nil:
+		co.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	case cfg.RedisClusterTLS:
+		co.TLSConfig = tc
+	}
+	return co, nil
 }
 
 // SentinelMaster asks the sentinels of a Sentinel configuration for the

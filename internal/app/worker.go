@@ -8,7 +8,6 @@ import (
 	"github.com/presenced/presenced/bus"
 	"github.com/presenced/presenced/config"
 	"github.com/presenced/presenced/metrics"
-	"github.com/presenced/presenced/presence"
 	"github.com/presenced/presenced/worker"
 )
 
@@ -25,8 +24,7 @@ type workerDeps struct {
 	fx.In
 	Lifecycle fx.Lifecycle
 	Config    config.Config
-	Store     *presence.Store
-	Expiry    *presence.ExpiryListener
+	Backend   *backend
 	Bus       *bus.Bus
 	Metrics   *metrics.Metrics
 	Logger    *slog.Logger
@@ -34,8 +32,9 @@ type workerDeps struct {
 
 // newWorker builds the worker from the presence and bus modules.
 func newWorker(d workerDeps) *worker.Worker {
-	lc, cfg, store, expiry, b, m, log := d.Lifecycle, d.Config, d.Store, d.Expiry, d.Bus, d.Metrics, d.Logger
-	w := worker.New(store, store.Outbox(worker.ConsumerName()), b, expiry, worker.Options{
+	lc, cfg, be, b, m, log := d.Lifecycle, d.Config, d.Backend, d.Bus, d.Metrics, d.Logger
+	expiry := be.expiry
+	w := worker.NewPartitioned(be.store, be.parts(worker.ConsumerName()), b, expiry, worker.Options{
 		Subjects:          SubjectsFromConfig(cfg),
 		Queue:             cfg.QueueGroup,
 		MaxBatch:          cfg.MaxBatch,
