@@ -346,6 +346,173 @@ func TestSubscribeLateReset(t *testing.T) {
 	}
 }
 
+// userWhere returns the first of u-0, u-1, ... that ok accepts: a user of a
+// given partition.
+func userWhere(t *testing.T, ok func(id string) bool) string {
+	t.Helper()
+	for i := range 100000 {
+		if id := fmt.Sprintf("u-%d", i); ok(id) {
+			return id
+		}
+	}
+	t.Fatal("no such user id")
+	return ""
+}
+
+// scopedHandler keeps the online set as Subscribe's documentation says: on
+// a reset it clears only the users the reset covers whose last version is
+// below the reset's. It records what it handled, and closes done at the
+// user "marker".
+type scopedHandler struct {
+	handled []string
+	online  map[string]int64
+	done    chan struct{}
+}
+
+func (h *scopedHandler) handle(ev client.Event) {
+	if ev.Status == client.StatusReset {
+		h.handled = append(h.handled, fmt.Sprintf("reset %d/%d:%d", ev.Partition, ev.Partitions, ev.Version))
+	} else {
+		h.handled = append(h.handled, fmt.Sprintf("%s:%s:%d", ev.UserID, ev.Status, ev.Version))
+	}
+	switch ev.Status {
+	case client.StatusOnline:
+		h.online[ev.UserID] = ev.Version
+	case client.StatusOffline:
+		delete(h.online, ev.UserID)
+	case client.StatusReset:
+		maps.DeleteFunc(h.online, func(id string, v int64) bool { return v < ev.Version && ev.Covers(id) })
+	}
+	if ev.UserID == "marker" {
+		close(h.done)
+	}
+}
+
+// runScoped publishes evs and a marker to a new subscriber, and returns
+// what its scopedHandler handled and kept once the marker is handled.
+func runScoped(t *testing.T, evs []contract.Event) (handled []string, online map[string]int64) {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	c := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix))
+	h := &scopedHandler{online: map[string]int64{}, done: make(chan struct{})}
+	stop, err := c.Subscribe(context.Background(), h.handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	pub := n.Conn(t)
+	for _, e := range append(evs, contract.Event{UserID: "marker", Status: "online", Reason: "heartbeat", At: time.Now(), Version: 1000}) {
+		publish(t, pub, subjects, e)
+	}
+	select {
+	case <-h.done:
+	case <-time.After(wait):
+		t.Fatalf("marker not handled within %v; handled %q", wait, h.handled)
+	}
+	if err := stop(); err != nil { // the handler's last call has returned
+		t.Fatal(err)
+	}
+	return h.handled, h.online
+}
+
+func online(id string, v int64) contract.Event {
+	return contract.Event{UserID: id, Status: contract.StatusOnline, Reason: contract.ReasonHeartbeat, At: time.Now(), Version: v}
+}
+
+func reset(partition, partitions int, v int64) contract.Event {
+	return contract.Event{Status: contract.StatusReset, Reason: contract.ReasonDataLoss, At: time.Now(), Version: v, Partition: partition, Partitions: partitions}
+}
+
+// TestSubscribePartitionReset needs only NATS: events are published by
+// hand. A reset of one partition (presenced on Redis Cluster) concerns the
+// users of that partition only: it clears none of another partition's, and
+// its floor drops late events of its own users while an event of another
+// partition's user at the same version is applied. Each partition's reset
+// is passed on once, even at a version another partition's reset had.
+func TestSubscribePartitionReset(t *testing.T) {
+	t.Parallel()
+	in := func(p int) func(string) bool { return func(id string) bool { return contract.PartitionOf(id, 4) == p } }
+	var a, b [5]string // users of partitions 1 and 2 among 4
+	for i := range a {
+		a[i] = userWhere(t, func(id string) bool { return in(1)(id) && !slices.Contains(a[:i], id) })
+		b[i] = userWhere(t, func(id string) bool { return in(2)(id) && !slices.Contains(b[:i], id) })
+	}
+	handled, got := runScoped(t, []contract.Event{
+		online(a[0], 10), // lost with partition 1's writes
+		online(b[0], 10), // in partition 2, which lost nothing yet
+		online(a[1], 30), // after the loss
+		online(b[1], 30), //
+		reset(1, 4, 20),  // partition 1 lost its writes: clears a0 only
+		online(a[2], 20), // late, not above partition 1's floor: dropped
+		online(b[2], 20), // the same version in partition 2: applied
+		online(a[0], 15), // a0's lost session again, late: dropped
+		reset(1, 4, 20),  // a republish: dropped
+		reset(2, 4, 20),  // partition 2 at the same version: clears b0
+		online(b[3], 20), // now below partition 2's floor too: dropped
+		reset(0, 0, 25),  // the whole data set: clears b2 (a1, b1 are above)
+		online(a[3], 25), // not above the whole set's floor: dropped
+		online(a[4], 26), // applied
+		reset(1, 4, 25),  // not above the whole set's reset: dropped
+		reset(1, 4, 40),  // partition 1 again: clears a1 and a4
+		online(b[4], 31), // partition 2's floor is 25: applied
+	})
+	want := []string{
+		a[0] + ":online:10", b[0] + ":online:10", a[1] + ":online:30", b[1] + ":online:30",
+		"reset 1/4:20", b[2] + ":online:20",
+		"reset 2/4:20",
+		"reset 0/0:25", a[4] + ":online:26",
+		"reset 1/4:40", b[4] + ":online:31",
+		"marker:online:1000",
+	}
+	if !slices.Equal(handled, want) {
+		t.Errorf("handled %q\nwant    %q", handled, want)
+	}
+	if want := map[string]int64{b[1]: 30, b[4]: 31, "marker": 1000}; !maps.Equal(got, want) {
+		t.Errorf("online after the resets = %v, want %v", got, want)
+	}
+}
+
+// TestSubscribePartitionResetsOfTwoCounts: resets of partitions among 2 and
+// among 3 (the partition count changed) each keep their own floor; a user's
+// floor is the highest of those covering them.
+func TestSubscribePartitionResetsOfTwoCounts(t *testing.T) {
+	t.Parallel()
+	of := func(in2, in3 bool, not ...string) string {
+		return userWhere(t, func(id string) bool {
+			return (contract.PartitionOf(id, 2) == 0) == in2 && (contract.PartitionOf(id, 3) == 1) == in3 && !slices.Contains(not, id)
+		})
+	}
+	both, only2, only3, neither := of(true, true), of(true, false), of(false, true), of(false, false)
+	other := of(false, false, neither)
+	handled, got := runScoped(t, []contract.Event{
+		online(only2, 5),   // cleared by partition 0 of 2
+		online(only3, 5),   // cleared by partition 1 of 3
+		online(neither, 5), // kept
+		reset(0, 2, 10),
+		reset(1, 3, 20),
+		reset(0, 2, 10),    // a republish: dropped
+		online(both, 15),   // floor 20: dropped
+		online(only2, 10),  // floor 10: dropped
+		online(only2, 15),  // applied
+		online(only3, 15),  // floor 20: dropped
+		online(neither, 4), // below its own version: dropped
+		online(other, 1),   // no reset covers it: applied
+	})
+	want := []string{
+		only2 + ":online:5", only3 + ":online:5", neither + ":online:5",
+		"reset 0/2:10", "reset 1/3:20",
+		only2 + ":online:15", other + ":online:1",
+		"marker:online:1000",
+	}
+	if !slices.Equal(handled, want) {
+		t.Errorf("handled %q\nwant    %q", handled, want)
+	}
+	if want := map[string]int64{neither: 5, only2: 15, other: 1, "marker": 1000}; !maps.Equal(got, want) {
+		t.Errorf("online after the resets = %v, want %v", got, want)
+	}
+}
+
 func TestSubscribeStop(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)

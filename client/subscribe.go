@@ -29,17 +29,24 @@ import (
 // A reset (Status StatusReset) carries the version at which presenced's
 // data set was replaced: every session whose events have a lower version
 // was lost with the data, without offline events; sessions with a higher
-// version are live. A reset can arrive after newer events (its outbox entry
-// republished late by another replica), so the handler must clear only the
-// users whose last applied version is below the reset's Version and keep
+// version are live. On Redis Cluster a reset may concern one partition of
+// the data set only (Partitions above 0): it says nothing of the users of
+// other partitions, and Event.Covers names the users it concerns. A reset
+// can arrive after newer events (its outbox entry republished late by
+// another replica), so the handler must clear only the users the reset
+// covers whose last applied version is below the reset's Version, and keep
 // the others; clearing everything would drop users who came online just
-// before it arrived, and no further event brings them back while their
-// session lasts. Subscribe forgets the versions below the reset the same
-// way, and passes each reset on once (a repeat, or a reset older than one
-// already passed, is dropped). The highest reset version passed on is a
-// floor: an event of a user Subscribe holds no version for whose version is
-// below the floor describes a lost session (a late republish) and is
-// dropped, so it cannot bring that user back.
+// before it arrived, or who are in another partition, and no further event
+// brings them back while their session lasts. Subscribe forgets the
+// versions below the reset of the users it covers the same way, and passes
+// each reset on once per scope (the whole data set, or one partition among
+// a number of partitions): a repeat, or a reset not above one already
+// passed for its scope or for the whole data set, is dropped. The highest
+// reset version passed on per scope is a floor: an event of a user
+// Subscribe holds no version for is dropped when its version is not above
+// the floors covering that user (the whole data set's and their
+// partition's), since it describes a lost session (a late republish) and
+// must not bring that user back.
 //
 // Events that arrive while the handler is busy are buffered (65536); beyond
 // that NATS drops them and reports nats.ErrSlowConsumer to the connection's
@@ -134,15 +141,27 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-// versionFilter remembers the last version applied per user. Not safe for
-// concurrent use.
+// versionFilter remembers the last version applied per user, and the reset
+// floors. Not safe for concurrent use.
 type versionFilter struct {
 	ttl   time.Duration
-	reset int64 // the highest reset version applied: the floor
-	last  map[string]int64
+	reset int64 // the highest reset of the whole data set applied: its floor
+	// scopes are the floors of the partitions' resets applied above reset,
+	// one entry per partition count seen (usually one), so an event's floor
+	// costs a hash per entry.
+	scopes []scopeFloors
+	last   map[string]int64
 	// tombs are the offline events applied, oldest first; each is forgotten
 	// after ttl unless a later event replaced it.
 	tombs []tombstone
+}
+
+// scopeFloors are the floors of the partitions among n: the highest
+// version of a reset applied per partition. A map, not a slice of n: n
+// comes from the wire.
+type scopeFloors struct {
+	n      int
+	floors map[int]int64
 }
 
 type tombstone struct {
@@ -155,24 +174,65 @@ func newVersionFilter(ttl time.Duration) *versionFilter {
 	return &versionFilter{ttl: ttl, last: map[string]int64{}}
 }
 
+// floor returns the highest reset version applied that covers id.
+func (f *versionFilter) floor(id string) int64 {
+	fl := f.reset
+	for _, s := range f.scopes {
+		fl = max(fl, s.floors[contract.PartitionOf(id, s.n)])
+	}
+	return fl
+}
+
+// scope returns the floors of the partitions among n, added if new.
+func (f *versionFilter) scope(n int) map[int]int64 {
+	for _, s := range f.scopes {
+		if s.n == n {
+			return s.floors
+		}
+	}
+	f.scopes = append(f.scopes, scopeFloors{n: n, floors: map[int]int64{}})
+	return f.scopes[len(f.scopes)-1].floors
+}
+
+// applyReset records the reset ev and reports whether it is above the
+// floor of its scope, so it is to be passed on.
+func (f *versionFilter) applyReset(ev Event) bool {
+	if ev.Version <= f.reset {
+		return false // a repeat, or older than a reset of everything applied
+	}
+	if ev.Partitions > 0 {
+		floors := f.scope(ev.Partitions)
+		if ev.Version <= floors[ev.Partition] {
+			return false // a repeat, or older than a reset of this partition
+		}
+		floors[ev.Partition] = ev.Version
+	} else {
+		f.reset = ev.Version
+		// Floors at or below the new one say nothing more.
+		for i := range f.scopes {
+			maps.DeleteFunc(f.scopes[i].floors, func(_ int, v int64) bool { return v <= ev.Version })
+		}
+		f.scopes = slices.DeleteFunc(f.scopes, func(s scopeFloors) bool { return len(s.floors) == 0 })
+	}
+	// The sessions below the reset were lost with the data; later ones
+	// (applied before a late reset arrived) are live, and so are the users
+	// the reset does not cover.
+	lost := func(id string, v int64) bool { return v < ev.Version && ev.Covers(id) }
+	maps.DeleteFunc(f.last, lost)
+	f.tombs = slices.DeleteFunc(f.tombs, func(t tombstone) bool { return lost(t.id, t.version) })
+	return true
+}
+
 // apply records ev and reports whether it is newer than what was applied.
 func (f *versionFilter) apply(ev Event, now time.Time) bool {
 	if ev.Status == StatusReset {
-		if ev.Version <= f.reset {
-			return false // a repeat, or older than a reset already applied
-		}
-		f.reset = ev.Version
-		// The sessions below the reset were lost with the data; later ones
-		// (applied before a late reset arrived) are live.
-		maps.DeleteFunc(f.last, func(_ string, v int64) bool { return v < ev.Version })
-		f.tombs = slices.DeleteFunc(f.tombs, func(t tombstone) bool { return t.version < ev.Version })
-		return true
+		return f.applyReset(ev)
 	}
 	v, ok := f.last[ev.UserID]
 	switch {
 	case ok && ev.Version <= v:
 		return false
-	case !ok && ev.Version <= f.reset:
+	case !ok && ev.Version <= f.floor(ev.UserID):
 		return false // a session lost with the data, republished late
 	}
 	f.last[ev.UserID] = ev.Version

@@ -27,12 +27,14 @@ const (
 	StatusOnline  = contract.StatusOnline
 	StatusOffline = contract.StatusOffline
 	// StatusReset: presenced's Redis lost the presence data (or presenced
-	// started on an empty one), or lost its latest writes. Every session
-	// with a version below the reset's Version may be gone without offline
-	// events: remove the users whose last applied version is below it and
-	// keep the others (see Subscribe); users still connected come back
-	// online, re-announced (reason "resync") when their session survived,
-	// else through their next heartbeats.
+	// started on an empty one), or lost its latest writes; on Redis
+	// Cluster, one partition of the data did (Event.Partitions above 0).
+	// Every session of a user the reset covers (Event.Covers) with a
+	// version below the reset's Version may be gone without offline
+	// events: remove the covered users whose last applied version is below
+	// it and keep the others (see Subscribe); users still connected come
+	// back online, re-announced (reason "resync") when their session
+	// survived, else through their next heartbeats.
 	StatusReset = contract.StatusReset
 
 	ReasonHeartbeat  = contract.ReasonHeartbeat

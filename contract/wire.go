@@ -23,11 +23,14 @@ const (
 	StatusOffline Status = "offline"
 	// StatusReset is the Status of the event on <prefix>.reset: Redis lost the
 	// presence data set (or presenced started on an empty one), or lost its
-	// latest writes. Its version is above every version published before it:
-	// consumers remove the users whose last applied version is below it (not
-	// everyone: a reset republished late arrives after newer events) and drop
-	// later events below it for users they hold nothing for. Users still
-	// connected are online again through presence.online: re-announced (reason
+	// latest writes; on Redis Cluster, one partition of the data set did
+	// (Event.Partitions). Its version is above every version published before
+	// it for the users it covers (Event.Covers): consumers remove the covered
+	// users whose last applied version is below it (not everyone: a reset
+	// republished late arrives after newer events, and a partition's reset
+	// says nothing of the users of other partitions) and drop later events
+	// below it for covered users they hold nothing for. Users still connected
+	// are online again through presence.online: re-announced (reason
 	// "resync") when their session survived in Redis, else at their next
 	// heartbeat.
 	StatusReset Status = "reset"
@@ -88,11 +91,13 @@ type Event struct {
 const TimeFormat = "2006-01-02T15:04:05.000000Z07:00"
 
 type eventJSON struct {
-	UserID  string `json:"userId"`
-	Status  Status `json:"status"`
-	Reason  Reason `json:"reason"`
-	At      string `json:"at"`
-	Version int64  `json:"version"`
+	UserID     string `json:"userId"`
+	Status     Status `json:"status"`
+	Reason     Reason `json:"reason"`
+	At         string `json:"at"`
+	Version    int64  `json:"version"`
+	Partition  int    `json:"partition"`
+	Partitions int    `json:"partitions"`
 }
 
 // MarshalJSON encodes At in TimeFormat, in UTC.
@@ -101,7 +106,8 @@ func (e Event) MarshalJSON() ([]byte, error) {
 }
 
 // AppendJSON appends the event's JSON to dst, without reflection: the relay
-// encodes every event it publishes.
+// encodes every event it publishes. "partition" and "partitions" are
+// written only when Partitions is above 0 (a reset of one partition).
 func (e Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"userId":`...)
 	dst = appendJSONString(dst, e.UserID)
@@ -113,6 +119,12 @@ func (e Event) AppendJSON(dst []byte) []byte {
 	dst = e.At.UTC().AppendFormat(dst, TimeFormat)
 	dst = append(dst, `","version":`...)
 	dst = strconv.AppendInt(dst, e.Version, 10)
+	if e.Partitions > 0 {
+		dst = append(dst, `,"partition":`...)
+		dst = strconv.AppendInt(dst, int64(e.Partition), 10)
+		dst = append(dst, `,"partitions":`...)
+		dst = strconv.AppendInt(dst, int64(e.Partitions), 10)
+	}
 	return append(dst, '}')
 }
 
@@ -149,23 +161,53 @@ func appendJSONString(dst []byte, s string) []byte {
 
 // UnmarshalJSON decodes an event published by presenced, as strictly as
 // requests (JSON white space only, exact member names, none repeated).
+// "partition" and "partitions" are optional; it fails when they do not name
+// a partition of a reset (see checkScope).
 func (e *Event) UnmarshalJSON(data []byte) error {
 	var j eventJSON
-	if err := decodeObject(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version}); err != nil {
+	if err := decodeObject(data, map[string]any{"userId": &j.UserID, "status": &j.Status, "reason": &j.Reason, "at": &j.At, "version": &j.Version,
+		"partition": &j.Partition, "partitions": &j.Partitions}); err != nil {
 		return err
 	}
 	at, err := time.Parse(time.RFC3339Nano, j.At)
 	if err != nil {
 		return fmt.Errorf("event at: %w", err)
 	}
-	*e = Event{UserID: j.UserID, Status: j.Status, Reason: j.Reason, At: at, Version: j.Version}
+	ev := Event{UserID: j.UserID, Status: j.Status, Reason: j.Reason, At: at, Version: j.Version, Partition: j.Partition, Partitions: j.Partitions}
+	if err := ev.checkScope(); err != nil {
+		return err
+	}
+	*e = ev
 	return nil
 }
 
-// MsgID is the Nats-Msg-Id header of an event, "<userId>:<version>", unique
-// per event, so a JetStream stream drops a republished duplicate.
+// checkScope reports whether Partition and Partitions are a scope an event
+// can carry: both 0 (every event but a partition's reset), or, on a reset
+// only, Partitions above 0 and Partition from 0 to Partitions-1.
+func (e Event) checkScope() error {
+	switch {
+	case e.Partitions < 0:
+		return fmt.Errorf("event partitions %d: negative", e.Partitions)
+	case e.Partitions == 0 && e.Partition != 0:
+		return fmt.Errorf("event partition %d without partitions", e.Partition)
+	case e.Partitions > 0 && e.Status != StatusReset:
+		return fmt.Errorf("event partitions %d on a %q event: only a reset covers a partition", e.Partitions, e.Status)
+	case e.Partition < 0 || e.Partition >= max(e.Partitions, 1):
+		return fmt.Errorf("event partition %d: not among partitions 0 to %d", e.Partition, e.Partitions-1)
+	}
+	return nil
+}
+
+// MsgID is the Nats-Msg-Id header of an event, unique per event, so a
+// JetStream stream drops a republished duplicate: "<userId>:<version>";
+// "reset:<version>" for a reset of the whole data set;
+// "reset:<partition>/<partitions>:<version>" for a partition's reset (two
+// partitions can reset at the same version).
 func (e Event) MsgID() string {
 	if e.Status == StatusReset {
+		if e.Partitions > 0 {
+			return fmt.Sprintf("reset:%d/%d:%d", e.Partition, e.Partitions, e.Version)
+		}
 		return fmt.Sprintf("reset:%d", e.Version)
 	}
 	return fmt.Sprintf("%s:%d", e.UserID, e.Version)

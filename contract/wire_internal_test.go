@@ -81,13 +81,20 @@ func BenchmarkDecodeSlowBatch100(b *testing.B) {
 }
 
 // FuzzEventAppendJSON: the hand-written encoder produces valid JSON that
-// decodes to the same event as encoding/json's view of it.
+// decodes to the same event as encoding/json's view of it. With partitions
+// the event is a reset of that scope: it decodes back when checkScope
+// accepts the scope, and fails to decode otherwise.
 func FuzzEventAppendJSON(f *testing.F) {
 	for _, s := range []string{"u-1", `a"b`, `a\b`, "a\x00b", "пользователь", "\xff", "\u2028"} {
-		f.Add(s, int64(1795635703206340))
+		f.Add(s, int64(1795635703206340), 0, 0)
 	}
-	f.Fuzz(func(t *testing.T, id string, version int64) {
+	f.Add("", int64(1795635703206340), 3, 16) // a partition's reset
+	f.Add("", int64(7), 16, 16)               // a partition out of range
+	f.Fuzz(func(t *testing.T, id string, version int64, partition, partitions int) {
 		ev := Event{UserID: id, Status: "online", Reason: "heartbeat", At: time.UnixMicro(version % (1 << 50)).UTC(), Version: version}
+		if partitions != 0 || partition != 0 {
+			ev.UserID, ev.Status, ev.Reason, ev.Partition, ev.Partitions = "", StatusReset, ReasonDataLoss, partition, partitions
+		}
 		data := ev.AppendJSON(nil)
 		if !json.Valid(data) {
 			t.Fatalf("invalid JSON %q", data)
@@ -95,16 +102,28 @@ func FuzzEventAppendJSON(f *testing.F) {
 		var viaStd struct{ UserID string }
 		std, _ := json.Marshal(struct {
 			UserID string `json:"userId"`
-		}{id})
+		}{ev.UserID})
 		if err := json.Unmarshal(std, &viaStd); err != nil {
 			t.Fatal(err)
 		}
 		var back Event
-		if err := back.UnmarshalJSON(data); err != nil {
+		err := back.UnmarshalJSON(data)
+		if partitions < 0 || partition != 0 && partitions == 0 {
+			// Not written (Partitions <= 0), so not checked: the reset
+			// decodes as a reset of the whole data set.
+			ev.Partition, ev.Partitions = 0, 0
+		}
+		if ev.checkScope() != nil {
+			if err == nil {
+				t.Fatalf("%q decoded, its scope %d/%d is invalid", data, partition, partitions)
+			}
+			return
+		}
+		if err != nil {
 			t.Fatalf("%q: %v", data, err)
 		}
-		if back.UserID != viaStd.UserID || back.Version != version || !back.At.Equal(ev.At) {
-			t.Fatalf("round trip %+v, want user %q version %d at %v", back, viaStd.UserID, version, ev.At)
+		if back.UserID != viaStd.UserID || back.Version != version || !back.At.Equal(ev.At) || back.Partition != ev.Partition || back.Partitions != ev.Partitions {
+			t.Fatalf("round trip %+v, want user %q version %d at %v scope %d/%d", back, viaStd.UserID, version, ev.At, ev.Partition, ev.Partitions)
 		}
 	})
 }

@@ -5,11 +5,13 @@
 // events that arrive while the listing runs win over it (a user listed but
 // reported offline meanwhile stays out). Afterwards the events alone keep
 // the set. If NATS drops events for this consumer (slow consumer), it lists
-// again. On a reset (presenced lost its data) it removes the users whose
-// online version is below the reset's (their sessions were lost) and keeps
-// the others: a reset republished late arrives after newer onlines. Users
-// known only from a listing have no version, so a reset removes them too
-// and the consumer lists again to bring back those still online.
+// again. On a reset (presenced lost its data, or on Redis Cluster one
+// partition of it) it removes the users the reset covers whose online
+// version is below the reset's (their sessions were lost) and keeps the
+// others: a reset republished late arrives after newer onlines, and a
+// partition's reset says nothing of other partitions' users. Users known
+// only from a listing have no version, so a reset removes those it covers
+// too and the consumer lists again to bring back those still online.
 //
 //	go run ./examples/consumer --nats-url nats://127.0.0.1:4222
 package main
@@ -61,10 +63,11 @@ func (s *onlineSet) apply(ev client.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ev.Status == client.StatusReset {
-		// presenced lost the sessions below ev.Version: users still
-		// connected come back through their next heartbeats, within one
-		// TTL. The client already drops late events below it.
-		maps.DeleteFunc(s.online, func(_ string, v int64) bool { return v < ev.Version })
+		// presenced lost the sessions below ev.Version of the users the
+		// reset covers: those still connected come back through their next
+		// heartbeats, within one TTL. The client already drops late events
+		// below it.
+		maps.DeleteFunc(s.online, func(id string, v int64) bool { return v < ev.Version && ev.Covers(id) })
 		if s.during != nil {
 			s.during = map[string]bool{}
 			s.reset = true
