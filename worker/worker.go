@@ -205,12 +205,12 @@ type Worker struct {
 	storeDown atomic.Bool          // Redis failing: out of the queue group until it answers
 	downCh    chan struct{}        // wakes the rejoin loop
 
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup // reconciler, relay, expiry, rejoin
-	stopped  atomic.Bool
-	debug    sampler
-	dropLog  sampler
-	counts   [2]resultCounters                // by op
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup // reconciler, relay, expiry, rejoin
+	stopped atomic.Bool
+	debug   sampler
+	dropLog sampler
+	counts  [2]resultCounters // by op
 }
 
 // New returns a Worker on one store and its outbox. expiry may be nil:
