@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +51,9 @@ type Cluster struct {
 	mirror Keys   // the seed's keys, Prefix+"user:"+id
 	ttl    string // opts.TTL in ms, for the mirror's SET
 
+	log            *slog.Logger
 	mirrorFailures atomic.Int64
+	lastMirrorLog  atomic.Int64 // unix ms of the last mirror failure logged
 }
 
 // DefaultPartitions is the partition count when none is given: a multiple
@@ -65,14 +68,18 @@ const MaxPartitions = 1024
 
 // NewCluster returns the store on the cluster rdb, split into partitions
 // (zero means DefaultPartitions). opts.Shards is the total sessions shard
-// count, divided among the partitions. It does no I/O.
-func NewCluster(rdb *redis.ClusterClient, opts Options, partitions int) *Cluster {
+// count, divided among the partitions. log (nil for none) gets mirror
+// failures, at most one line a second. It does no I/O.
+func NewCluster(rdb *redis.ClusterClient, opts Options, partitions int, log *slog.Logger) *Cluster {
 	opts = opts.withDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if partitions <= 0 {
 		partitions = DefaultPartitions
 	}
 	partitions = min(partitions, MaxPartitions)
-	c := &Cluster{rdb: rdb, opts: opts, mirror: NewKeys(opts.Prefix), ttl: strconv.FormatInt(opts.TTL.Milliseconds(), 10)}
+	c := &Cluster{rdb: rdb, opts: opts, log: log, mirror: NewKeys(opts.Prefix), ttl: strconv.FormatInt(opts.TTL.Milliseconds(), 10)}
 	for i, tag := range PartitionTags(partitions) {
 		po := opts
 		po.Prefix = PartitionPrefix(opts.Prefix, tag)
@@ -317,11 +324,26 @@ func writeMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T
 	if n == 0 {
 		return
 	}
-	cmds, _ := p.Exec(ctx)
+	c.mirrorResults(p.Exec(ctx))
+}
+
+// mirrorResults counts and logs the failed commands of a mirror pipeline
+// (a missing key and another program's key of another type are not
+// failures).
+func (c *Cluster) mirrorResults(cmds []redis.Cmder, _ error) {
 	for _, cmd := range cmds {
 		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "WRONGTYPE") {
-			c.mirrorFailures.Add(1)
+			c.mirrorFailed(1, err)
 		}
+	}
+}
+
+// mirrorFailed counts n mirror keys not written or removed.
+func (c *Cluster) mirrorFailed(n int, err error) {
+	c.mirrorFailures.Add(int64(n))
+	now := time.Now().UnixMilli()
+	if last := c.lastMirrorLog.Load(); now-last >= 1000 && c.lastMirrorLog.CompareAndSwap(last, now) {
+		c.log.Warn("could not update the seed's presence keys (the sessions are stored; the keys catch up at the next heartbeat or their TTL)", "keys", n, "err", err)
 	}
 }
 
@@ -347,7 +369,7 @@ func (c *Cluster) clearMirrors(ctx context.Context, s *Store, events []Event) {
 		live[i] = p.Exists(ctx, s.keys.User(id))
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		c.mirrorFailures.Add(int64(len(ids)))
+		c.mirrorFailed(len(ids), err)
 		return
 	}
 	p = c.rdb.Pipeline()
@@ -361,12 +383,7 @@ func (c *Cluster) clearMirrors(ctx context.Context, s *Store, events []Event) {
 	if n == 0 {
 		return
 	}
-	cmds, _ := p.Exec(ctx)
-	for _, cmd := range cmds {
-		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) && !strings.HasPrefix(err.Error(), "WRONGTYPE") {
-			c.mirrorFailures.Add(1)
-		}
-	}
+	c.mirrorResults(p.Exec(ctx))
 }
 
 // eachPartition calls f for every partition concurrently and joins the

@@ -173,10 +173,8 @@ func (c *ClusterExpiry) follow(ctx context.Context) {
 		if _, ok := c.subs[addr]; ok {
 			continue
 		}
-		opts := c.opts
-		opts.Logger = c.log.With("server", addr)
 		rdb := c.node(addr)
-		l := NewExpiryListener(rdb, opts)
+		l := NewExpiryListener(rdb, c.opts)
 		l.ids = c.ids
 		sctx, scancel := context.WithCancel(ctx)
 		s := &nodeSub{l: l, rdb: rdb, cancel: scancel, done: make(chan struct{})}

@@ -272,6 +272,9 @@ func (l *ExpiryListener) server() string {
 	if p := l.subAddr.Load(); p != nil {
 		return *p
 	}
+	if l.masterAddr == nil {
+		return l.rdb.Options().Addr
+	}
 	return ""
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -62,7 +63,7 @@ func newBackend(lc fx.Lifecycle, rdb redis.UniversalClient, cfg config.Config, m
 		}})
 	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		c := presence.NewCluster(cc, opts, cfg.RedisClusterPartitions)
+		c := presence.NewCluster(cc, opts, cfg.RedisClusterPartitions, log.With("component", "presence"))
 		writable(c.Writable)
 		exp, err := newClusterExpiry(lc, cc, cfg, log)
 		if err != nil {
@@ -216,6 +217,10 @@ func NewRedisClusterClient(cfg config.Config, name string) (*redis.ClusterClient
 		return nil, err
 	}
 	co.DialTimeout, co.ClientName = cfg.ConnectTimeout, name
+	// Each partition's relay holds a connection to its master in a
+	// blocking read; the pool of a node must hold them all (a node may
+	// serve every partition after failovers) beside the default's share.
+	co.PoolSize = cfg.RedisClusterPartitions + 10*runtime.GOMAXPROCS(0)
 	return redis.NewClusterClient(co), nil
 }
 
