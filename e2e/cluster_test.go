@@ -365,3 +365,142 @@ func (c *cluster) stop(t *testing.T) {
 		t.Fatalf("no clean stop in the output:\n%s", c.out.String())
 	}
 }
+
+// TestLocalClusterRedisCluster: with --redis cluster the script starts a
+// Redis Cluster of three masters and three replicas and the workers use it
+// through REDIS_CLUSTER_ADDRS. Users come online once each, their presence
+// is spread over the masters, and they go offline (expired) once each when
+// their heartbeats stop. After a manual failover (a replica takes over its
+// master's slots, the old master stays up as its replica) the workers stay
+// ready and users who expire then go offline too, one version each.
+func TestLocalClusterRedisCluster(t *testing.T) {
+	c := startCluster(t, "--redis", "cluster", "--ttl", "3s")
+	nodes := strings.Split(c.urls["redis-cluster"], ",")
+	if len(nodes) != 6 {
+		t.Fatalf("redis-cluster %q in the ready block, want 6 nodes:\n%s", c.urls["redis-cluster"], c.ready)
+	}
+	if !strings.Contains(c.ready, "CLUSTER FAILOVER") {
+		t.Fatalf("the ready block does not say how to fail over:\n%s", c.ready)
+	}
+	ctx := context.Background()
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: nodes, ClusterStateReloadInterval: time.Second})
+	t.Cleanup(func() { _ = cc.Close() })
+	ready := func() bool {
+		for _, r := range c.replicas {
+			if code, _, err := get(r + "/readyz"); err != nil || code != 200 {
+				return false
+			}
+		}
+		return true
+	}
+	testenv.Eventually(t, 10*time.Second, ready, "the workers are not all ready")
+
+	nc, subjects, online, offline := c.events(t)
+
+	// Enough users that each master holds some of them.
+	ids := make([]string, 30)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("e2e-c-%d", i)
+	}
+	request(t, nc, subjects.Heartbeat(), ids)
+	seen(t, online, "online", ids)
+	keys := map[string]int64{} // master -> keys
+	if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		n, err := m.DBSize(ctx).Result()
+		keys[m.Options().Addr] = n
+		return err
+	}); err != nil {
+		t.Fatalf("DBSIZE on the masters: %v", err)
+	}
+	withKeys := 0
+	for _, n := range keys {
+		if n > 0 {
+			withKeys++
+		}
+	}
+	if len(keys) != 3 || withKeys < 2 {
+		t.Fatalf("keys per master %v: want 3 masters, at least 2 holding presence data", keys)
+	}
+	// No more heartbeats: they expire, and each goes offline once.
+	seen(t, offline, "offline", ids)
+	marker := []string{"e2e-c-marker"}
+	request(t, nc, subjects.Heartbeat(), marker)
+	seen(t, offline, "offline", marker) // a later sweep: late duplicates would be here by now
+	onlyOnce(t, online, "online", contract.ReasonHeartbeat, ids)
+	onlyOnce(t, offline, "offline", contract.ReasonExpired, ids)
+
+	// Manual failover of one master: its replica takes over.
+	var replica string
+	for _, line := range strings.Split(cc.ClusterNodes(ctx).Val(), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && strings.Contains(f[2], "slave") && !strings.Contains(f[2], "fail") {
+			replica, _, _ = strings.Cut(f[1], "@")
+			break
+		}
+	}
+	if replica == "" {
+		t.Fatalf("no replica in CLUSTER NODES:\n%s", cc.ClusterNodes(ctx).Val())
+	}
+	rc := redis.NewClient(&redis.Options{Addr: replica})
+	t.Cleanup(func() { _ = rc.Close() })
+	if err := rc.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
+		t.Fatalf("CLUSTER FAILOVER on %s: %v", replica, err)
+	}
+	testenv.Eventually(t, 15*time.Second, func() bool {
+		return strings.Contains(rc.Info(ctx, "replication").Val(), "role:master") &&
+			strings.Contains(rc.ClusterInfo(ctx).Val(), "cluster_state:ok")
+	}, "replica %s did not become a master", replica)
+	testenv.Eventually(t, 15*time.Second, ready, "the workers are not all ready after the failover")
+
+	after := make([]string, 30)
+	for i := range after {
+		after[i] = fmt.Sprintf("e2e-cf-%d", i)
+	}
+	request(t, nc, subjects.Heartbeat(), after)
+	seen(t, online, "online", after)
+	seen(t, offline, "offline", after)
+	onlyOneVersion(t, offline, "offline", after)
+	c.stop(t)
+}
+
+// onlyOnce fails unless col holds exactly one event with status for each
+// of ids, with the given reason.
+func onlyOnce(t *testing.T, col *testenv.Collector, status string, reason contract.Reason, ids []string) {
+	t.Helper()
+	n := map[string]int{}
+	for _, m := range col.Msgs() {
+		var ev contract.Event
+		if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && slices.Contains(ids, ev.UserID) {
+			if ev.Reason != reason {
+				t.Fatalf("%s event %s, want reason %s", status, m.Data, reason)
+			}
+			n[ev.UserID]++
+		}
+	}
+	for _, id := range ids {
+		if n[id] != 1 {
+			t.Fatalf("%d %s events for %s, want 1 (all: %v)", n[id], status, id, n)
+		}
+	}
+}
+
+// onlyOneVersion fails unless the events with status for each of ids in
+// col carry one version each (a consumer applies each transition once;
+// core NATS may deliver a republished copy after a failover).
+func onlyOneVersion(t *testing.T, col *testenv.Collector, status string, ids []string) {
+	t.Helper()
+	versions := map[string]map[int64]bool{}
+	for _, m := range col.Msgs() {
+		var ev contract.Event
+		if json.Unmarshal(m.Data, &ev) == nil && string(ev.Status) == status && slices.Contains(ids, ev.UserID) {
+			if versions[ev.UserID] == nil {
+				versions[ev.UserID] = map[int64]bool{}
+			}
+			versions[ev.UserID][ev.Version] = true
+		}
+	}
+	for _, id := range ids {
+		if len(versions[id]) != 1 {
+			t.Fatalf("%s events for %s with versions %v, want one", status, id, versions[id])
+		}
+	}
+}

@@ -42,8 +42,9 @@ type Redis struct {
 	// Password is the password set by WithPassword, or "".
 	Password string
 
-	bin  string
-	opts redisOpts
+	bin     string
+	opts    redisOpts
+	busPort int // the cluster bus port (cluster-port), with withClusterBus
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd     // nil when stopped
@@ -58,6 +59,14 @@ type redisOpts struct {
 	password string
 	extra    []string
 	sentinel string // the sentinel configuration file's first contents; "" for a server
+	cluster  bool   // cluster-enabled, with a cluster bus port of its own
+}
+
+// withClusterBus runs the server with cluster-enabled yes and its cluster
+// bus on a second free port, chosen with the client port (the default,
+// port+10000, may be above 65535 or taken).
+func withClusterBus() RedisOption {
+	return func(o *redisOpts) { o.cluster = true }
 }
 
 // WithAOF turns on the append-only file with fsync on every write, so the
@@ -112,6 +121,9 @@ func StartRedis(t testing.TB, opts ...RedisOption) *Redis {
 	for attempt := 1; ; attempt++ {
 		r.Port = FreePort(t)
 		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Port))
+		if r.opts.cluster {
+			r.busPort = FreePort(t)
+		}
 		err := r.launchLocked()
 		if err == nil {
 			return r
@@ -204,6 +216,11 @@ func (r *Redis) args() []string {
 	if r.opts.password != "" {
 		a = append(a, "--requirepass", r.opts.password)
 	}
+	if r.opts.cluster {
+		a = append(a, "--cluster-enabled", "yes",
+			"--cluster-port", strconv.Itoa(r.busPort),
+			"--cluster-config-file", "nodes.conf")
+	}
 	return append(a, r.opts.extra...)
 }
 
@@ -262,6 +279,13 @@ func (r *Redis) launchLocked() error {
 		case <-done:
 		}
 	}
+}
+
+// running reports whether the server process is up (not stopped).
+func (r *Redis) running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cmd != nil
 }
 
 func (r *Redis) stopLocked() error {

@@ -1,6 +1,7 @@
 // Package testenv starts real servers for integration tests: a redis-server
-// child process and an embedded nats-server, both on 127.0.0.1 over real TCP,
-// both stopped when the test ends. There are no mocks here.
+// child process (or several: Sentinel, StartSentinels; Redis Cluster,
+// StartRedisCluster) and an embedded nats-server, all on 127.0.0.1 over
+// real TCP, all stopped when the test ends. There are no mocks here.
 //
 // Tests share nothing but the machine: each StartRedis or StartNATS gives the
 // calling test its own server, and Prefix gives each test its own key and
