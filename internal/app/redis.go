@@ -224,6 +224,12 @@ func NewRedisClusterClient(cfg config.Config, name string) (*redis.ClusterClient
 	return redis.NewClusterClient(co), nil
 }
 
+// ClusterStateReload is how often a cluster client reloads the slot map
+// (CLUSTER SLOTS). go-redis reloads it on MOVED, but not when a master
+// dies: until the next reload, commands for its slots keep going to the
+// dead address after its replica has taken over. Its default is a minute.
+const ClusterStateReload = time.Second
+
 // RedisClusterOptions returns fresh cluster client options for cfg's
 // REDIS_CLUSTER_ADDRS: the seed nodes, REDIS_USERNAME and REDIS_PASSWORD,
 // and with REDIS_CLUSTER_TLS, TLS with the REDIS_TLS_* files and the
@@ -234,11 +240,12 @@ func RedisClusterOptions(cfg config.Config) (*redis.ClusterOptions, error) {
 		return nil, errors.New("REDIS_CLUSTER_ADDRS is not set")
 	}
 	co := &redis.ClusterOptions{
-		Addrs:                    cfg.ClusterAddrs(),
-		Username:                 cfg.RedisUsername,
-		Password:                 cfg.RedisPassword,
-		DisableIdentity:          true,
-		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		Addrs:                      cfg.ClusterAddrs(),
+		ClusterStateReloadInterval: ClusterStateReload,
+		Username:                   cfg.RedisUsername,
+		Password:                   cfg.RedisPassword,
+		DisableIdentity:            true,
+		MaintNotificationsConfig:   &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	tc, err := cfg.RedisTLS()
 	if err != nil {

@@ -1,0 +1,373 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/bus"
+	"github.com/presenced/presenced/client"
+	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/contract"
+	"github.com/presenced/presenced/internal/app"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+	"github.com/presenced/presenced/worker"
+)
+
+// clusterReplica is one presenced replica on a Redis Cluster, built as
+// internal/app builds it: a presence.Cluster, one relay per partition and
+// a ClusterExpiry.
+type clusterReplica struct {
+	w      *worker.Worker
+	store  *presence.Cluster
+	expiry *presence.ClusterExpiry
+}
+
+func startClusterReplica(t *testing.T, rc *testenv.RedisCluster, natsURL, prefix string, subjects contract.Subjects, ttl time.Duration, partitions int) *clusterReplica {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cfg := config.Default()
+	cfg.RedisURL, cfg.RedisClusterAddrs, cfg.RedisClusterPartitions = "", strings.Join(rc.Addrs(), ","), partitions
+	cc, err := app.NewRedisClusterClient(cfg, "presenced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := presence.NewCluster(cc, presence.Options{Prefix: prefix, TTL: ttl, OutageThreshold: 3 * time.Second, Shards: 256}, partitions, nil)
+	if err := store.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := bus.New(bus.Options{URL: natsURL, PingInterval: 300 * time.Millisecond})
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exp := presence.NewClusterExpiry(cc, func(addr string) *redis.Client {
+		return redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true})
+	}, presence.ExpiryOptions{KeyID: presence.ClusterKeyID(prefix), HealthInterval: 500 * time.Millisecond})
+	consumer := worker.ConsumerName()
+	var parts []worker.Partition
+	for i, o := range store.Outboxes(consumer) {
+		parts = append(parts, worker.Partition{Outbox: o, Loss: store.Partitions()[i]})
+	}
+	w := worker.NewPartitioned(store, parts, b, exp, worker.Options{Subjects: subjects, Queue: "q", ReconcileInterval: 100 * time.Millisecond, ClaimAfter: 2 * time.Second})
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := w.Stop(ctx); err != nil {
+			t.Errorf("stop worker: %v", err)
+		}
+		_ = b.Stop(ctx)
+		_ = cc.Close()
+	})
+	testenv.Eventually(t, 10*time.Second, func() bool { return w.Ready() == nil }, "worker not ready: %v", w.Ready())
+	return &clusterReplica{w: w, store: store, expiry: exp}
+}
+
+// consumerView is a downstream consumer's view, kept by the Go client's
+// Subscribe (which drops events not above a user's last version and below
+// a covering reset's floor): the users online with their versions, and
+// every event passed on, for the exactly-once checks.
+type consumerView struct {
+	mu     sync.Mutex
+	online map[string]int64
+	events map[string][]client.Event // by user
+	resets []client.Event
+}
+
+func (v *consumerView) apply(ev client.Event) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch ev.Status {
+	case client.StatusReset:
+		v.resets = append(v.resets, ev)
+		for id, ver := range v.online {
+			if ver < ev.Version && ev.Covers(id) {
+				delete(v.online, id)
+			}
+		}
+	case client.StatusOnline:
+		v.online[ev.UserID] = ev.Version
+		v.events[ev.UserID] = append(v.events[ev.UserID], ev)
+	case client.StatusOffline:
+		delete(v.online, ev.UserID)
+		v.events[ev.UserID] = append(v.events[ev.UserID], ev)
+	}
+}
+
+// TestRedisClusterFailoverAndReshard runs three presenced replicas on a
+// Redis Cluster of three masters and three replicas (redis-cli --cluster
+// create) while users heartbeat, expire and disconnect, moves a third of
+// the slots with redis-cli --cluster reshard under that load, then
+// SIGKILLs a master so that its replica takes over. Afterwards: users who
+// kept heartbeating never got an offline; every other session got exactly
+// one offline (or was lost in the failover and is covered by a reset of
+// its partition, never by silence); per user, the events a consumer
+// applies alternate online/offline with strictly increasing versions; the
+// consumer's view equals what the cluster holds; the seed's keys
+// (presence:user:<id>) exist exactly for the users online; and every
+// replica's expiry subscriptions follow the masters.
+func TestRedisClusterFailoverAndReshard(t *testing.T) {
+	const (
+		ttl        = 5 * time.Second
+		partitions = 12
+	)
+	rc := testenv.StartRedisCluster(t, 3, 1)
+	n := testenv.StartNATS(t)
+	prefix := testenv.Prefix(t) + ":"
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	ctx := context.Background()
+
+	view := &consumerView{online: map[string]int64{}, events: map[string][]client.Event{}}
+	cl := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTimeout(3*time.Second))
+	stop, err := cl.Subscribe(ctx, view.apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+
+	var reps []*clusterReplica
+	for range 3 {
+		reps = append(reps, startClusterReplica(t, rc, n.URL(), prefix, subjects, ttl, partitions))
+	}
+	store := reps[0].store
+
+	// Load: keepers heartbeat every 400 ms throughout; every 150 ms a new
+	// wave of 40 users comes online, and half of each wave disconnects a
+	// moment later while the other half expires. Requests that fail are
+	// retried, as a gateway does (a partition answers TRYAGAIN while its
+	// slot moves, and nothing while its master fails over).
+	keepers := make([]string, 60)
+	for i := range keepers {
+		keepers[i] = fmt.Sprintf("keep-%d", i)
+	}
+	send := func(f func(context.Context, ...string) (client.Reply, error), ids []string) {
+		for attempt := 0; ; attempt++ {
+			r, err := f(ctx, ids...)
+			if err == nil && r.Error == "" {
+				return
+			}
+			if attempt > 100 {
+				t.Errorf("request for %d ids failed 100 times: %v %+v", len(ids), err, r)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var (
+		mu     sync.Mutex
+		others []string // every non-keeper that came online
+		waves  atomic.Int64
+	)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	load.Add(2)
+	go func() {
+		defer load.Done()
+		for loadCtx.Err() == nil {
+			send(cl.Heartbeat, keepers)
+			time.Sleep(400 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer load.Done()
+		for w := 0; loadCtx.Err() == nil; w++ {
+			wave := make([]string, 40)
+			for i := range wave {
+				wave[i] = fmt.Sprintf("w%d-%d", w, i)
+			}
+			send(cl.Heartbeat, wave)
+			mu.Lock()
+			others = append(others, wave...)
+			mu.Unlock()
+			time.Sleep(50 * time.Millisecond)
+			send(cl.Disconnect, wave[:20])
+			waves.Add(1)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	testenv.Eventually(t, 20*time.Second, func() bool { return waves.Load() >= 10 }, "load did not start")
+
+	// A third of the slots, with the keys of the partitions in them, move
+	// from the first master to the second under load.
+	masters := rc.Masters(t)
+	sort.Strings(masters)
+	from, to := masters[0], masters[1]
+	owners := func() map[int]string { // partition -> the master serving its slot
+		slots, err := rc.Client(t).ClusterSlots(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[int]string{}
+		for p, tag := range presence.PartitionTags(partitions) {
+			slot := presence.KeySlot("{" + tag + "}")
+			for _, r := range slots {
+				if slot >= r.Start && slot <= r.End {
+					out[p] = r.Nodes[0].Addr
+				}
+			}
+		}
+		return out
+	}
+	before := owners()
+	began := time.Now()
+	rs := rc.StartReshard(t, from, to, rc.Slots(t, from)/2)
+	rs.Wait(t)
+	moved := 0
+	for p, a := range owners() {
+		if a != before[p] {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatalf("the reshard moved no partition's slot (owners before %v)", before)
+	}
+	t.Logf("resharded half of %s's slots, %d of %d partitions with them, under load in %s", from, moved, partitions, time.Since(began).Round(10*time.Millisecond))
+	wavesAtKill := waves.Load()
+
+	// The second master (now holding more partitions) crashes; its replica
+	// takes over.
+	killed := time.Now()
+	rc.Kill(t, to)
+	rc.WaitFailover(t, to, 30*time.Second)
+	t.Logf("failover of %s settled %s after the kill", to, time.Since(killed).Round(10*time.Millisecond))
+	testenv.Eventually(t, 20*time.Second, func() bool { return waves.Load() >= wavesAtKill+10 }, "load did not resume after the failover")
+	stopLoad()
+	load.Wait()
+
+	// Settle: every non-keeper's session ends (by disconnect or expiry, or
+	// was lost and covered by a reset), so the cluster holds the keepers
+	// alone, and the consumer's view agrees.
+	mu.Lock()
+	all := slices.Concat(keepers, others)
+	mu.Unlock()
+	// Keep the keepers alive while the rest expires.
+	keepCtx, stopKeep := context.WithCancel(ctx)
+	defer stopKeep()
+	go func() {
+		for keepCtx.Err() == nil {
+			send(cl.Heartbeat, keepers)
+			time.Sleep(400 * time.Millisecond)
+		}
+	}()
+	why := ""
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		got, err := store.GetOnlineUsers(ctx, all)
+		if err != nil {
+			why = err.Error()
+			return false
+		}
+		sort.Strings(got)
+		want := slices.Clone(keepers)
+		sort.Strings(want)
+		if !slices.Equal(got, want) {
+			why = fmt.Sprintf("cluster holds %d users online, want the %d keepers", len(got), len(want))
+			return false
+		}
+		view.mu.Lock()
+		defer view.mu.Unlock()
+		if len(view.online) != len(keepers) {
+			why = fmt.Sprintf("consumer sees %d online, want %d keepers", len(view.online), len(keepers))
+			return false
+		}
+		for _, k := range keepers {
+			if _, ok := view.online[k]; !ok {
+				why = "consumer misses keeper " + k
+				return false
+			}
+		}
+		return true
+	}, "not settled: %v", &why)
+	stopKeep()
+	// A doubled offline or a late republish would arrive within a claim
+	// time and a relay check.
+	time.Sleep(3 * time.Second)
+
+	view.mu.Lock()
+	defer view.mu.Unlock()
+	resets := slices.Clone(view.resets)
+	covered := func(id string, ver int64) bool { // below a reset covering id
+		for _, r := range resets {
+			if r.Covers(id) && ver < r.Version {
+				return true
+			}
+		}
+		return false
+	}
+	lost := 0
+	for _, id := range all {
+		evs := view.events[id]
+		for i := 1; i < len(evs); i++ {
+			if evs[i].Version <= evs[i-1].Version {
+				t.Fatalf("user %s: versions not increasing: %+v", id, evs)
+			}
+			if evs[i].Status == evs[i-1].Status && !covered(id, evs[i].Version-1) && !covered(id, evs[i-1].Version) {
+				t.Fatalf("user %s: two %s events in a row, not across a reset: %+v (resets %+v)", id, evs[i].Status, evs, resets)
+			}
+		}
+		if len(evs) == 0 {
+			t.Fatalf("user %s: no event at all", id)
+		}
+		last := evs[len(evs)-1]
+		isKeeper := slices.Contains(keepers, id)
+		switch {
+		case isKeeper:
+			for _, ev := range evs {
+				if ev.Status == client.StatusOffline {
+					t.Fatalf("keeper %s got an offline: %+v", id, evs)
+				}
+			}
+		case last.Status == client.StatusOnline:
+			// Lost with the failover: a reset of its partition covers it.
+			if !covered(id, last.Version) {
+				t.Fatalf("user %s: last event online, no offline and no covering reset: %+v (resets %+v)", id, evs, resets)
+			}
+			lost++
+		}
+	}
+	for _, r := range resets {
+		if r.Partitions != partitions {
+			t.Fatalf("reset %+v does not name its partition of %d", r, partitions)
+		}
+	}
+	t.Logf("%d users, %d resets (the first start's included), %d sessions lost in the failover and covered by a reset", len(all), len(resets), lost)
+
+	// The seed's keys: present for the keepers, gone for everyone else
+	// (after the TTL at the latest, for sessions lost in the failover).
+	testenv.Eventually(t, ttl+5*time.Second, func() bool {
+		cc := rc.Client(t)
+		for _, id := range all {
+			want := int64(0)
+			if slices.Contains(keepers, id) {
+				want = 1
+			}
+			if got := cc.Exists(ctx, store.MirrorKey(id)).Val(); got != want {
+				why = fmt.Sprintf("EXISTS %s = %d, want %d", store.MirrorKey(id), got, want)
+				return false
+			}
+		}
+		return true
+	}, "seed keys: %v", &why)
+
+	// Every replica's expiry subscriptions are on the masters of now.
+	now := rc.Masters(t)
+	sort.Strings(now)
+	for i, r := range reps {
+		got := r.expiry.Masters()
+		sort.Strings(got)
+		if !slices.Equal(got, now) || !r.expiry.Connected() {
+			t.Errorf("replica %d: expiry subscriptions on %v (connected %v), masters %v", i, got, r.expiry.Connected(), now)
+		}
+	}
+}
