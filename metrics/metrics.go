@@ -103,6 +103,9 @@ type Sources struct {
 	ExpiryDropped        func() int64 // expired ids left to the sweep because the claimer was behind
 	IntakeBytes          func() int64 // bytes of received messages waiting in the intake
 	IntakeHighWater      func() int64 // most bytes the intake held at once since start
+	// MirrorFailures, on Redis Cluster, counts writes and deletes of the
+	// seed's presence keys that failed (nil elsewhere).
+	MirrorFailures func() int64
 }
 
 // Observe registers the connection counters. Call it once.
@@ -116,6 +119,9 @@ func (m *Metrics) Observe(s Sources) {
 	counter("presenced_reconnects_total", reconn, prometheus.Labels{"conn": "redis_subscriber"}, s.SubscriberReconnects)
 	counter("presenced_nats_slow_consumer_total", "NATS slow-consumer errors: times a subscription started dropping messages because its buffer was full (one error per episode, not per message).", nil, s.SlowConsumerDrops)
 	counter("presenced_expiry_events_dropped_total", "Expired keyspace events left to the sweep because the claimer was behind.", nil, s.ExpiryDropped)
+	if s.MirrorFailures != nil {
+		counter("presenced_mirror_failures_total", "Redis Cluster: writes and deletes of presence:user:<id> (the mirror of a session) that failed; the next heartbeat or the key's TTL corrects it.", nil, s.MirrorFailures)
+	}
 	gauge := func(name, help string, f func() int64) {
 		if f == nil {
 			return

@@ -47,6 +47,9 @@ type backend struct {
 	parts  func(consumer string) []worker.Partition
 	query  query.Store
 	expiry expirySource
+	// mirrorFailures counts failed writes of the seed's keys on a cluster
+	// (nil elsewhere: the scripts write them).
+	mirrorFailures func() int64
 }
 
 // newBackend builds the backend for cfg's topology on rdb. The store's
@@ -72,7 +75,7 @@ func newBackend(lc fx.Lifecycle, rdb redis.UniversalClient, cfg config.Config, m
 		if cfg.QueryView {
 			log.With("component", "presence").Info("the query view is not used on a Redis Cluster: queries read Redis")
 		}
-		return &backend{store: c, query: c, expiry: exp, parts: func(consumer string) []worker.Partition {
+		return &backend{store: c, query: c, expiry: exp, mirrorFailures: c.MirrorFailures, parts: func(consumer string) []worker.Partition {
 			obs := c.Outboxes(consumer)
 			parts := make([]worker.Partition, len(obs))
 			for i, o := range obs {

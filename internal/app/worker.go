@@ -52,6 +52,7 @@ func newWorker(d workerDeps) *worker.Worker {
 		ExpiryDropped:        expiry.Dropped,
 		IntakeBytes:          func() int64 { now, _ := w.IntakeBytes(); return now },
 		IntakeHighWater:      func() int64 { _, high := w.IntakeBytes(); return high },
+		MirrorFailures:       be.mirrorFailures,
 	})
 	lc.Append(fx.StartStopHook(w.Start, w.Stop))
 	return w
