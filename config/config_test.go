@@ -132,6 +132,7 @@ func TestLoad(t *testing.T) {
 			c.RedisClusterAddrs, c.RedisClusterPartitions, c.RedisClusterTLS = "c1:7000,c2:7000", 96, true
 		}},
 		{name: "cluster partitions out of range", env: env("REDIS_CLUSTER_ADDRS", "c1:7000", "REDIS_CLUSTER_PARTITIONS", "0"), wantErr: `REDIS_CLUSTER_PARTITIONS must be between 1 and 1024, got 0`},
+		{name: "cluster hash tag in prefix", env: env("REDIS_CLUSTER_ADDRS", "c1:7000", "PRESENCE_KEY_PREFIX", "app:{presence}:"), wantErr: `invalid PRESENCE_KEY_PREFIX "app:{presence}:" with REDIS_CLUSTER_ADDRS: must not contain { or } (presenced puts each partition's hash tag after the prefix)`},
 		{name: "cluster tls without cluster", args: []string{"--redis-cluster-tls"}, wantErr: `--redis-cluster-tls (REDIS_CLUSTER_TLS) is set without REDIS_CLUSTER_ADDRS`},
 		{name: "cluster bad addr", args: []string{"--redis-cluster-addrs=c1"}, wantErr: `invalid --redis-cluster-addrs (REDIS_CLUSTER_ADDRS) "c1": "c1": want host:port`},
 

@@ -292,6 +292,12 @@ var settings = []Setting{
 			if r, ok := findSpaceOrControl(c.KeyPrefix); ok {
 				return fmt.Errorf("invalid %s %q: contains whitespace or control character %q", name("PRESENCE_KEY_PREFIX"), c.KeyPrefix, r)
 			}
+			if c.Cluster() && strings.ContainsAny(c.KeyPrefix, "{}") {
+				// A hash tag in the prefix would put every partition, and
+				// every user's key, in one hash slot: on one master.
+				return fmt.Errorf("invalid %s %q with %s: must not contain { or } (presenced puts each partition's hash tag after the prefix)",
+					name("PRESENCE_KEY_PREFIX"), c.KeyPrefix, name("REDIS_CLUSTER_ADDRS"))
+			}
 			return nil
 		},
 	},

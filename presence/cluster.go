@@ -52,6 +52,7 @@ type Cluster struct {
 	ttl    string // opts.TTL in ms, for the mirror's SET
 
 	log            *slog.Logger
+	busy           [numSteps][]atomic.Bool // a step's call running, per partition (see eachPartition)
 	mirrorFailures atomic.Int64
 	lastMirrorLog  atomic.Int64 // unix ms of the last mirror failure logged
 }
@@ -80,6 +81,9 @@ func NewCluster(rdb *redis.ClusterClient, opts Options, partitions int, log *slo
 	}
 	partitions = min(partitions, MaxPartitions)
 	c := &Cluster{rdb: rdb, opts: opts, log: log, mirror: NewKeys(opts.Prefix), ttl: strconv.FormatInt(opts.TTL.Milliseconds(), 10)}
+	for k := range c.busy {
+		c.busy[k] = make([]atomic.Bool, partitions)
+	}
 	for i, tag := range PartitionTags(partitions) {
 		po := opts
 		po.Prefix = PartitionPrefix(opts.Prefix, tag)
@@ -190,12 +194,14 @@ func partial(err error) bool {
 
 // route runs one script call per ChunkSize of each partition's items, all
 // in one pipeline (one round trip per master, concurrently), and returns
-// the per-item results in items' order. calls makes a partition's calls
-// for its items (the Store's own builder, so the layout is written once).
+// the per-item results in items' order, and whether each item's partition
+// applied it (with a PartitionsError when some did not). calls makes a
+// partition's calls for its items (the Store's own builder, so the layout
+// is written once).
 func route[T any](ctx context.Context, c *Cluster, script *redis.Script, items []T, user func(T) string,
-	calls func(s *Store, items []T) func(lo, hi int) ([]string, []any)) ([]int64, error) {
+	calls func(s *Store, items []T) func(lo, hi int) ([]string, []any)) ([]int64, []bool, error) {
 	if len(items) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	n := len(c.parts)
 	byPart := make([][]int, n) // item indexes per partition
@@ -221,11 +227,14 @@ func route[T any](ctx context.Context, c *Cluster, script *redis.Script, items [
 		all = append(all, pc...)
 		spans = append(spans, span{p, len(pc)})
 	}
-	cmds, err := pipelineCalls(ctx, c.rdb, script, all)
+	rctx, cancel := context.WithTimeout(ctx, routeTimeout)
+	defer cancel()
+	cmds, err := pipelineCalls(rctx, c.rdb, script, all)
 	if err != nil && len(cmds) < len(all) {
-		return nil, scriptError(err)
+		return nil, nil, scriptError(err)
 	}
 	out := make([]int64, len(items))
+	ok := make([]bool, len(items))
 	var (
 		failed   int
 		firstErr error
@@ -245,13 +254,23 @@ func route[T any](ctx context.Context, c *Cluster, script *redis.Script, items [
 			continue
 		}
 		for k, i := range byPart[sp.part] {
-			out[i] = res[k]
+			out[i], ok[i] = res[k], true
 		}
 	}
 	if failed > 0 {
-		return nil, &PartitionsError{Failed: failed, Of: n, Err: firstErr}
+		return out, ok, &PartitionsError{Failed: failed, Of: n, Err: firstErr}
 	}
-	return out, nil
+	return out, ok, nil
+}
+
+// routeOnly is route for the calls that leave the mirrors to the relay.
+func routeOnly[T any](ctx context.Context, c *Cluster, script *redis.Script, items []T, user func(T) string,
+	calls func(s *Store, items []T) func(lo, hi int) ([]string, []any)) ([]int64, error) {
+	res, _, err := route(ctx, c, script, items, user, calls)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 func self(id string) string           { return id }
@@ -260,17 +279,17 @@ func connUser(c contract.Conn) string { return c.UserID }
 // Heartbeat is Store.Heartbeat on each id's partition; the mirrors of the
 // ids left online are written after.
 func (c *Cluster) Heartbeat(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := route(ctx, c, scriptHeartbeat, ids, self, (*Store).heartbeatCalls)
+	res, ok, err := route(ctx, c, scriptHeartbeat, ids, self, (*Store).heartbeatCalls)
+	syncMirrors(ctx, c, ids, self, res, ok)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %d users: %w", len(ids), err)
 	}
-	writeMirrors(ctx, c, ids, self, res)
 	return res, nil
 }
 
 // Disconnect is Store.Disconnect on each id's partition.
 func (c *Cluster) Disconnect(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := route(ctx, c, scriptDisconnect, ids, self, (*Store).disconnectCalls)
+	res, err := routeOnly(ctx, c, scriptDisconnect, ids, self, (*Store).disconnectCalls)
 	if err != nil {
 		return nil, fmt.Errorf("disconnect %d users: %w", len(ids), err)
 	}
@@ -280,17 +299,17 @@ func (c *Cluster) Disconnect(ctx context.Context, ids []string) ([]int64, error)
 // Connect is Store.Connect on each entry's partition; the mirrors of the
 // users left online are written after.
 func (c *Cluster) Connect(ctx context.Context, conns []contract.Conn) ([]int64, error) {
-	res, err := route(ctx, c, scriptConnect, conns, connUser, (*Store).connectCalls)
+	res, ok, err := route(ctx, c, scriptConnect, conns, connUser, (*Store).connectCalls)
+	syncMirrors(ctx, c, conns, connUser, res, ok)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat %d connections: %w", len(conns), err)
 	}
-	writeMirrors(ctx, c, conns, connUser, res)
 	return res, nil
 }
 
 // Release is Store.Release on each entry's partition.
 func (c *Cluster) Release(ctx context.Context, conns []contract.Conn) ([]int64, error) {
-	res, err := route(ctx, c, scriptRelease, conns, connUser, (*Store).releaseCalls)
+	res, err := routeOnly(ctx, c, scriptRelease, conns, connUser, (*Store).releaseCalls)
 	if err != nil {
 		return nil, fmt.Errorf("disconnect %d connections: %w", len(conns), err)
 	}
@@ -299,32 +318,78 @@ func (c *Cluster) Release(ctx context.Context, conns []contract.Conn) ([]int64, 
 
 // Kick is Store.Kick on each id's partition.
 func (c *Cluster) Kick(ctx context.Context, ids []string) ([]int64, error) {
-	res, err := route(ctx, c, scriptRelease, ids, self, (*Store).kickCalls)
+	res, err := routeOnly(ctx, c, scriptRelease, ids, self, (*Store).kickCalls)
 	if err != nil {
 		return nil, fmt.Errorf("end every connection of %d users: %w", len(ids), err)
 	}
 	return res, nil
 }
 
-// writeMirrors sets the mirror of each item whose result left its user
-// online (a version or 0), with the TTL, in one pipeline. SET ... GET
-// fails on a key of another type without writing it, so another program's
-// key under the prefix is left alone. Failures are counted, not returned:
-// the session is stored, and the next heartbeat writes the mirror again.
-func writeMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T) string, res []int64) {
-	p := c.rdb.Pipeline()
-	n := 0
+// syncMirrors brings the mirrors of items in line with their partitions
+// after a heartbeat, for the items whose partition applied it (ok). In
+// three steps, each one pipeline: (1) SET the mirror of each user the call
+// left online (result a version or 0) with the TTL; SET ... GET fails on a
+// key of another type without writing it, so another program's key under
+// the prefix is left alone. (2) Check each of those users' deadline keys
+// in their partitions, and those of entries ignored as Stale (a resent
+// connection entry: the user may be online and its mirror missing). (3)
+// Remove (GETDEL) the mirror of a user whose session ended meanwhile (a
+// disconnect stored by another replica whose relay found no mirror yet to
+// remove), and SET it for a Stale entry's user who is online. So a mirror
+// written by a heartbeat never outlives the session for long: whichever
+// of this check and the relay's comes second removes it. Failures are
+// counted and logged, not returned: the sessions are stored, and the next
+// heartbeat writes the mirror again.
+func syncMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T) string, res []int64, ok []bool) {
+	set := map[string]bool{}   // users to SET first
+	check := map[string]bool{} // users to check after: true when set
 	for i, it := range items {
-		if res[i] < 0 {
-			continue
+		switch {
+		case !ok[i]:
+		case res[i] >= 0:
+			set[user(it)], check[user(it)] = true, true
+		case res[i] == Stale:
+			if _, seen := check[user(it)]; !seen {
+				check[user(it)] = false
+			}
 		}
-		p.Do(ctx, "SET", c.mirror.User(user(it)), "1", "PX", c.ttl, "GET")
-		n++
 	}
-	if n == 0 {
+	if len(check) == 0 {
 		return
 	}
-	c.mirrorResults(p.Exec(ctx))
+	if len(set) > 0 {
+		p := c.rdb.Pipeline()
+		for id := range set {
+			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
+		}
+		c.mirrorResults(p.Exec(ctx))
+	}
+	ids := make([]string, 0, len(check))
+	p := c.rdb.Pipeline()
+	live := make([]*redis.IntCmd, 0, len(check))
+	for id := range check {
+		ids = append(ids, id)
+		live = append(live, p.Exists(ctx, c.parts[c.PartitionOf(id)].keys.User(id)))
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		c.mirrorFailed(len(ids), err)
+		return
+	}
+	p = c.rdb.Pipeline()
+	n := 0
+	for i, id := range ids {
+		switch online := live[i].Val() == 1; {
+		case !online && check[id]:
+			p.GetDel(ctx, c.mirror.User(id))
+			n++
+		case online && !check[id]:
+			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
+			n++
+		}
+	}
+	if n > 0 {
+		c.mirrorResults(p.Exec(ctx))
+	}
 }
 
 // mirrorResults counts and logs the failed commands of a mirror pipeline
@@ -386,34 +451,120 @@ func (c *Cluster) clearMirrors(ctx context.Context, s *Store, events []Event) {
 	c.mirrorResults(p.Exec(ctx))
 }
 
-// eachPartition calls f for every partition concurrently and joins the
-// errors into a PartitionsError.
-func (c *Cluster) eachPartition(ctx context.Context, f func(ctx context.Context, p int, s *Store) error) error {
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		failed int
-		first  error
-	)
+// PartitionTimeout bounds each partition's call of a step that runs on
+// every partition (sweep, lapse, re-announce, lease messages, the gateway
+// query) and of a claim; routeTimeout bounds a heartbeat or disconnect
+// batch. A master that hangs (a host lost before the cluster notices)
+// fails its own partitions' calls; the others go on (see eachPartition).
+const (
+	PartitionTimeout = 2 * time.Second
+	routeTimeout     = 5 * time.Second
+	// partitionWait is how long a step waits for a partition's call
+	// before reporting it failed and leaving it running: the step's other
+	// partitions are not held up by a hung one, so their sweeps go on
+	// well within OutageThreshold.
+	partitionWait = time.Second
+)
+
+// The steps that run on every partition; one call per step and partition
+// runs at a time.
+type stepKind int
+
+const (
+	stepSweep stepKind = iota
+	stepLapse
+	stepReannounce
+	stepLease
+	stepGateway
+	numSteps
+)
+
+// errStillRunning: the partition's previous call of the step has not
+// returned (its master hangs); this step skipped it.
+var errStillRunning = errors.New("its previous call has not returned yet")
+
+// errNoAnswer: the partition's call did not return within partitionWait;
+// it goes on, and the partition is skipped until it returns.
+var errNoAnswer = fmt.Errorf("no answer within %s", partitionWait)
+
+// eachPartition runs step on every partition concurrently, each call
+// bounded by PartitionTimeout, and returns the results of those that
+// returned within partitionWait, with a PartitionsError naming the others
+// and the ones that failed. A call still running is left to finish on its
+// own, and the partition skipped (errStillRunning) until it has: a hung
+// master costs the steps one partitionWait, not one per call.
+func eachPartition[R any](ctx context.Context, c *Cluster, step stepKind, f func(ctx context.Context, s *Store) (R, error)) ([]R, error) {
+	type result struct {
+		r   R
+		err error
+	}
+	n := len(c.parts)
+	chans := make([]chan result, n)
 	for p, s := range c.parts {
-		wg.Add(1)
+		busy := &c.busy[step][p]
+		if !busy.CompareAndSwap(false, true) {
+			continue
+		}
+		ch := make(chan result, 1)
+		chans[p] = ch
 		go func() {
-			defer wg.Done()
-			if err := f(ctx, p, s); err != nil {
-				mu.Lock()
-				failed++
-				if first == nil {
-					first = fmt.Errorf("partition %d: %w", p, err)
-				}
-				mu.Unlock()
-			}
+			defer busy.Store(false)
+			pctx, cancel := context.WithTimeout(ctx, PartitionTimeout)
+			defer cancel()
+			r, err := f(pctx, s)
+			ch <- result{r, err}
 		}()
 	}
-	wg.Wait()
-	if failed > 0 {
-		return &PartitionsError{Failed: failed, Of: len(c.parts), Err: first}
+	out := make([]R, n)
+	var (
+		failed  int
+		first   error
+		expired bool
+	)
+	fail := func(p int, err error) {
+		failed++
+		if first == nil {
+			first = fmt.Errorf("partition %d: %w", p, err)
+		}
 	}
-	return nil
+	timer := time.NewTimer(partitionWait)
+	defer timer.Stop()
+	for p, ch := range chans {
+		if ch == nil {
+			fail(p, errStillRunning)
+			continue
+		}
+		var res result
+		got := false
+		if !expired {
+			select {
+			case res = <-ch:
+				got = true
+			case <-timer.C:
+				expired = true
+			}
+		}
+		if !got {
+			select {
+			case res = <-ch:
+				got = true
+			default:
+			}
+		}
+		switch {
+		case !got:
+			fail(p, errNoAnswer)
+		case res.err != nil:
+			out[p] = res.r
+			fail(p, res.err)
+		default:
+			out[p] = res.r
+		}
+	}
+	if failed > 0 {
+		return out, &PartitionsError{Failed: failed, Of: n, Err: first}
+	}
+	return out, nil
 }
 
 // RenewLease renews gateway's lease in every partition (each holds the
@@ -429,12 +580,7 @@ func (c *Cluster) EndLease(ctx context.Context, gateway, instance string) (Lease
 }
 
 func (c *Cluster) leaseAll(ctx context.Context, f func(context.Context, *Store) (Lease, error)) (Lease, error) {
-	leases := make([]Lease, len(c.parts))
-	err := c.eachPartition(ctx, func(ctx context.Context, p int, s *Store) error {
-		l, err := f(ctx, s)
-		leases[p] = l
-		return err
-	})
+	leases, err := eachPartition(ctx, c, stepLease, f)
 	if err != nil {
 		return Lease{}, err
 	}
@@ -452,90 +598,106 @@ func (c *Cluster) leaseAll(ctx context.Context, f func(context.Context, *Store) 
 
 // Lapse takes one Lapse step in every partition.
 func (c *Cluster) Lapse(ctx context.Context, limit int) (LapseResult, error) {
-	var (
-		mu  sync.Mutex
-		sum LapseResult
-	)
-	err := c.eachPartition(ctx, func(ctx context.Context, _ int, s *Store) error {
-		r, err := s.Lapse(ctx, limit)
-		mu.Lock()
+	rs, err := eachPartition(ctx, c, stepLapse, func(ctx context.Context, s *Store) (LapseResult, error) { return s.Lapse(ctx, limit) })
+	var sum LapseResult
+	for _, r := range rs {
 		sum.Ended += r.Ended
 		sum.Left += r.Left
 		sum.More = sum.More || r.More
-		mu.Unlock()
-		return err
-	})
+	}
 	return sum, err
 }
 
 // Sweep takes one Sweep step in every partition.
 func (c *Cluster) Sweep(ctx context.Context, limit int) (SweepResult, error) {
-	var (
-		mu  sync.Mutex
-		sum SweepResult
-	)
-	err := c.eachPartition(ctx, func(ctx context.Context, _ int, s *Store) error {
-		r, err := s.Sweep(ctx, limit)
-		mu.Lock()
+	rs, err := eachPartition(ctx, c, stepSweep, func(ctx context.Context, s *Store) (SweepResult, error) { return s.Sweep(ctx, limit) })
+	var sum SweepResult
+	for _, r := range rs {
 		sum.Claimed += r.Claimed
 		sum.Graced += r.Graced
 		sum.More = sum.More || r.More
 		sum.Reannounce = sum.Reannounce || r.Reannounce
-		mu.Unlock()
-		return err
-	})
+	}
 	return sum, err
 }
 
 // Reannounce takes one step of the re-announcement walk in every
 // partition (a partition without a walk under way does nothing).
 func (c *Cluster) Reannounce(ctx context.Context) (ReannounceResult, error) {
-	var (
-		mu  sync.Mutex
-		sum ReannounceResult
-	)
-	err := c.eachPartition(ctx, func(ctx context.Context, _ int, s *Store) error {
-		r, err := s.Reannounce(ctx)
-		mu.Lock()
+	rs, err := eachPartition(ctx, c, stepReannounce, func(ctx context.Context, s *Store) (ReannounceResult, error) { return s.Reannounce(ctx) })
+	var sum ReannounceResult
+	for _, r := range rs {
 		sum.Announced += r.Announced
 		if r.More && !r.Waiting {
 			sum.More = true
 		}
-		mu.Unlock()
-		return err
-	})
+	}
 	return sum, err
 }
 
-// Claim claims the expired ones of ids, each in its partition.
-func (c *Cluster) Claim(ctx context.Context, ids []string) (int, error) {
-	byPart := make(map[int][]string)
+// byPartition groups ids by partition.
+func (c *Cluster) byPartition(ids []string) map[int][]string {
+	out := make(map[int][]string)
 	for _, id := range ids {
 		p := c.PartitionOf(id)
-		byPart[p] = append(byPart[p], id)
+		out[p] = append(out[p], id)
 	}
+	return out
+}
+
+// somePartitions calls f concurrently for each partition of groups, each
+// call bounded by PartitionTimeout, and joins the errors into a
+// PartitionsError.
+func (c *Cluster) somePartitions(ctx context.Context, groups map[int][]string, f func(ctx context.Context, s *Store, ids []string) error) error {
 	var (
-		total    int
-		deferred int
-		errs     []error
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
 	)
-	for p, mine := range byPart {
-		n, err := c.parts[p].Claim(ctx, mine)
-		total += n
-		switch {
-		case errors.Is(err, ErrClaimDeferred):
-			deferred++
-		case err != nil:
-			errs = append(errs, fmt.Errorf("partition %d: %w", p, err))
-		}
+	for p, ids := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, cancel := context.WithTimeout(ctx, PartitionTimeout)
+			defer cancel()
+			if err := f(pctx, c.parts[p], ids); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("partition %d: %w", p, err))
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	if len(errs) > 0 {
-		return total, &PartitionsError{Failed: len(errs), Of: len(c.parts), Err: errs[0]}
+		return &PartitionsError{Failed: len(errs), Of: len(c.parts), Err: errs[0]}
 	}
-	if deferred == len(byPart) {
-		return total, ErrClaimDeferred
+	return nil
+}
+
+// Claim claims the expired ones of ids, each in its partition,
+// concurrently. ErrClaimDeferred when every partition deferred.
+func (c *Cluster) Claim(ctx context.Context, ids []string) (int, error) {
+	groups := c.byPartition(ids)
+	var (
+		total    atomic.Int64
+		deferred atomic.Int64
+	)
+	err := c.somePartitions(ctx, groups, func(ctx context.Context, s *Store, mine []string) error {
+		n, err := s.Claim(ctx, mine)
+		total.Add(int64(n))
+		if errors.Is(err, ErrClaimDeferred) {
+			deferred.Add(1)
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return int(total.Load()), err
 	}
-	return total, nil
+	if int(deferred.Load()) == len(groups) {
+		return int(total.Load()), ErrClaimDeferred
+	}
+	return int(total.Load()), nil
 }
 
 // Count returns the number of open sessions over all partitions.
@@ -564,22 +726,24 @@ func (c *Cluster) Status(ctx context.Context, id string) (Status, error) {
 	return c.parts[c.PartitionOf(id)].Status(ctx, id)
 }
 
-// GetOnlineUsers returns those of ids online, each asked of its partition.
+// GetOnlineUsers returns those of ids online, each asked of its
+// partition (concurrently), in ids' order.
 func (c *Cluster) GetOnlineUsers(ctx context.Context, ids []string) ([]string, error) {
-	online := make(map[string]bool, len(ids))
-	byPart := make(map[int][]string)
-	for _, id := range ids {
-		p := c.PartitionOf(id)
-		byPart[p] = append(byPart[p], id)
-	}
-	for p, mine := range byPart {
-		got, err := c.parts[p].GetOnlineUsers(ctx, mine)
-		if err != nil {
-			return nil, err
-		}
+	var (
+		mu     sync.Mutex
+		online = make(map[string]bool, len(ids))
+	)
+	err := c.somePartitions(ctx, c.byPartition(ids), func(ctx context.Context, s *Store, mine []string) error {
+		got, err := s.GetOnlineUsers(ctx, mine)
+		mu.Lock()
 		for _, id := range got {
 			online[id] = true
 		}
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	out := make([]string, 0, len(online))
 	for _, id := range ids {
@@ -589,6 +753,11 @@ func (c *Cluster) GetOnlineUsers(ctx context.Context, ids []string) ([]string, e
 	}
 	return out, nil
 }
+
+// IsPartial reports whether err is a PartitionsError that leaves
+// partitions of the cluster working (see PartitionsError); the results a
+// call returns with it are those of the partitions that answered.
+func IsPartial(err error) bool { return partial(err) }
 
 // List walks the partitions in order, each with Store.List. Cursors are
 // "<partition>.<the partition's cursor>".
@@ -625,12 +794,7 @@ func (c *Cluster) List(ctx context.Context, cursor string, limit int) (Page, err
 // Gateway returns gateway's lease (as partition 0 holds it) and its
 // connections over all partitions.
 func (c *Cluster) Gateway(ctx context.Context, gateway string) (GatewayStatus, error) {
-	sts := make([]GatewayStatus, len(c.parts))
-	err := c.eachPartition(ctx, func(ctx context.Context, p int, s *Store) error {
-		st, err := s.Gateway(ctx, gateway)
-		sts[p] = st
-		return err
-	})
+	sts, err := eachPartition(ctx, c, stepGateway, func(ctx context.Context, s *Store) (GatewayStatus, error) { return s.Gateway(ctx, gateway) })
 	if err != nil {
 		return GatewayStatus{GatewayID: gateway}, err
 	}

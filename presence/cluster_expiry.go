@@ -162,11 +162,13 @@ func (c *ClusterExpiry) follow(ctx context.Context) {
 		}
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var gone []*nodeSub
 	for addr, s := range c.subs {
 		if !masters[addr] {
 			c.log.Info("expiry subscription leaves a node that is no longer a master", "server", addr)
-			c.stopLocked(addr, s)
+			s.cancel()
+			c.retire(addr, s)
+			gone = append(gone, s)
 		}
 	}
 	for addr := range masters {
@@ -184,21 +186,38 @@ func (c *ClusterExpiry) follow(ctx context.Context) {
 		}()
 		c.subs[addr] = s
 	}
+	c.mu.Unlock()
+	// Waited for outside the lock: a listener on a node that hangs may take
+	// its read timeout to notice the cancellation.
+	for _, s := range gone {
+		c.finish(s)
+	}
 }
 
-func (c *ClusterExpiry) stopLocked(addr string, s *nodeSub) {
-	s.cancel()
-	<-s.done
-	_ = s.rdb.Close()
+// retire removes a cancelled listener from subs, keeping its counts (under
+// c.mu, so the totals never go back).
+func (c *ClusterExpiry) retire(addr string, s *nodeSub) {
 	c.stoppedReconnects.Add(s.l.Reconnects())
 	c.stoppedDropped.Add(s.l.Dropped())
 	delete(c.subs, addr)
 }
 
+// finish waits for a cancelled listener to end and closes its client.
+func (c *ClusterExpiry) finish(s *nodeSub) {
+	<-s.done
+	_ = s.rdb.Close()
+}
+
 func (c *ClusterExpiry) stopAll() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	subs := make([]*nodeSub, 0, len(c.subs))
 	for addr, s := range c.subs {
-		c.stopLocked(addr, s)
+		s.cancel()
+		c.retire(addr, s)
+		subs = append(subs, s)
+	}
+	c.mu.Unlock()
+	for _, s := range subs {
+		c.finish(s)
 	}
 }

@@ -279,31 +279,49 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, buil
 	return appendResults(out, cmds)
 }
 
-// pipelineCalls sends calls of script in one pipeline (on a cluster client,
-// one per master, sent concurrently). On NOSCRIPT (Redis restarted, or a
-// replica promoted, without the script) nothing of the pipeline ran: it
-// loads the script (on every master) and sends the pipeline once more.
-// Every command's own error stays on it.
+// pipelineCalls sends calls of script in one pipeline (on a cluster
+// client, one per master, sent concurrently). The calls that fail with
+// NOSCRIPT (Redis restarted, or a replica promoted, without the script)
+// did not run: it loads the script (on every master) and sends those once
+// more. Every command's own error stays on it; err is the first.
 func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
-	var cmds []*redis.Cmd
-	exec := func() error {
-		cmds = cmds[:0]
+	cmds := make([]*redis.Cmd, len(calls))
+	send := func(idx []int) error {
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, c := range calls {
-				cmds = append(cmds, script.EvalSha(ctx, p, c.keys, c.args...))
+			for _, i := range idx {
+				cmds[i] = script.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
 			}
 			return nil
 		})
 		return err
 	}
-	err := exec()
-	if err != nil && isNoScript(err) {
-		if lerr := script.Load(ctx, rdb).Err(); lerr != nil {
-			return cmds, fmt.Errorf("reload script: %w", lerr)
-		}
-		err = exec()
+	all := make([]int, len(calls))
+	for i := range all {
+		all[i] = i
 	}
-	return cmds, err
+	err := send(all)
+	if err == nil {
+		return cmds, nil
+	}
+	var again []int
+	for i, c := range cmds {
+		if isNoScript(c.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return cmds, err
+	}
+	if lerr := script.Load(ctx, rdb).Err(); lerr != nil {
+		return cmds, fmt.Errorf("reload script: %w", lerr)
+	}
+	_ = send(again) // each command keeps its own error
+	for _, c := range cmds {
+		if c.Err() != nil {
+			return cmds, c.Err()
+		}
+	}
+	return cmds, nil
 }
 
 // appendResults appends the per-entry results of script calls (each reply

@@ -98,15 +98,19 @@ func (w *Worker) lapseAll(ctx context.Context) error {
 			w.log.Warn("gateway lease lost: its connections ended", "connections", ended, "users_without_connection", left)
 		}
 	}()
+	var failed error // of some partitions of a cluster (see sweepAll)
 	for ctx.Err() == nil {
 		res, err := w.store.Lapse(ctx, lapseLimit)
 		if err != nil {
-			return err
+			if !presence.IsPartial(err) {
+				return err
+			}
+			failed = err
 		}
 		ended += res.Ended
 		left += res.Left
 		if !res.More {
-			return nil
+			return failed
 		}
 	}
 	return ctx.Err()

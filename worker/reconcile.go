@@ -50,12 +50,19 @@ func (w *Worker) everyInterval(ctx context.Context, now bool, what string, step 
 	}
 }
 
-// sweepAll sweeps until no due user is left (or an error).
+// sweepAll sweeps until no due user is left (or an error). On a cluster,
+// a step that failed in some partitions (presence.IsPartial) still did its
+// work in the others: their results count, and the sweep goes on while
+// they have more due; the error is returned at the end.
 func (w *Worker) sweepAll(ctx context.Context) error {
+	var failed error
 	for ctx.Err() == nil {
 		res, err := w.store.Sweep(ctx, sweepLimit)
 		if err != nil {
-			return err
+			if !presence.IsPartial(err) {
+				return err
+			}
+			failed = err
 		}
 		if res.Claimed > 0 {
 			w.m.Expiries.WithLabelValues("sweep").Add(float64(res.Claimed))
@@ -73,6 +80,9 @@ func (w *Worker) sweepAll(ctx context.Context) error {
 	}
 	if n, err := w.store.Count(ctx); err == nil {
 		w.m.Online.Set(float64(n))
+	}
+	if failed != nil {
+		return failed
 	}
 	return ctx.Err()
 }

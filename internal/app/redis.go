@@ -223,7 +223,9 @@ func NewRedisClusterClient(cfg config.Config, name string) (*redis.ClusterClient
 	// Each partition's relay holds a connection to its master in a
 	// blocking read; the pool of a node must hold them all (a node may
 	// serve every partition after failovers) beside the default's share.
-	co.PoolSize = cfg.RedisClusterPartitions + 10*runtime.GOMAXPROCS(0)
+	// So may, at once, the sweep, lapse and re-announce steps, which run
+	// every partition concurrently.
+	co.PoolSize = 3*cfg.RedisClusterPartitions + 10*runtime.GOMAXPROCS(0)
 	return redis.NewClusterClient(co), nil
 }
 
@@ -245,6 +247,11 @@ func RedisClusterOptions(cfg config.Config) (*redis.ClusterOptions, error) {
 	co := &redis.ClusterOptions{
 		Addrs:                      cfg.ClusterAddrs(),
 		ClusterStateReloadInterval: ClusterStateReload,
+		// The calls that run on every partition are bounded per partition
+		// (presence.PartitionTimeout), so that a hung master fails its own
+		// partitions' calls only: go-redis applies a context's deadline to
+		// the socket only with this on.
+		ContextTimeoutEnabled: true,
 		Username:                   cfg.RedisUsername,
 		Password:                   cfg.RedisPassword,
 		DisableIdentity:            true,

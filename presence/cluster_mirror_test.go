@@ -1,0 +1,327 @@
+package presence_test
+
+// Tests of presence.Cluster's mirror of the seed key
+// ("presence:user:<id>") and of its steps when a partition is blocked or
+// its master hangs.
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/contract"
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+// idsInDistinctPartitions returns n ids, each in a partition of its own.
+func idsInDistinctPartitions(c *presence.Cluster, n int, base string) []string {
+	seen := map[int]bool{}
+	var out []string
+	for i := 0; len(out) < n; i++ {
+		id := base + string(rune('a'+i%26)) + strings.Repeat("x", i/26)
+		if p := c.PartitionOf(id); !seen[p] {
+			seen[p] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// blockPartition marks the slot of id's partition MIGRATING (and
+// IMPORTING on another master), as redis-cli --cluster reshard does
+// while it moves the slot: every script call of the partition gets
+// TRYAGAIN (the fence). It returns a function that ends the migration.
+func blockPartition(t *testing.T, rc *testenv.RedisCluster, cc *redis.ClusterClient, c *presence.Cluster, id string) func() {
+	t.Helper()
+	ctx := context.Background()
+	slot := presence.KeySlot(c.Partitions()[c.PartitionOf(id)].Keys().Epoch())
+	src := slotOwner(t, cc, slot)
+	var dst string
+	for _, m := range rc.Masters(t) {
+		if m != src {
+			dst = m
+			break
+		}
+	}
+	srcC, dstC := rc.Node(t, src).Client(t), rc.Node(t, dst).Client(t)
+	if err := dstC.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", rc.NodeID(t, src)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srcC.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", rc.NodeID(t, dst)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		_ = srcC.Do(ctx, "CLUSTER", "SETSLOT", slot, "STABLE").Err()
+		_ = dstC.Do(ctx, "CLUSTER", "SETSLOT", slot, "STABLE").Err()
+	}
+}
+
+// TestClusterMirrorsWrittenOnPartialFailure: a heartbeat batch that spans
+// a partition whose slot is migrating fails with a PartitionsError, but
+// the other partitions' scripts ran: their users' mirrors are written
+// (EXISTS true just after the session is stored), although the gateway
+// retries the batch for as long as the one partition is blocked.
+func TestClusterMirrorsWrittenOnPartialFailure(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := rc.Client(t)
+	const ttl = 2 * time.Second
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := idsInDistinctPartitions(c, 3, "u")
+	known, blocked, fresh := ids[0], ids[1], ids[2]
+	if _, err := c.Heartbeat(ctx, []string{known, blocked}); err != nil {
+		t.Fatal(err)
+	}
+	if cc.Exists(ctx, c.MirrorKey(known)).Val() != 1 {
+		t.Fatal("setup: no mirror after the first heartbeat")
+	}
+	unblock := blockPartition(t, rc, cc, c, blocked)
+	defer unblock()
+
+	// The gateway sends its batch and retries it, as the reply asks.
+	batch := []string{known, blocked, fresh}
+	deadline := time.Now().Add(ttl + time.Second)
+	for time.Now().Before(deadline) {
+		_, err := c.Heartbeat(ctx, batch)
+		if err == nil {
+			t.Fatal("heartbeat succeeded although a partition is migrating")
+		}
+		if !presence.IsRetryable(err) {
+			t.Fatalf("heartbeat error not retryable: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var problems []string
+	for _, id := range []string{known, fresh} {
+		st, err := c.Status(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mirror := cc.Exists(ctx, c.MirrorKey(id)).Val()
+		if st.Online && mirror == 0 {
+			problems = append(problems, id+" (partition "+string(rune('0'+c.PartitionOf(id)))+", healthy): session online, mirror missing")
+		}
+	}
+	if len(problems) > 0 {
+		t.Fatalf("one partition blocked, users of other partitions look offline to the seed's EXISTS:\n  %s", strings.Join(problems, "\n  "))
+	}
+}
+
+// mirrorGate holds the mirror pipeline of a heartbeat (SET <mirror> ... GET)
+// until released, to interleave another replica's disconnect and relay read
+// at the point where Cluster.Heartbeat has stored the session but not yet
+// written the mirror.
+type mirrorGate struct {
+	key      string
+	reached  chan struct{}
+	release  chan struct{}
+	reachedN int
+}
+
+func (g *mirrorGate) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (g *mirrorGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (g *mirrorGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			a := cmd.Args()
+			if len(a) > 1 && strings.EqualFold(cmd.Name(), "set") && a[1] == g.key && g.reachedN == 0 {
+				g.reachedN++
+				close(g.reached)
+				<-g.release
+				break
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestClusterMirrorNotRewrittenAfterOfflineRead: replica A stores alice's
+// heartbeat and is about to write her mirror; replica B ends the session
+// and its relay reads the offline and finds no mirror to remove; then A's
+// SET writes the mirror. A's check after its SET finds the session gone
+// and removes the mirror, so it does not say online for a TTL.
+func TestClusterMirrorNotRewrittenAfterOfflineRead(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	opts := presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}
+	ctx := context.Background()
+
+	ccA := rc.Client(t)
+	a := presence.NewCluster(ccA, opts, 6, nil)
+	if err := a.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ccB := rc.Client(t)
+	b := presence.NewCluster(ccB, opts, 6, nil)
+	ob := b.Outboxes("relay-b")[b.PartitionOf("alice")]
+	if err := ob.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	gate := &mirrorGate{key: a.MirrorKey("alice"), reached: make(chan struct{}), release: make(chan struct{})}
+	ccA.AddHook(gate)
+	hb := make(chan error, 1)
+	go func() {
+		_, err := a.Heartbeat(ctx, []string{"alice"})
+		hb <- err
+	}()
+	select {
+	case <-gate.reached:
+	case err := <-hb:
+		t.Fatalf("heartbeat returned before writing the mirror: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mirror write never came")
+	}
+	// Replica B: the disconnect, then its relay reads the batch.
+	if res, err := b.Disconnect(ctx, []string{"alice"}); err != nil || res[0] <= 0 {
+		t.Fatalf("disconnect = %v, %v; want an offline", res, err)
+	}
+	evs, err := ob.ReadNew(ctx, 100, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var statuses []string
+	for _, e := range evs {
+		if e.UserID == "alice" {
+			statuses = append(statuses, string(e.Status))
+		}
+	}
+	if strings.Join(statuses, ",") != "online,offline" {
+		t.Fatalf("events read = %v, want online,offline", statuses)
+	}
+	close(gate.release)
+	if err := <-hb; err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.Status(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := ccB.Exists(ctx, b.MirrorKey("alice")).Val()
+	pttl := ccB.PTTL(ctx, b.MirrorKey("alice")).Val()
+	if !st.Online && mirror == 1 {
+		t.Fatalf("alice is offline (offline read by the relay), but her seed key exists for another %v", pttl.Round(time.Second))
+	}
+}
+
+// TestClusterHungMasterDoesNotGraceOtherPartitions: one master stops
+// answering (CLIENT PAUSE; a host lost before the cluster fails it over)
+// for longer than OutageThreshold. The sweep steps of the other masters'
+// partitions go on (a hung partition's call is left running and skipped),
+// so a user on a healthy master goes offline at its deadline instead of
+// being graced as after an outage.
+func TestClusterHungMasterDoesNotGraceOtherPartitions(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := rc.Client(t)
+	const ttl = 3 * time.Second
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64, OutageThreshold: 2 * time.Second}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// u lives on one master; another master is the one that hangs.
+	u := "user-u"
+	uMaster := slotOwner(t, cc, presence.KeySlot(c.Partitions()[c.PartitionOf(u)].Keys().Epoch()))
+	var hung string
+	for _, m := range rc.Masters(t) {
+		if m != uMaster {
+			hung = m
+			break
+		}
+	}
+	hungPart := -1
+	for p, s := range c.Partitions() {
+		if slotOwner(t, cc, presence.KeySlot(s.Keys().Epoch())) == hung {
+			hungPart = p
+		}
+	}
+	if hungPart < 0 {
+		t.Fatal("no partition on the other master")
+	}
+	if _, err := c.Sweep(ctx, 1000); err != nil { // creates every partition's marker
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, []string{u}); err != nil {
+		t.Fatal(err)
+	}
+	// The worker's reconcile loop: a sweep every 200 ms.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var graced, claimed int
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			r, _ := c.Sweep(ctx, 1000)
+			graced += r.Graced
+			claimed += r.Claimed
+		}
+	}()
+	pause := 3 * time.Second // above OutageThreshold, below the TTL
+	if err := rc.Node(t, hung).Client(t).Do(ctx, "CLIENT", "PAUSE", pause.Milliseconds(), "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// u's deadline passes at ttl; give the sweep a second after it and
+	// after the pause.
+	time.Sleep(ttl + time.Second)
+	close(stop)
+	<-done
+	st, err := c.Status(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if graced > 0 || claimed == 0 || st.Online {
+		t.Fatalf("master %s (partition %d) hung for %v; user %s on healthy master %s: deadline passed %v ago, online %v, graced %d, claimed %d; want the offline, not an outage's grace",
+			hung, hungPart, pause, u, uMaster, time.Second, st.Online, graced, claimed)
+	}
+}
+
+// TestClusterConnectRetryWritesMirror: a connect batch fails with a
+// PartitionsError (one partition migrating) after the other partitions
+// registered their connections; once the partition is back, the gateway's
+// retry of the same entries (same seq) is Stale for those, and the mirror
+// of their users, online, is written all the same.
+func TestClusterConnectRetryWritesMirror(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := rc.Client(t)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := idsInDistinctPartitions(c, 2, "c")
+	healthy, blocked := ids[0], ids[1]
+	if _, err := c.Heartbeat(ctx, []string{blocked}); err != nil { // its partition's epoch
+		t.Fatal(err)
+	}
+	unblock := blockPartition(t, rc, cc, c, blocked)
+	batch := []contract.Conn{
+		{UserID: healthy, ConnectionID: "c1", GatewayID: "gw", Seq: 1},
+		{UserID: blocked, ConnectionID: "c1", GatewayID: "gw", Seq: 1},
+	}
+	if _, err := c.Connect(ctx, batch); err == nil {
+		t.Fatal("connect succeeded although a partition is migrating")
+	}
+	unblock()
+	res, err := c.Connect(ctx, batch) // the gateway's retry
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx, healthy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Online && cc.Exists(ctx, c.MirrorKey(healthy)).Val() == 0 {
+		t.Fatalf("after a successful retry: %s online, connect result %d, mirror missing", healthy, res[0])
+	}
+}
