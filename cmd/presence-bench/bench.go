@@ -103,6 +103,8 @@ func (b *bench) settings() map[string]any {
 		"storm_users": c.stormUsers, "storm_bound": c.stormBound.String(),
 		"gw_users": c.gwUsers, "gateways": c.gateways, "conns_per_user": c.connsPerUser, "gateway_lease": c.gwLease.String(),
 		"user_id_length": len("o-") + idWidth, "timeout": c.timeout.String(), "presenced_flags": strings.Join(c.presencedFlags, " "), "reply_every": c.replyEvery,
-		"stream": c.stream,
+		"stream": c.stream, "redis_topology": b.c.topology(),
+		"redis_cluster": c.redisCluster, "redis_cluster_masters": c.clusterMasters, "redis_cluster_replicas": c.clusterReplicas,
+		"redis_cluster_partitions": c.clusterPartitions,
 	}
 }

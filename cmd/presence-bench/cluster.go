@@ -25,9 +25,34 @@ type impl struct {
 	name     string // "presenced" or "seed"
 	keys     string // key prefix
 	subjects contract.Subjects
+	// parts are the key prefixes of presenced's partitions on a Redis
+	// Cluster, partition p at index p; nil on one server.
+	parts []string
 }
 
-func (im impl) userKey(id string) string { return im.keys + "user:" + id }
+// userKey is the key whose PTTL is id's deadline: presence:user:<id> on
+// one server; on a cluster the key of the same name in id's partition,
+// written by the same script as the session (presence:user:<id> itself
+// is the mirror there, written after the script).
+func (im impl) userKey(id string) string {
+	if len(im.parts) > 0 {
+		return im.parts[contract.PartitionOf(id, len(im.parts))] + "user:" + id
+	}
+	return im.keys + "user:" + id
+}
+
+// outboxKeys are the keys of presenced's outbox streams: one, or one per
+// partition.
+func (im impl) outboxKeys() []string {
+	if len(im.parts) > 0 {
+		out := make([]string, len(im.parts))
+		for i, p := range im.parts {
+			out[i] = p + "outbox"
+		}
+		return out
+	}
+	return []string{im.keys + "outbox"}
+}
 
 // cluster is the deployment the bench drives: NATS, Redis and the workers of
 // the implementation under test, either started here (each in a process of
@@ -44,9 +69,21 @@ type cluster struct {
 	redisSrv *localredis.Server
 	redisOpt *redis.Options
 
-	rdb *redis.Client // the bench's own: INFO, PTTL, FLUSHALL, background keys
-	pub *nats.Conn    // requests and their replies
-	ev  *nats.Conn    // events
+	// On one server rdb is the bench's own client (INFO, PTTL, FLUSHALL,
+	// background keys). On a Redis Cluster (--redis-cluster) rdb is nil:
+	// crdb reads and writes keys, masters has a client per master for
+	// what is per server (INFO, MEMORY STATS, FLUSHALL, DBSIZE), and
+	// clusterAddrs are every node's address (the workers' seeds). kv is
+	// whichever of rdb and crdb is in use.
+	rdb          *redis.Client
+	crdb         *redis.ClusterClient
+	masters      []*redis.Client
+	clusterNodes []*localredis.Server
+	clusterAddrs []string
+	kv           redis.UniversalClient
+
+	pub *nats.Conn // requests and their replies
+	ev  *nats.Conn // events
 
 	presencedBin string
 	selfBin      string
@@ -76,6 +113,9 @@ func (c *cluster) start(ctx context.Context) error {
 		if err := c.startNATS(ctx); err != nil {
 			return err
 		}
+		if c.cfg.redisCluster {
+			return c.startRedisCluster(ctx)
+		}
 		progress("starting redis-server")
 		if c.redisSrv, err = localredis.Start(ctx); err != nil {
 			return err
@@ -88,9 +128,58 @@ func (c *cluster) start(ctx context.Context) error {
 	o := *c.redisOpt
 	o.PoolSize = 16
 	c.rdb = redis.NewClient(&o)
+	c.kv = c.rdb
 	if err := c.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}
+	return c.connectNATS()
+}
+
+// startRedisCluster starts the cluster of --redis-cluster-masters masters
+// and the bench's clients.
+func (c *cluster) startRedisCluster(ctx context.Context) error {
+	progress("starting a Redis Cluster: %d masters, %d replicas each", c.cfg.clusterMasters, c.cfg.clusterReplicas)
+	nodes, masters, crdb, err := startRedisCluster(ctx, c.cfg.clusterMasters, c.cfg.clusterReplicas)
+	c.clusterNodes = nodes
+	if err != nil {
+		return err
+	}
+	c.crdb, c.kv = crdb, crdb
+	for _, n := range nodes {
+		c.clusterAddrs = append(c.clusterAddrs, n.Addr)
+	}
+	for _, a := range masters {
+		c.masters = append(c.masters, redis.NewClient(&redis.Options{Addr: a, PoolSize: 4}))
+	}
+	c.redisURL = "cluster:" + strings.Join(c.clusterAddrs, ",")
+	return c.connectNATS()
+}
+
+// servers are the clients of the servers holding data: the one server, or
+// every master of the cluster.
+func (c *cluster) servers() []*redis.Client {
+	if c.crdb != nil {
+		return c.masters
+	}
+	return []*redis.Client{c.rdb}
+}
+
+// topology names the Redis the workers use, for the report.
+func (c *cluster) topology() string {
+	switch {
+	case c.cfg.redisCluster:
+		s := fmt.Sprintf("Redis Cluster, %d masters", c.cfg.clusterMasters)
+		if c.cfg.clusterReplicas > 0 {
+			s += fmt.Sprintf(" with %d replicas each", c.cfg.clusterReplicas)
+		}
+		return s + fmt.Sprintf(", %d partitions", c.partitions())
+	case c.external():
+		return "external Redis"
+	}
+	return "one redis-server"
+}
+
+func (c *cluster) connectNATS() error {
 	for _, p := range []**nats.Conn{&c.pub, &c.ev} {
 		nc, err := nats.Connect(c.natsURL, nats.Name("presence-bench"), nats.MaxReconnects(-1))
 		if err != nil {
@@ -219,6 +308,15 @@ func (c *cluster) stop() {
 	if c.rdb != nil {
 		_ = c.rdb.Close()
 	}
+	if c.crdb != nil {
+		_ = c.crdb.Close()
+	}
+	for _, m := range c.masters {
+		_ = m.Close()
+	}
+	for _, n := range c.clusterNodes {
+		n.Stop()
+	}
 	if c.natsProc != nil {
 		_ = c.natsProc.stop(5 * time.Second)
 	}
@@ -246,7 +344,11 @@ func (c *cluster) presenced() impl {
 	if c.external() {
 		return impl{name: "presenced", keys: c.cfg.keyPrefix, subjects: contract.Subjects{Prefix: c.cfg.subjectPrefix}}
 	}
-	return impl{name: "presenced", keys: "presence:", subjects: contract.Subjects{Prefix: "bench.presenced"}}
+	im := impl{name: "presenced", keys: "presence:", subjects: contract.Subjects{Prefix: "bench.presenced"}}
+	if c.cfg.redisCluster {
+		im.parts = partitionPrefixes(im.keys, c.partitions())
+	}
+	return im
 }
 
 func (c *cluster) seed() impl {
@@ -266,12 +368,14 @@ func (c *cluster) reset(ctx context.Context, im impl, replicas int, ttl time.Dur
 		return err
 	}
 	if !c.external() {
-		if err := c.rdb.FlushAll(ctx).Err(); err != nil {
-			return fmt.Errorf("flushall: %w", err)
-		}
-		// Each implementation sets the flags it needs.
-		if err := c.rdb.ConfigSet(ctx, "notify-keyspace-events", "").Err(); err != nil {
-			return fmt.Errorf("reset notify-keyspace-events: %w", err)
+		for _, s := range c.servers() {
+			if err := s.FlushAll(ctx).Err(); err != nil {
+				return fmt.Errorf("flushall %s: %w", s.Options().Addr, err)
+			}
+			// Each implementation sets the flags it needs.
+			if err := s.ConfigSet(ctx, "notify-keyspace-events", "").Err(); err != nil {
+				return fmt.Errorf("reset notify-keyspace-events on %s: %w", s.Options().Addr, err)
+			}
 		}
 		if c.cfg.bgKeys > 0 {
 			if err := c.loadBackground(ctx, c.cfg.bgKeys); err != nil {
@@ -292,7 +396,7 @@ func (c *cluster) loadBackground(ctx context.Context, n int) error {
 	progress("loading %d background volatile keys", n)
 	const chunk = 10000
 	for start := 0; start < n; start += chunk {
-		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := c.kv.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i := start; i < min(start+chunk, n); i++ {
 				p.Set(ctx, "bg:"+strconv.Itoa(i), "x", time.Hour)
 			}
@@ -316,11 +420,18 @@ func (c *cluster) startWorkers(ctx context.Context, im impl, n int, ttl time.Dur
 		var p *proc
 		name := fmt.Sprintf("%s-%d", im.name, i)
 		if im.name == "presenced" {
-			args := []string{
-				"--nats-url", c.natsURL, "--redis-url", c.redisURL, "--ttl", ttl.String(),
+			redisArgs := []string{"--redis-url", c.redisURL}
+			if c.cfg.redisCluster {
+				// REDIS_URL stays empty (cleanEnv): one topology only.
+				redisArgs = []string{"--redis-cluster-addrs", strings.Join(c.clusterAddrs, ","),
+					"--redis-cluster-partitions", strconv.Itoa(c.partitions())}
+			}
+			args := []string{"--nats-url", c.natsURL}
+			args = append(args, redisArgs...)
+			args = append(args, "--ttl", ttl.String(),
 				"--key-prefix", im.keys, "--subject-prefix", im.subjects.Prefix, "--queue-group", "presenced",
 				"--http-addr", addr, "--log-level", c.cfg.workerLogLevel,
-			}
+			)
 			var pprofAddr string
 			if c.cfg.pprofDir != "" {
 				// presenced serves pprof on its status address only.

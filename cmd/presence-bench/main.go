@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/presenced/presenced/presence"
 )
 
 func main() {
@@ -38,6 +40,14 @@ type config struct {
 	keyPrefix     string
 	subjectPrefix string
 	workerPIDs    []int
+
+	// redisCluster: Redis is a Redis Cluster of clusterMasters masters
+	// with clusterReplicas replicas each, started here; the workers get
+	// clusterPartitions (0: presenced's default).
+	redisCluster      bool
+	clusterMasters    int
+	clusterReplicas   int
+	clusterPartitions int
 
 	hbUsers, batchUsers, rounds int
 	window, batchWindow         int
@@ -100,6 +110,12 @@ Scenarios (--scenarios, comma-separated; default all):
               and one gateway killed halfway (its lease and its heartbeats stop); offline latency after the
               deadline, and after the killed gateway's lease expired
 
+Redis Cluster (--redis-cluster): the bench starts --redis-cluster-masters masters (and
+--redis-cluster-replicas replicas each) from the local redis-server and redis-cli, the workers
+run on REDIS_CLUSTER_ADDRS, and each phase reports every master's CPU seconds, commands and
+keys and their spread (max/min - 1). Only throughput and offline run there, with --baseline none:
+the seed, ceiling, idle, query, storm and gateways read or write keys of the one-server layout.
+
 Flags:
 `)
 	fs.SetOutput(w)
@@ -117,6 +133,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.jsonOut, "json", "", "also write the results as JSON to this file")
 	fs.StringVar(&c.natsURL, "nats-url", os.Getenv("NATS_URL"), "NATS of an existing deployment (with --redis-url); default: start nats-server (env NATS_URL)")
 	fs.StringVar(&c.redisURL, "redis-url", os.Getenv("REDIS_URL"), "Redis of an existing deployment (with --nats-url); default: start redis-server (env REDIS_URL)")
+	fs.BoolVar(&c.redisCluster, "redis-cluster", false, "start a Redis Cluster instead of one redis-server (throughput and offline only, --baseline none)")
+	fs.IntVar(&c.clusterMasters, "redis-cluster-masters", 3, "--redis-cluster: masters (at least 3)")
+	fs.IntVar(&c.clusterReplicas, "redis-cluster-replicas", 0, "--redis-cluster: replicas of each master (they share the machine's cores with everything else)")
+	fs.IntVar(&c.clusterPartitions, "redis-cluster-partitions", 0, "--redis-cluster: the workers' REDIS_CLUSTER_PARTITIONS (0: presenced's default)")
 	fs.StringVar(&c.natsMode, "nats", "process", "process: nats-server as a child process; embedded: in the bench process")
 	fs.StringVar(&c.natsBin, "nats-server-bin", "", "nats-server binary (default: go build github.com/nats-io/nats-server/v2)")
 	fs.StringVar(&c.presencedBin, "presenced-bin", "", "presenced binary (default: go build ./cmd/presenced)")
@@ -245,6 +265,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	if c.baseline != "seed" && c.baseline != "none" {
 		return nil, fmt.Errorf("--baseline %q: want seed or none", c.baseline)
 	}
+	if err := c.checkCluster(); err != nil {
+		return nil, err
+	}
 	if c.natsMode != "process" && c.natsMode != "embedded" {
 		return nil, fmt.Errorf("--nats %q: want process or embedded", c.natsMode)
 	}
@@ -264,6 +287,38 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--hb-interval %s must be shorter than --ttl %s", c.hbInterval, c.offTTL)
 	}
 	return c, nil
+}
+
+// checkCluster refuses what cannot run on a Redis Cluster.
+func (c *config) checkCluster() error {
+	if !c.redisCluster {
+		return nil
+	}
+	switch {
+	case c.external:
+		return errors.New("--redis-cluster starts its own cluster: leave out --nats-url and --redis-url")
+	case c.clusterMasters < 3:
+		return fmt.Errorf("--redis-cluster-masters %d: a Redis Cluster needs at least 3", c.clusterMasters)
+	case c.clusterReplicas < 0:
+		return fmt.Errorf("--redis-cluster-replicas %d: want 0 or more", c.clusterReplicas)
+	case c.clusterPartitions < 0 || c.clusterPartitions > presence.MaxPartitions:
+		return fmt.Errorf("--redis-cluster-partitions %d: want 1 to %d, or 0 for presenced's default", c.clusterPartitions, presence.MaxPartitions)
+	case c.baseline == "seed":
+		return errors.New("--redis-cluster: the seed's algorithm runs on one redis-server (its listing SCANs one server, its keyspace notifications come from one server), so there is no seed baseline on a cluster: add --baseline none")
+	}
+	var refused []string
+	for _, s := range allScenarios {
+		if c.scenarios[s] {
+			if why := clusterRefusal(s); why != "" {
+				refused = append(refused, s+": "+why)
+			}
+		}
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("--redis-cluster runs only the scenarios %s (--scenarios); not on a cluster: %s",
+			strings.Join(clusterScenarios, ","), strings.Join(refused, "; "))
+	}
+	return nil
 }
 
 func run(args []string, stdout, stderr io.Writer) int {

@@ -12,16 +12,31 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // What the bench reads off the running cluster: Redis INFO and memory,
 // CPU of Redis and the workers (the meter), command statistics.
 
-// info returns the fields of INFO section.
+// info returns the fields of INFO section of the first server (the one
+// server, or the cluster's first master).
 func (c *cluster) info(ctx context.Context, section string) (map[string]string, error) {
-	s, err := c.rdb.Info(ctx, section).Result()
+	return serverInfo(ctx, c.servers()[0], section)
+}
+
+func serverInfo(ctx context.Context, rdb *redis.Client, section string) (map[string]string, error) {
+	m, err := parseInfo(rdb.Info(ctx, section).Result())
 	if err != nil {
 		return nil, fmt.Errorf("info %s: %w", section, err)
+	}
+	return m, nil
+}
+
+// parseInfo returns the fields of an INFO reply.
+func parseInfo(s string, err error) (map[string]string, error) {
+	if err != nil {
+		return nil, err
 	}
 	m := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(s))
@@ -33,20 +48,42 @@ func (c *cluster) info(ctx context.Context, section string) (map[string]string, 
 	return m, nil
 }
 
+// usedMemory is used_memory summed over the servers holding data.
 func (c *cluster) usedMemory(ctx context.Context) (int64, error) {
-	m, err := c.info(ctx, "memory")
-	if err != nil {
-		return 0, err
+	var total int64
+	for _, s := range c.servers() {
+		m, err := serverInfo(ctx, s, "memory")
+		if err != nil {
+			return 0, err
+		}
+		n, err := strconv.ParseInt(m["used_memory"], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("used_memory of %s: %w", s.Options().Addr, err)
+		}
+		total += n
 	}
-	return strconv.ParseInt(m["used_memory"], 10, 64)
+	return total, nil
 }
 
 // dataMemory returns the memory Redis uses for data (keys, values, their
-// hash tables and expiry entries): MEMORY STATS total.allocated without the
-// clients' buffers, Lua and function caches and replication buffers, which
-// depend on how many connections the workers hold, not on the users online.
+// hash tables and expiry entries), summed over the servers holding data:
+// MEMORY STATS total.allocated without the clients' buffers, Lua and
+// function caches, replication buffers and cluster links, which depend on
+// how many connections the workers hold, not on the users online.
 func (c *cluster) dataMemory(ctx context.Context) (int64, error) {
-	res, err := c.rdb.Do(ctx, "MEMORY", "STATS").Result()
+	var total int64
+	for _, s := range c.servers() {
+		n, err := serverDataMemory(ctx, s)
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+func serverDataMemory(ctx context.Context, rdb *redis.Client) (int64, error) {
+	res, err := rdb.Do(ctx, "MEMORY", "STATS").Result()
 	if err != nil {
 		return 0, fmt.Errorf("memory stats: %w", err)
 	}
@@ -82,14 +119,20 @@ func (c *cluster) dataMemory(ctx context.Context) (int64, error) {
 	return total, nil
 }
 
+// redisCPU is used_cpu_user + used_cpu_sys in seconds, summed over the
+// servers holding data; -1 when one did not answer.
 func (c *cluster) redisCPU(ctx context.Context) float64 {
-	m, err := c.info(ctx, "cpu")
-	if err != nil {
-		return -1
+	total := 0.0
+	for _, srv := range c.servers() {
+		m, err := serverInfo(ctx, srv, "cpu")
+		if err != nil {
+			return -1
+		}
+		u, _ := strconv.ParseFloat(m["used_cpu_user"], 64)
+		s, _ := strconv.ParseFloat(m["used_cpu_sys"], 64)
+		total += u + s
 	}
-	u, _ := strconv.ParseFloat(m["used_cpu_user"], 64)
-	s, _ := strconv.ParseFloat(m["used_cpu_sys"], 64)
-	return u + s
+	return total
 }
 
 // redisHostPort returns the host and port of the Redis URL, for
@@ -117,9 +160,12 @@ type usage struct {
 	WorkerPeakMB  []float64 `json:"worker_peak_rss_mb"`
 	RedisCPU      float64   `json:"redis_cpu_pct"`
 	RedisCommands []cmdStat `json:"redis_commands,omitempty"`
-	NATSCPU       float64   `json:"nats_cpu_pct"`
-	BenchCPU      float64   `json:"bench_cpu_pct"`
-	MachineIdlePc float64   `json:"machine_idle_pct"`
+	// RedisMasters is each master's share on a Redis Cluster (RedisCPU
+	// and RedisCommands are then sums over the masters).
+	RedisMasters  []masterUsage `json:"redis_masters,omitempty"`
+	NATSCPU       float64       `json:"nats_cpu_pct"`
+	BenchCPU      float64       `json:"bench_cpu_pct"`
+	MachineIdlePc float64       `json:"machine_idle_pct"`
 }
 
 // meter measures usage between its creation and done.
@@ -133,6 +179,7 @@ type meter struct {
 	idle0   float64
 	total0  float64
 	cmds0   map[string]cmdStat
+	masters []masterSnap
 }
 
 // cmdStat is one command's share of Redis's time (INFO commandstats; the
@@ -144,12 +191,23 @@ type cmdStat struct {
 	UsecPerCall float64 `json:"usec_per_call"`
 }
 
+// commandStats returns INFO commandstats summed over the servers holding
+// data; nil when one did not answer.
 func (c *cluster) commandStats(ctx context.Context) map[string]cmdStat {
-	m, err := c.info(ctx, "commandstats")
-	if err != nil {
-		return nil
-	}
 	out := map[string]cmdStat{}
+	for _, srv := range c.servers() {
+		m, err := serverInfo(ctx, srv, "commandstats")
+		if err != nil {
+			return nil
+		}
+		addCommandStats(out, m)
+	}
+	return out
+}
+
+// addCommandStats adds the commands of one server's INFO commandstats m
+// to out.
+func addCommandStats(out map[string]cmdStat, m map[string]string) {
 	for k, v := range m {
 		name, ok := strings.CutPrefix(k, "cmdstat_")
 		if !ok {
@@ -166,9 +224,12 @@ func (c *cluster) commandStats(ctx context.Context) map[string]cmdStat {
 				st.Usec = n
 			}
 		}
-		out[name] = st
+		sum := out[name]
+		sum.Command = name
+		sum.Calls += st.Calls
+		sum.Usec += st.Usec
+		out[name] = sum
 	}
-	return out
 }
 
 // commandDelta returns the commands that ran between two snapshots, the
@@ -198,6 +259,7 @@ func (c *cluster) meter(ctx context.Context) *meter {
 	}
 	m.idle0, m.total0 = machineCPU()
 	m.cmds0 = c.commandStats(ctx)
+	m.masters = c.masterSnaps(ctx)
 	return m
 }
 
@@ -210,6 +272,7 @@ func (m *meter) done(ctx context.Context) usage {
 	if m.cmds0 != nil {
 		u.RedisCommands = commandDelta(m.cmds0, m.c.commandStats(ctx))
 	}
+	u.RedisMasters = m.c.masterUsages(ctx, m.masters, m.c.masterSnaps(ctx), wall)
 	for _, w := range m.workers {
 		p := w.percent()
 		u.WorkerCPU = append(u.WorkerCPU, p)

@@ -23,7 +23,7 @@ func (b *bench) offline(ctx context.Context, im impl, n int) error {
 	if err := b.c.reset(ctx, im, cfg.replicas, cfg.offTTL); err != nil {
 		return err
 	}
-	row := OfflineRow{Impl: im.name, Users: n, BackgroundKeys: cfg.bgKeys, Replicas: len(b.c.workerPIDs()),
+	row := OfflineRow{Impl: im.name, Topology: b.c.topology(), Users: n, BackgroundKeys: cfg.bgKeys, Replicas: len(b.c.workerPIDs()),
 		TTL: cfg.offTTL.String(), Grace: cfg.offGrace.String(), HBInterval: cfg.hbInterval.String(), Duration: cfg.offDuration.String(), LeavePctPerMin: cfg.leavePct}
 	base, err := b.memBase(ctx)
 	if err != nil {
@@ -315,7 +315,7 @@ func (b *bench) readDeadlines(im impl, tag string, st *steadyResult) {
 		for _, batch := range batches {
 			t := time.Now().UnixNano()
 			cmds := make([]*redis.DurationCmd, len(batch))
-			_, _ = b.c.rdb.Pipelined(context.Background(), func(p redis.Pipeliner) error {
+			_, _ = b.c.kv.Pipelined(context.Background(), func(p redis.Pipeliner) error {
 				for k, i := range batch {
 					cmds[k] = p.PTTL(context.Background(), im.userKey(userID(tag, int(i))))
 				}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -84,6 +85,7 @@ func printReport(w io.Writer, r *Report) {
 	printQueries(w, r)
 	printStorm(w, r)
 	printGateways(w, r)
+	printRedisMasters(w, r)
 	printRedisCommands(w, r)
 	printTargets(w, r)
 	printProfiles(w, r)
@@ -107,6 +109,9 @@ func printHeader(w io.Writer, r *Report) {
 	if s := r.Settings; s != nil {
 		fmt.Fprintf(w, "settings: scale %v, replicas %v, users %v, background keys %v, user id length %v, seed concurrency %v\n",
 			s["scale"], s["replicas"], s["users"], s["background_keys"], s["user_id_length"], s["seed_concurrency"])
+		if t, ok := s["redis_topology"]; ok {
+			fmt.Fprintf(w, "redis: %v\n", t)
+		}
 	}
 	fmt.Fprintln(w, "CPU figures are % of one core (this machine has", m.NProc, "cores), as workers(sum of replicas)/redis/nats/bench, then the machine's idle % (all cores) in the phase.")
 }
@@ -160,7 +165,11 @@ func printThroughput(w io.Writer, r *Report) {
 		}
 		rows = append(rows, row)
 	}
-	table(w, "lrrrrrrll", "Heartbeat throughput, end to end: published until applied in Redis (reply) and, for new users, every online event received; ratio = presenced/seed", rows)
+	title := "Heartbeat throughput, end to end: published until applied in Redis (reply) and, for new users, every online event received; ratio = presenced/seed"
+	if t := r.Throughput[0].Topology; t != "" {
+		title += "; on " + t
+	}
+	table(w, "lrrrrrrll", title, rows)
 }
 
 // printOffline writes one table per number of users of the offline
@@ -182,8 +191,12 @@ func printOffline(w io.Writer, r *Report) {
 		if ref == nil {
 			ref = s
 		}
-		title := fmt.Sprintf("Offline latency at %d online users (+%d background keys, %d replicas, ttl %s, heartbeat every %s, %.1f%%/min leaving for %s): event received minus deadline",
-			n, ref.BackgroundKeys, ref.Replicas, ref.TTL, ref.HBInterval, ref.LeavePctPerMin, ref.Duration)
+		on := ""
+		if ref.Topology != "" {
+			on = " on " + ref.Topology
+		}
+		title := fmt.Sprintf("Offline latency at %d online users%s (+%d background keys, %d replicas, ttl %s, heartbeat every %s, %.1f%%/min leaving for %s): event received minus deadline",
+			n, on, ref.BackgroundKeys, ref.Replicas, ref.TTL, ref.HBInterval, ref.LeavePctPerMin, ref.Duration)
 		rows := [][]string{{"metric", "presenced", "seed", "ratio"}}
 		f := func(name string, get func(o *OfflineRow) float64, format string, withRatio bool) {
 			rows = append(rows, compareRow(p, s, name, get, format, withRatio))
@@ -299,6 +312,57 @@ func printQueries(w io.Writer, r *Report) {
 		rows = append(rows, row)
 	}
 	table(w, "lrrrrrll", fmt.Sprintf("Query latency (presenced via %s; seed via %s); a listing is one timed run", paths["presenced"], paths["seed"]), rows)
+}
+
+// masterPhases are the phases that measured each master of a Redis
+// Cluster, in the report's order, with their labels.
+func masterPhases(r *Report) (labels []string, usages []usage) {
+	add := func(label string, u usage) {
+		if len(u.RedisMasters) > 0 {
+			labels, usages = append(labels, label), append(usages, u)
+		}
+	}
+	for _, t := range r.Throughput {
+		add(t.Impl+" "+t.Phase, t.Usage)
+	}
+	for _, o := range r.Offline {
+		add(fmt.Sprintf("%s offline %d steady", o.Impl, o.Users), o.Usage)
+	}
+	return labels, usages
+}
+
+// printRedisMasters writes each master's share of each phase on a Redis
+// Cluster, and the spread.
+func printRedisMasters(w io.Writer, r *Report) {
+	labels, usages := masterPhases(r)
+	if len(labels) == 0 {
+		return
+	}
+	rows := [][]string{{"phase", "master", "partitions", "cpu s", "cpu %", "commands", "keys at end"}}
+	for i, u := range usages {
+		for k, m := range u.RedisMasters {
+			label := ""
+			if k == 0 {
+				label = labels[i]
+			}
+			rows = append(rows, []string{label, m.Addr, fmt.Sprint(m.Partitions), cell("%.3f", m.CPUSeconds), cell("%.1f", m.CPUPct),
+				cell("%.0f", float64(m.Commands)), cell("%.0f", float64(m.Keys))})
+		}
+		cpu, cmds, keys := masterSpreads(u.RedisMasters)
+		rows = append(rows, []string{"", "spread (max/min - 1)", "", pctCell(cpu), "", pctCell(cmds), pctCell(keys)})
+	}
+	table(w, "llrrrrr", "Redis Cluster masters: each master's INFO cpu (used_cpu_user + used_cpu_sys) and total_commands_processed over the phase, DBSIZE at its end; every master shares this machine's cores, so the spread is the figure, not the sum", rows)
+}
+
+// pctCell formats a spread as a percentage.
+func pctCell(f float64) string {
+	switch {
+	case f < 0:
+		return "-"
+	case math.IsInf(f, 1):
+		return "inf"
+	}
+	return fmt.Sprintf("%.1f%%", 100*f)
 }
 
 // printRedisCommands writes the top Redis commands of each phase.

@@ -106,6 +106,7 @@ func (c *Ceiling) maxRedisCPU() float64 {
 // ThroughputRow is one heartbeat throughput phase of one implementation.
 type ThroughputRow struct {
 	Impl            string  `json:"impl"`
+	Topology        string  `json:"redis_topology,omitempty"`
 	Phase           string  `json:"phase"`
 	IDs             int64   `json:"ids"`
 	Messages        int64   `json:"messages"`
@@ -124,6 +125,7 @@ type ThroughputRow struct {
 // OfflineRow is one offline-latency run.
 type OfflineRow struct {
 	Impl           string  `json:"impl"`
+	Topology       string  `json:"redis_topology,omitempty"`
 	Users          int     `json:"users"`
 	BackgroundKeys int     `json:"background_keys"`
 	Replicas       int     `json:"replicas"`

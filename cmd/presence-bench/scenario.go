@@ -47,13 +47,26 @@ func (b *bench) load(ctx context.Context, im impl, col *collector, tag string, n
 func (b *bench) settle(ctx context.Context, im impl, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		n, err := b.c.rdb.XLen(ctx, im.keys+"outbox").Result()
-		if err != nil || n <= 10 {
+		if n, err := b.outboxLen(ctx, im); err != nil || n <= 10 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(min(time.Second, time.Until(deadline)))
+}
+
+// outboxLen is the entries in im's outbox streams (one per partition on a
+// Redis Cluster).
+func (b *bench) outboxLen(ctx context.Context, im impl) (int64, error) {
+	var total int64
+	for _, k := range im.outboxKeys() {
+		n, err := b.c.kv.XLen(ctx, k).Result()
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // memBase is Redis memory before users come online.

@@ -68,7 +68,7 @@ func (b *bench) throughput(ctx context.Context) error {
 // heartbeats runs phase p against im and measures it end to end: from the
 // first publish until every reply and, for new users, every online event.
 func (b *bench) heartbeats(ctx context.Context, im impl, p hbPhase) (ThroughputRow, error) {
-	row := ThroughputRow{Impl: im.name, Phase: p.name}
+	row := ThroughputRow{Impl: im.name, Phase: p.name, Topology: b.c.topology()}
 	col, err := newCollector(b.c.ev, im.subjects, p.tag, p.users, false)
 	if err != nil {
 		return row, err

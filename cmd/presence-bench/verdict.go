@@ -136,7 +136,47 @@ func targets(r *Report, cfg *config) []Target {
 	add(memoryTarget(r))
 	add(stormTarget(r))
 	ts = append(ts, gatewaysTargets(r)...)
+	if t, ok := masterSpreadTarget(r); ok {
+		add(t)
+	}
 	return ts
+}
+
+// maxMasterSpread is the most the masters' Redis CPU may differ in a phase
+// on a Redis Cluster: max/min - 1.
+const maxMasterSpread = 0.20
+
+// masterSpreadTarget judges how evenly a Redis Cluster's masters shared
+// the work: the spread of their CPU seconds (max/min - 1) in the worst
+// phase measured must be within 20%. ok is false when no phase ran on a
+// cluster. A master whose CPU could not be read makes it n/a.
+func masterSpreadTarget(r *Report) (Target, bool) {
+	labels, usages := masterPhases(r)
+	if len(labels) == 0 {
+		return Target{}, false
+	}
+	t := Target{Name: "load spread over masters", Want: fmt.Sprintf("within %.0f%%: max/min - 1 of the masters' Redis CPU seconds, in every phase measured on the cluster", 100*maxMasterSpread), Status: "n/a"}
+	worst, wi := -1.0, -1
+	for i, u := range usages {
+		cpu, _, _ := masterSpreads(u.RedisMasters)
+		if cpu < 0 {
+			t.Got = fmt.Sprintf("not measured: a master's CPU could not be read in %s", labels[i])
+			return t, true
+		}
+		if cpu > worst {
+			worst, wi = cpu, i
+		}
+	}
+	ms := usages[wi].RedisMasters
+	secs := make([]string, len(ms))
+	for i, m := range ms {
+		secs[i] = fmt.Sprintf("%.3f", m.CPUSeconds)
+	}
+	_, cmds, keys := masterSpreads(ms)
+	t.Got = fmt.Sprintf("%s worst of %d phases (%s: %s CPU s on %d masters; commands %s, keys %s)",
+		pctCell(worst), len(usages), labels[wi], strings.Join(secs, "/"), len(ms), pctCell(cmds), pctCell(keys))
+	t.Status = status(worst <= maxMasterSpread)
+	return t, true
 }
 
 // cleanRows marks a throughput target whose rows had errors: presenced's
@@ -177,6 +217,9 @@ func batchedVerdict(idsPerSec float64, c *Ceiling) (got, st, note string) {
 
 func offlineLatencyVerdict(o *OfflineRow) (string, bool) {
 	got := fmt.Sprintf("%.0fms at %d users (p50 %.0fms, max %.0fms; over %d received events)", o.P99Ms, o.Users, o.P50Ms, o.MaxMs, o.Received)
+	if o.Topology != "" {
+		got += " on " + o.Topology
+	}
 	if o.Missing > 0 {
 		got += fmt.Sprintf("; %d leavers missing, not in the percentiles", o.Missing)
 	}
