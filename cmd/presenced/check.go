@@ -151,11 +151,15 @@ func runCheck(args []string, getenv func(string) string, stdout, stderr io.Write
 // checkRedis checks that Redis answers, is 7.0 or later, has (or lets the
 // worker set) expired keyspace events, and lets the worker's user run its
 // scripts and stream commands on the key prefix and subscribe to the expiry
-// channel.
+// channel: on the server of REDIS_URL, the master the sentinels name, or
+// every master of a Redis Cluster (checkRedisCluster).
 func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) {
-	names := []string{"redis version", "redis keyspace events", "redis scripts", "redis streams and reads", "redis expiry subscription"}
+	if cfg.Cluster() {
+		checkRedisCluster(ctx, cfg, report)
+		return
+	}
 	skipAll := func(why string) {
-		for _, n := range names {
+		for _, n := range serverCheckNames {
 			report(checkLine{checkSkip, n, why})
 		}
 	}
@@ -205,12 +209,29 @@ func checkRedis(ctx context.Context, cfg config.Config, report func(checkLine)) 
 
 	cctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
-	report(redisVersion(cctx, rdb))
-	report(redisNotifications(cctx, rdb))
-	report(redisScripts(cctx, rdb, cfg.KeyPrefix))
-	report(redisStreams(cctx, rdb, cfg.KeyPrefix))
-	report(redisExpirySubscription(cctx, rdb, cfg.RedisDB()))
+	for _, l := range serverChecks(cctx, rdb, cfg.KeyPrefix, cfg.KeyPrefix, cfg.RedisDB()) {
+		report(l)
+	}
 }
+
+// serverChecks runs the checks of one server that takes the worker's
+// writes (named in serverCheckNames): its version, keyspace events, the
+// scripts' commands, the stream commands and the expiry subscription on
+// database db. The scratch keys are scratch+"check..." (on a cluster, in a
+// slot of that server), under prefix, the worker's key prefix; they are
+// removed.
+func serverChecks(ctx context.Context, rdb *redis.Client, prefix, scratch string, db int) []checkLine {
+	return []checkLine{
+		redisVersion(ctx, rdb),
+		redisNotifications(ctx, rdb),
+		redisScripts(ctx, rdb, prefix, scratch),
+		redisStreams(ctx, rdb, prefix, scratch),
+		redisExpirySubscription(ctx, rdb, db),
+	}
+}
+
+// serverCheckNames are the names of serverChecks' lines, in order.
+var serverCheckNames = []string{"redis version", "redis keyspace events", "redis scripts", "redis streams and reads", "redis expiry subscription"}
 
 // checkSentinels checks that each sentinel answers and names the master
 // REDIS_SENTINEL_MASTER, one line each, and that the sentinels can agree on
@@ -342,7 +363,7 @@ func redisNotifications(ctx context.Context, rdb *redis.Client) checkLine {
 	return checkLine{checkOK, name, fmt.Sprintf("notify-keyspace-events is %q (has E and x)", flags)}
 }
 
-func redisScripts(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
+func redisScripts(ctx context.Context, rdb *redis.Client, prefix, scratch string) checkLine {
 	const name = "redis scripts"
 	cmds, err := presence.ScriptCommands()
 	if err != nil {
@@ -354,7 +375,7 @@ func redisScripts(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 			strings.Join(missing, ", "))}
 	}
 	script := redis.NewScript(src)
-	k := prefix + "check"
+	k := scratch + "check"
 	keys := []string{k, k + ":z", k + ":h", k + ":stream"}
 	// Run loads the script (SCRIPT LOAD) and calls EVALSHA, as the worker does.
 	if err := script.Load(ctx, rdb).Err(); err != nil {
@@ -368,9 +389,9 @@ func redisScripts(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 	return checkLine{checkOK, name, fmt.Sprintf("SCRIPT LOAD, EVALSHA and the %d commands the scripts run, on %s* keys", len(cmds), prefix)}
 }
 
-func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLine {
+func redisStreams(ctx context.Context, rdb *redis.Client, prefix, scratch string) checkLine {
 	const name = "redis streams and reads"
-	k := prefix + "check:stream"
+	k := scratch + "check:stream"
 	defer rdb.Del(context.WithoutCancel(ctx), k) // best effort; a denied DEL was reported by the scripts check
 	steps := []struct {
 		cmd string
@@ -394,7 +415,7 @@ func redisStreams(ctx context.Context, rdb *redis.Client, prefix string) checkLi
 		}},
 		{"XREVRANGE", func() error { return rdb.XRevRangeN(ctx, k, "+", "-", 1).Err() }},
 		{"XGROUP DELCONSUMER", func() error { return rdb.XGroupDelConsumer(ctx, k, "check", "check").Err() }},
-		{"MGET", func() error { return rdb.MGet(ctx, prefix+"check").Err() }},
+		{"MGET", func() error { return rdb.MGet(ctx, scratch+"check").Err() }},
 		{"ROLE", func() error { return rdb.Do(ctx, "ROLE").Err() }},
 		{"DEL", func() error { return rdb.Del(ctx, k).Err() }},
 	}

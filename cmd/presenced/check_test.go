@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
@@ -227,13 +229,10 @@ func TestEveryScriptCommandHasAProbe(t *testing.T) {
 	}
 }
 
-// TestCheckWithDeployACL: presenced check passes its Redis checks as the
-// user of deploy/redis/users.acl (the ACL the worker needs and no more),
-// the scripts check included; only the keyspace events check warns (CONFIG
-// is not granted).
-func TestCheckWithDeployACL(t *testing.T) {
-	r := testenv.StartRedis(t)
-	n := testenv.StartNATS(t)
+// deployACLSetUser returns the ACL SETUSER command that makes the user of
+// deploy/redis/users.acl, with the password "pw".
+func deployACLSetUser(t *testing.T) []any {
+	t.Helper()
 	data, err := os.ReadFile("../../deploy/redis/users.acl")
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +253,17 @@ func TestCheckWithDeployACL(t *testing.T) {
 		}
 		args = append(args, r)
 	}
-	if err := r.Client(t).Do(context.Background(), args...).Err(); err != nil {
+	return args
+}
+
+// TestCheckWithDeployACL: presenced check passes its Redis checks as the
+// user of deploy/redis/users.acl (the ACL the worker needs and no more),
+// the scripts check included; only the keyspace events check warns (CONFIG
+// is not granted).
+func TestCheckWithDeployACL(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartNATS(t)
+	if err := r.Client(t).Do(context.Background(), deployACLSetUser(t)...).Err(); err != nil {
 		t.Fatal(err)
 	}
 	u := url.URL{Scheme: "redis", Host: r.Addr, Path: "/0", User: url.UserPassword("presenced", "pw")}
@@ -318,5 +327,161 @@ func TestCheckSentinel(t *testing.T) {
 	code, out = checkRun(t, env)
 	if code != 1 || !strings.Contains(out, `knows no master named "other"`) || outcome(out, "redis scripts") != "skip" {
 		t.Errorf("unknown master: exit %d, want 1, each sentinel saying so and the Redis checks skipped:\n%s", code, out)
+	}
+}
+
+// clusterCheckNames returns the names of the lines `presenced check` prints
+// for the masters of rc: "redis <addr>" and its per-server checks.
+func clusterCheckNames(t *testing.T, rc *testenv.RedisCluster) []string {
+	t.Helper()
+	var names []string
+	for _, m := range rc.Masters(t) {
+		names = append(names, "redis "+m)
+		for _, n := range []string{"version", "keyspace events", "scripts", "streams and reads", "expiry subscription"} {
+			names = append(names, "redis "+m+" "+n)
+		}
+	}
+	return names
+}
+
+// TestCheckCluster: with REDIS_CLUSTER_ADDRS, check reads the slot map
+// from a seed, runs the Redis checks on every master (each line naming
+// it), and compares the recorded partition count with
+// REDIS_CLUSTER_PARTITIONS: a healthy cluster passes and the scratch keys
+// are gone; a recorded count other than the configured one fails naming
+// the setting to use; a user denied ASKING fails the cluster check, and one
+// denied XADD the scripts and streams checks of every master; a master down fails its line and, once the
+// others notice, their cluster_state.
+func TestCheckCluster(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0, testenv.WithConfig("notify-keyspace-events", "Ex"))
+	n := testenv.StartNATS(t)
+	p := testenv.Prefix(t)
+	ctx := context.Background()
+	env := map[string]string{"REDIS_URL": "", "REDIS_CLUSTER_ADDRS": strings.Join(rc.Addrs(), ","), "NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": p, "PRESENCE_KEY_PREFIX": p + ":"}
+	names := append(clusterCheckNames(t, rc), "redis cluster", "redis partitions")
+
+	code, out := checkRun(t, env)
+	for _, name := range names {
+		if got := outcome(out, name); got != "ok" {
+			t.Errorf("%s: %s, want ok", name, got)
+		}
+	}
+	if code != 0 || !strings.Contains(out, "redis partitions: not recorded yet: the first replica records 48") || !strings.Contains(out, "assigns all 16384 slots to 3 masters") {
+		t.Errorf("healthy cluster: exit %d, want 0, the slots served and the partition count not recorded yet", code)
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
+	}
+	admin := rc.Client(t)
+	err := admin.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		keys, err := m.Keys(ctx, p+":*").Result()
+		if err == nil && len(keys) > 0 {
+			err = fmt.Errorf("keys left on %s: %v", m.Options().Addr, keys)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The data was made with 12 partitions.
+	if err := admin.Set(ctx, p+":partitions", "12", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	code, out = checkRun(t, env)
+	if code != 1 || outcome(out, "redis partitions") != "FAIL" || !strings.Contains(out, "has 12 partitions") || !strings.Contains(out, "set REDIS_CLUSTER_PARTITIONS=12") {
+		t.Errorf("partition count mismatch: exit %d, want 1 with the partitions check failing and naming REDIS_CLUSTER_PARTITIONS=12:\n%s", code, out)
+	}
+	env["REDIS_CLUSTER_PARTITIONS"] = "12"
+	code, out = checkRun(t, env)
+	if code != 0 || outcome(out, "redis partitions") != "ok" {
+		t.Errorf("partition count as recorded: exit %d, want 0:\n%s", code, out)
+	}
+
+	// A user that may do everything on the prefix but XADD, CONFIG and
+	// ASKING (which the cluster client sends after an ASK redirect), on
+	// every node.
+	for _, a := range rc.Addrs() {
+		if err := rc.Node(t, a).Client(t).Do(ctx, "ACL", "SETUSER", "worker", "on", ">pw", "~"+p+":*", "&*", "+@all", "-xadd", "-config", "-asking").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	user := maps.Clone(env)
+	user["REDIS_USERNAME"], user["REDIS_PASSWORD"] = "worker", "pw"
+	code, out = checkRun(t, user)
+	if code != 1 || outcome(out, "redis cluster") != "FAIL" || !strings.Contains(out, "needs +cluster|slots +command +asking") {
+		t.Errorf("user denied XADD and ASKING: exit %d, want 1 with the cluster check failing and naming the grants", code)
+	}
+	for _, m := range rc.Masters(t) {
+		for name, w := range map[string]string{
+			"redis " + m:                          "ok",
+			"redis " + m + " keyspace events":     "WARN",
+			"redis " + m + " scripts":             "FAIL",
+			"redis " + m + " streams and reads":   "FAIL",
+			"redis " + m + " expiry subscription": "ok",
+		} {
+			if got := outcome(out, name); got != w {
+				t.Errorf("user denied XADD and ASKING: %s: %s, want %s", name, got, w)
+			}
+		}
+	}
+	if !strings.Contains(out, "NOPERM") || !strings.Contains(out, "~"+p+":*") {
+		t.Errorf("output does not explain the ACL denial")
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
+	}
+
+	// A master down, first among the seeds (check asks the next): its
+	// line fails, and once the other masters mark it failed
+	// (cluster-node-timeout), so do theirs.
+	masters := rc.Masters(t)
+	down := masters[0]
+	env["REDIS_CLUSTER_ADDRS"] = strings.Join(append([]string{down}, masters[1:]...), ",")
+	rc.Kill(t, down)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		code, out = checkRun(t, env)
+		return code == 1 && outcome(out, "redis "+down) == "FAIL" && outcome(out, "redis "+down+" scripts") == "skip" &&
+			outcome(out, "redis "+masters[1]) == "FAIL" && strings.Contains(out, `cluster_state is "fail"`)
+	}, "a master down: want its line and the others' cluster_state failing")
+	if !strings.Contains(out, "redis "+down+": not reachable") {
+		t.Errorf("the line of the master down does not say it is not reachable:\n%s", out)
+	}
+}
+
+// TestCheckClusterWithDeployACL: on a Redis Cluster, presenced check
+// passes as the user of deploy/redis/users.acl (set on every node): the
+// cluster client's own commands, and on every master the scripts, stream
+// and subscription checks; the keyspace events check warns (CONFIG is not
+// granted) and cluster_state is not read (CLUSTER INFO is not granted).
+func TestCheckClusterWithDeployACL(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0, testenv.WithConfig("notify-keyspace-events", "Ex"))
+	n := testenv.StartNATS(t)
+	for _, a := range rc.Addrs() {
+		if err := rc.Node(t, a).Client(t).Do(context.Background(), deployACLSetUser(t)...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out := checkRun(t, map[string]string{"REDIS_URL": "", "REDIS_CLUSTER_ADDRS": strings.Join(rc.Addrs(), ","), "REDIS_USERNAME": "presenced", "REDIS_PASSWORD": "pw",
+		"NATS_URL": n.URL(), "PRESENCE_SUBJECT_PREFIX": testenv.Prefix(t)})
+	want := map[string]string{"redis cluster": "ok", "redis partitions": "ok"}
+	for _, m := range rc.Masters(t) {
+		want["redis "+m] = "ok"
+		want["redis "+m+" version"] = "ok"
+		want["redis "+m+" keyspace events"] = "WARN"
+		want["redis "+m+" scripts"] = "ok"
+		want["redis "+m+" streams and reads"] = "ok"
+		want["redis "+m+" expiry subscription"] = "ok"
+	}
+	for name, w := range want {
+		if got := outcome(out, name); got != w {
+			t.Errorf("%s: %s, want %s", name, got, w)
+		}
+	}
+	if code != 0 || !strings.Contains(out, "CLUSTER INFO denied") {
+		t.Errorf("exit %d, want 0 and cluster_state not read", code)
+	}
+	if t.Failed() {
+		t.Fatalf("output:\n%s", out)
 	}
 }
