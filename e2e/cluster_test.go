@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -405,9 +406,12 @@ func TestLocalClusterRedisCluster(t *testing.T) {
 	request(t, nc, subjects.Heartbeat(), ids)
 	seen(t, online, "online", ids)
 	keys := map[string]int64{} // master -> keys
+	var mu sync.Mutex          // ForEachMaster calls concurrently
 	if err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
 		n, err := m.DBSize(ctx).Result()
+		mu.Lock()
 		keys[m.Options().Addr] = n
+		mu.Unlock()
 		return err
 	}); err != nil {
 		t.Fatalf("DBSIZE on the masters: %v", err)
