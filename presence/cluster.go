@@ -326,43 +326,68 @@ func (c *Cluster) Kick(ctx context.Context, ids []string) ([]int64, error) {
 }
 
 // syncMirrors brings the mirrors of items in line with their partitions
-// after a heartbeat, for the items whose partition applied it (ok). In
-// three steps, each one pipeline: (1) SET the mirror of each user the call
-// left online (result a version or 0) with the TTL; SET ... GET fails on a
-// key of another type without writing it, so another program's key under
-// the prefix is left alone. (2) Check each of those users' deadline keys
-// in their partitions, and those of entries ignored as Stale (a resent
-// connection entry: the user may be online and its mirror missing). (3)
-// Remove (GETDEL) the mirror of a user whose session ended meanwhile (a
-// disconnect stored by another replica whose relay found no mirror yet to
-// remove), and SET it for a Stale entry's user who is online. So a mirror
-// written by a heartbeat never outlives the session for long: whichever
-// of this check and the relay's comes second removes it. Failures are
-// counted and logged, not returned: the sessions are stored, and the next
-// heartbeat writes the mirror again.
+// after a heartbeat, for the items whose partition applied it (ok):
+//
+//  1. One pipeline: for a user whose session the call opened (a version),
+//     SET the mirror with the TTL; for a refresh (0), SET it only if it
+//     exists (XX), which refreshes its TTL and never brings back a mirror
+//     the relay removed. Both with GET, which fails on a key of another
+//     type without writing it, so another program's key under the prefix
+//     is left alone, and tells whether the key existed.
+//  2. For the users whose session the call opened, the refreshes that
+//     found no mirror, and entries ignored as Stale (a resent connection
+//     entry), check the deadline key in the partition, and (3) remove the
+//     mirror of a user whose session ended meanwhile (a disconnect stored
+//     by another replica, whose relay found no mirror yet to remove), SET
+//     it for the others who are online.
+//
+// A refresh, the common case, costs one command. A mirror written here
+// never outlives the session for long: whichever of this check and the
+// relay's comes second removes it. Failures are counted and logged, not
+// returned: the sessions are stored, and the next heartbeat writes the
+// mirror again.
 func syncMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T) string, res []int64, ok []bool) {
-	set := map[string]bool{}   // users to SET first
-	check := map[string]bool{} // users to check after: true when set
+	opened := map[string]bool{}  // sessions the call opened
+	refresh := map[string]bool{} // sessions refreshed
+	check := map[string]bool{}   // to check after: true for opened
 	for i, it := range items {
+		id := user(it)
 		switch {
 		case !ok[i]:
-		case res[i] >= 0:
-			set[user(it)], check[user(it)] = true, true
+		case res[i] > 0:
+			opened[id] = true
+		case res[i] == 0:
+			refresh[id] = true
 		case res[i] == Stale:
-			if _, seen := check[user(it)]; !seen {
-				check[user(it)] = false
+			check[id] = false
+		}
+	}
+	for id := range opened {
+		delete(refresh, id)
+		check[id] = true
+	}
+	if len(opened)+len(refresh) > 0 {
+		p := c.rdb.Pipeline()
+		ids := make([]string, 0, len(refresh))
+		cmds := make([]*redis.Cmd, 0, len(refresh))
+		for id := range opened {
+			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
+		}
+		for id := range refresh {
+			ids = append(ids, id)
+			cmds = append(cmds, p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "XX", "GET"))
+		}
+		c.mirrorResults(p.Exec(ctx))
+		for k, cmd := range cmds {
+			if errors.Is(cmd.Err(), redis.Nil) { // no mirror: not set (XX)
+				if _, seen := check[ids[k]]; !seen {
+					check[ids[k]] = false
+				}
 			}
 		}
 	}
 	if len(check) == 0 {
 		return
-	}
-	if len(set) > 0 {
-		p := c.rdb.Pipeline()
-		for id := range set {
-			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
-		}
-		c.mirrorResults(p.Exec(ctx))
 	}
 	ids := make([]string, 0, len(check))
 	p := c.rdb.Pipeline()
