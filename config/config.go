@@ -111,7 +111,7 @@ type Config struct {
 	RedisClusterAddrs string
 	// RedisClusterPartitions is the number of partitions of the presence
 	// data on a Redis Cluster (REDIS_CLUSTER_PARTITIONS,
-	// --redis-cluster-partitions). Default 48. Every replica must use the
+	// --redis-cluster-partitions). Default 12. Every replica must use the
 	// same count for the life of the data: start-up refuses another.
 	RedisClusterPartitions int
 	// RedisClusterTLS turns on TLS to the cluster's nodes

@@ -36,7 +36,7 @@ func TestDefault(t *testing.T) {
 		IntakeMB:               256,
 		Shards:                 16384,
 		QueryView:              true,
-		RedisClusterPartitions: 48,
+		RedisClusterPartitions: 12,
 		OutboxRetention:        30 * time.Second,
 		GatewayLease:           15 * time.Second,
 		MaxConnectionsPerUser:  64,

@@ -189,7 +189,7 @@ var settings = []Setting{
 		},
 	},
 	{
-		Flag: "redis-cluster-partitions", Env: "REDIS_CLUSTER_PARTITIONS", Default: "48",
+		Flag: "redis-cluster-partitions", Env: "REDIS_CLUSTER_PARTITIONS", Default: "12",
 		Usage: "partitions of the presence data on a Redis Cluster, the same on every replica for the life of the data (1 to 1024)",
 		field: intField(func(c *Config) *int { return &c.RedisClusterPartitions }),
 		check: func(c Config, name func(string) string) error {

@@ -57,11 +57,12 @@ type Cluster struct {
 	lastMirrorLog  atomic.Int64 // unix ms of the last mirror failure logged
 }
 
-// DefaultPartitions is the partition count when none is given: a multiple
-// of 3 (the smallest cluster with failover has three masters) and of 2 and
-// 4, large enough that 5 or 6 masters hold within 20% of each other's
-// share too.
-const DefaultPartitions = 48
+// DefaultPartitions is the partition count when none is given: it spreads
+// evenly over 3, 4, 6 or 12 masters. More partitions allow more masters
+// but cut each worker batch into smaller script calls, each paying the
+// script's fixed cost (BENCHMARKS.md, "Redis Cluster": 48 partitions cost
+// about a third more Redis CPU per heartbeat than 12 on 3 masters).
+const DefaultPartitions = 12
 
 // MaxPartitions bounds the partition count: every replica sweeps and
 // relays every partition.
