@@ -366,7 +366,7 @@ func TestCheckCluster(t *testing.T) {
 			t.Errorf("%s: %s, want ok", name, got)
 		}
 	}
-	if code != 0 || !strings.Contains(out, "redis partitions: not recorded yet: the first replica records 48") || !strings.Contains(out, "assigns all 16384 slots to 3 masters") {
+	if code != 0 || !strings.Contains(out, "redis partitions: not recorded yet: the first replica records 12") || !strings.Contains(out, "assigns all 16384 slots to 3 masters") {
 		t.Errorf("healthy cluster: exit %d, want 0, the slots served and the partition count not recorded yet", code)
 	}
 	if t.Failed() {
@@ -384,15 +384,15 @@ func TestCheckCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The data was made with 12 partitions.
-	if err := admin.Set(ctx, p+":partitions", "12", 0).Err(); err != nil {
+	// The data was made with 24 partitions.
+	if err := admin.Set(ctx, p+":partitions", "24", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	code, out = checkRun(t, env)
-	if code != 1 || outcome(out, "redis partitions") != "FAIL" || !strings.Contains(out, "has 12 partitions") || !strings.Contains(out, "set REDIS_CLUSTER_PARTITIONS=12") {
-		t.Errorf("partition count mismatch: exit %d, want 1 with the partitions check failing and naming REDIS_CLUSTER_PARTITIONS=12:\n%s", code, out)
+	if code != 1 || outcome(out, "redis partitions") != "FAIL" || !strings.Contains(out, "has 24 partitions") || !strings.Contains(out, "set REDIS_CLUSTER_PARTITIONS=24") {
+		t.Errorf("partition count mismatch: exit %d, want 1 with the partitions check failing and naming REDIS_CLUSTER_PARTITIONS=24:\n%s", code, out)
 	}
-	env["REDIS_CLUSTER_PARTITIONS"] = "12"
+	env["REDIS_CLUSTER_PARTITIONS"] = "24"
 	code, out = checkRun(t, env)
 	if code != 0 || outcome(out, "redis partitions") != "ok" {
 		t.Errorf("partition count as recorded: exit %d, want 0:\n%s", code, out)
