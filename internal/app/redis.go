@@ -257,19 +257,31 @@ func RedisClusterOptions(cfg config.Config) (*redis.ClusterOptions, error) {
 		DisableIdentity:            true,
 		MaintNotificationsConfig:   &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
+	tc, err := switchedTLS(cfg, cfg.RedisClusterTLS, "REDIS_CLUSTER_TLS")
+	if err != nil {
+		return nil, err
+	}
+	co.TLSConfig = tc
+	return co, nil
+}
+
+// switchedTLS is the TLS configuration of a topology without a URL, whose
+// TLS is turned on by a switch (on, named setting): with it on, TLS 1.2 or
+// later with the REDIS_TLS_* files when set; nil with it off, and an error
+// when the files are set but the switch is off (they would silently not
+// be used).
+func switchedTLS(cfg config.Config, on bool, setting string) (*tls.Config, error) {
 	tc, err := cfg.RedisTLS()
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case tc != nil && !cfg.RedisClusterTLS:
-		return nil, errors.New("REDIS_TLS_* files are set but REDIS_CLUSTER_TLS is off: turn it on for TLS")
-	case cfg.RedisClusterTLS && tc == nil:
-		co.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	case cfg.RedisClusterTLS:
-		co.TLSConfig = tc
+	case tc != nil && !on:
+		return nil, fmt.Errorf("REDIS_TLS_* files are set but %s is off: turn it on for TLS", setting)
+	case on && tc == nil:
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
 	}
-	return co, nil
+	return tc, nil
 }
 
 // SentinelMaster asks the sentinels of a Sentinel configuration for the
@@ -471,17 +483,10 @@ func sentinelServerOptions(cfg config.Config) (*redis.Options, error) {
 		DisableIdentity:          true,
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
-	tc, err := cfg.RedisTLS()
+	tc, err := switchedTLS(cfg, cfg.RedisSentinelTLS, "REDIS_SENTINEL_TLS")
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case tc != nil && !cfg.RedisSentinelTLS:
-		return nil, errors.New("REDIS_TLS_* files are set but REDIS_SENTINEL_TLS is off: turn it on for TLS")
-	case cfg.RedisSentinelTLS && tc == nil:
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
-	case cfg.RedisSentinelTLS:
-		opts.TLSConfig = tc
-	}
+	opts.TLSConfig = tc
 	return opts, nil
 }
