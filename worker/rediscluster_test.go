@@ -38,6 +38,7 @@ func startClusterReplica(t *testing.T, rc *testenv.RedisCluster, natsURL, prefix
 	defer cancel()
 	cfg := config.Default()
 	cfg.RedisURL, cfg.RedisClusterAddrs, cfg.RedisClusterPartitions = "", strings.Join(rc.Addrs(), ","), partitions
+	cfg.RedisPassword = rc.Password
 	cc, err := app.NewRedisClusterClient(cfg, "presenced")
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +52,7 @@ func startClusterReplica(t *testing.T, rc *testenv.RedisCluster, natsURL, prefix
 		t.Fatal(err)
 	}
 	exp := presence.NewClusterExpiry(cc, func(addr string) *redis.Client {
-		return redis.NewClient(&redis.Options{Addr: addr, DisableIdentity: true})
+		return redis.NewClient(&redis.Options{Addr: addr, Password: rc.Password, DisableIdentity: true})
 	}, presence.ExpiryOptions{KeyID: presence.ClusterKeyID(prefix), HealthInterval: 500 * time.Millisecond})
 	consumer := worker.ConsumerName()
 	var parts []worker.Partition
@@ -370,4 +371,235 @@ func TestRedisClusterFailoverAndReshard(t *testing.T) {
 			t.Errorf("replica %d: expiry subscriptions on %v (connected %v), masters %v", i, got, r.expiry.Connected(), now)
 		}
 	}
+}
+
+// TestRedisClusterFailoverLosingWritesResetsItsPartitions cuts one
+// master's replica off (it can no longer authenticate), lets users come
+// online and disconnect on that master alone (their events go out), then
+// SIGKILLs the master: the replica, promoted, lacks those writes. The
+// relays of that master's partitions find published entries gone and
+// publish a reset naming each partition that lost them, above every
+// version they published, and no other partition resets. Afterwards
+// heartbeating users have no offline, and a consumer applying events by
+// version (a reset clears only the users it covers) ends with exactly the
+// users the cluster holds online: what was lost is covered by resets, the
+// users of other partitions are kept.
+func TestRedisClusterFailoverLosingWritesResetsItsPartitions(t *testing.T) {
+	const (
+		ttl        = 8 * time.Second // above the cut and the failover, so heartbeating users never lapse
+		partitions = 12
+	)
+	rc := testenv.StartRedisCluster(t, 3, 1, testenv.WithPassword("pw"))
+	n := testenv.StartNATS(t)
+	prefix := testenv.Prefix(t) + ":"
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	ctx := context.Background()
+	view := &consumerView{online: map[string]int64{}, events: map[string][]client.Event{}}
+	cl := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTimeout(3*time.Second))
+	stop, err := cl.Subscribe(ctx, view.apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	var reps []*clusterReplica
+	for range 3 {
+		reps = append(reps, startClusterReplica(t, rc, n.URL(), prefix, subjects, ttl, partitions))
+	}
+	store := reps[0].store
+
+	keepAlive := func(ctx context.Context, ids []string) {
+		go func() {
+			for ctx.Err() == nil {
+				_, _ = cl.Heartbeat(ctx, ids...)
+				time.Sleep(300 * time.Millisecond)
+			}
+		}()
+	}
+	named := func(p string, k int) []string {
+		out := make([]string, k)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s-%d", p, i)
+		}
+		return out
+	}
+	keepCtx, stopKeep := context.WithCancel(ctx)
+	defer stopKeep()
+	keepers, early := named("keep", 40), named("early", 40)
+	keepAlive(keepCtx, keepers)
+	if _, err := cl.Heartbeat(ctx, early...); err != nil {
+		t.Fatal(err)
+	}
+
+	// The victim: the first master; its replica stops receiving its writes.
+	victim := rc.Masters(t)[0]
+	vc := rc.Node(t, victim).Client(t)
+	var standby string
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info := replicationInfo(ctx, vc)
+		standby = info["slave0"]
+		return standby != ""
+	}, "no replica of %s", victim)
+	// slave0:ip=127.0.0.1,port=1234,state=online,offset=...,lag=0
+	fields := map[string]string{}
+	for _, kv := range strings.Split(standby, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		fields[k] = v
+	}
+	standby = fields["ip"] + ":" + fields["port"]
+	sc := rc.Node(t, standby).Client(t)
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		return replicationInfo(ctx, sc)["slave_repl_offset"] == replicationInfo(ctx, vc)["master_repl_offset"]
+	}, "replica %s did not catch up with %s", standby, victim)
+	if err := sc.ConfigSet(ctx, "masterauth", "wrong").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := vc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool { return replicationInfo(ctx, sc)["master_link_status"] == "down" }, "replica still linked")
+
+	// On the victim alone (for its partitions): new users, some of whom
+	// keep heartbeating, and disconnects. Their events go out.
+	ghosts, lateKeepers := named("ghost", 60), named("lkeep", 30)
+	if _, err := cl.Heartbeat(ctx, ghosts...); err != nil {
+		t.Fatal(err)
+	}
+	keepAlive(keepCtx, lateKeepers)
+	if _, err := cl.Disconnect(ctx, early...); err != nil {
+		t.Fatal(err)
+	}
+	victimParts := map[int]bool{}
+	for p, tag := range presence.PartitionTags(partitions) {
+		if slotOwner(t, rc, presence.KeySlot("{"+tag+"}")) == victim {
+			victimParts[p] = true
+		}
+	}
+	lostUsers := 0
+	for _, id := range append(slices.Clone(ghosts), early...) {
+		if victimParts[contract.PartitionOf(id, partitions)] {
+			lostUsers++
+		}
+	}
+	if len(victimParts) == 0 || lostUsers == 0 {
+		t.Fatalf("the victim %s holds partitions %v and %d of the users written during the cut", victim, victimParts, lostUsers)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		view.mu.Lock()
+		defer view.mu.Unlock()
+		for _, id := range slices.Concat(ghosts, early) {
+			evs := view.events[id]
+			if len(evs) == 0 {
+				return false
+			}
+			want := client.StatusOnline
+			if slices.Contains(early, id) {
+				want = client.StatusOffline
+			}
+			if evs[len(evs)-1].Status != want {
+				return false
+			}
+		}
+		return true
+	}, "the events of the cut were not all published")
+	view.mu.Lock()
+	resetsBefore := len(view.resets)
+	view.mu.Unlock()
+
+	killed := time.Now()
+	rc.Kill(t, victim)
+	rc.WaitFailover(t, victim, 30*time.Second)
+	t.Logf("the standby %s took over %s after the kill", standby, time.Since(killed).Round(10*time.Millisecond))
+
+	// Settled: the cluster holds exactly the heartbeating users, and the
+	// consumer agrees.
+	alive := slices.Concat(keepers, lateKeepers)
+	all := slices.Concat(keepers, lateKeepers, ghosts, early)
+	why := ""
+	testenv.Eventually(t, 60*time.Second, func() bool {
+		got, err := store.GetOnlineUsers(ctx, all)
+		if err != nil {
+			why = err.Error()
+			return false
+		}
+		if !sameSet(got, alive) {
+			why = fmt.Sprintf("the cluster holds %d users online, want the %d heartbeating", len(got), len(alive))
+			return false
+		}
+		view.mu.Lock()
+		defer view.mu.Unlock()
+		var seen []string
+		for id := range view.online {
+			seen = append(seen, id)
+		}
+		if !sameSet(seen, alive) {
+			why = fmt.Sprintf("the consumer sees %d users online, want the %d heartbeating", len(seen), len(alive))
+			return false
+		}
+		return true
+	}, "not settled after the failover: %v", &why)
+	stopKeep()
+
+	view.mu.Lock()
+	defer view.mu.Unlock()
+	after := view.resets[resetsBefore:]
+	resetParts := map[int]bool{}
+	for _, r := range after {
+		if r.Partitions != partitions || !victimParts[r.Partition] {
+			t.Fatalf("reset %+v after the kill: want only resets of the victim's partitions %v", r, victimParts)
+		}
+		resetParts[r.Partition] = true
+	}
+	if len(resetParts) == 0 {
+		t.Fatalf("no reset after the failover lost writes of partitions %v", victimParts)
+	}
+	for _, id := range alive {
+		for _, ev := range view.events[id] {
+			if ev.Status == client.StatusOffline {
+				t.Fatalf("heartbeating user %s got an offline: %+v", id, view.events[id])
+			}
+		}
+	}
+	t.Logf("%d resets after the failover, partitions %v of the victim's %v; %d users written during the cut lived there", len(after), keysOf(resetParts), keysOf(victimParts), lostUsers)
+}
+
+func replicationInfo(ctx context.Context, c *redis.Client) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(c.Info(ctx, "replication").Val(), "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// slotOwner returns the address of the master serving slot.
+func slotOwner(t *testing.T, rc *testenv.RedisCluster, slot int) string {
+	t.Helper()
+	slots, err := rc.Client(t).ClusterSlots(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range slots {
+		if slot >= s.Start && slot <= s.End {
+			return s.Nodes[0].Addr
+		}
+	}
+	t.Fatalf("no master serves slot %d", slot)
+	return ""
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	sort.Strings(a)
+	sort.Strings(b)
+	return slices.Equal(a, b)
+}
+
+func keysOf(m map[int]bool) []int {
+	var out []int
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Ints(out)
+	return out
 }
