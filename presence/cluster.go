@@ -32,16 +32,18 @@ import (
 // Inside a partition the user's deadline key is "presence:{<tag>}:user:<id>";
 // the seed's key, "presence:user:<id>" = "1" with the TTL (the mirror), lives
 // in another slot and cannot be written by the same script. Cluster writes
-// it after the script, on every heartbeat that leaves the user online (SET
-// with the TTL, refused for a key of another type), and removes it when the
-// relay reads the user's offline event and the user has no session again.
-// So EXISTS on the mirror lags the session: it turns true just after the
-// heartbeat that opened it is stored, and false when the offline is read
-// for publishing (a few milliseconds normally; while no relay runs, at the
-// latest when its TTL runs out, which a heartbeat set together with the
-// session's). A heartbeat stored between the relay's check and its delete
-// leaves the mirror missing until that user's next heartbeat. Sessions,
-// versions and events are exact, as on one server: the mirror is a copy.
+// it after the script, on every heartbeat that leaves the user online (see
+// syncMirrors: SET with the TTL, refused for a key of another type; then,
+// for a new session, a check that the session is still open), and removes
+// it when the relay reads the user's offline event and the user has no
+// session again. So EXISTS on the mirror lags the session: it turns true
+// just after the heartbeat that opened it is stored, and false when the
+// offline is read for publishing (a few milliseconds normally; while no
+// relay runs, at the latest when its TTL runs out, which a heartbeat set
+// together with the session's). A heartbeat stored between the relay's
+// check and its delete leaves the mirror missing until that user's next
+// heartbeat. Sessions, versions and events are exact, as on one server:
+// the mirror is a copy.
 //
 // Cluster is safe for concurrent use; it does not own the client.
 type Cluster struct {

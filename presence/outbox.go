@@ -55,7 +55,7 @@ type Outbox struct {
 	// part and parts: the partition of a Redis Cluster this outbox belongs
 	// to (Store.part); zero on one server.
 	part, parts int
-	// read, when set (a partition of a Cluster), is told the events of
+	// onRead, when set (a partition of a Cluster), is told the events of
 	// every batch read, before the relay publishes them.
 	onRead func(ctx context.Context, events []Event)
 }
