@@ -134,22 +134,35 @@ func (c *Cluster) Outboxes(consumer string) []*Outbox {
 	return out
 }
 
-// Writable checks that every master answers as a master, that the data
-// set's partition count is this store's (recording it when none is), and
-// loads the scripts on every master.
+// Writable checks that the masters answer as masters and take the scripts
+// (loaded on each master, not on replicas, which may be loading or gone),
+// and that the data set's partition count is this store's (recording it
+// when none is). It succeeds when at least one master does: a replica
+// leaves the queue group only when every partition fails (see
+// PartitionsError), so it rejoins as soon as some partitions work again,
+// and starts while a master fails over.
 func (c *Cluster) Writable(ctx context.Context) error {
-	err := c.rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		role, err := m.Do(ctx, "ROLE").Slice()
+	var (
+		mu   sync.Mutex
+		good int
+		errs []error
+	)
+	_ = c.rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		err := masterWritable(ctx, m)
+		mu.Lock()
+		defer mu.Unlock()
 		if err != nil {
-			return fmt.Errorf("redis %s role: %w", m.Options().Addr, err)
-		}
-		if len(role) == 0 || role[0] != "master" {
-			return fmt.Errorf("redis %s is a %v, not a master: it takes no writes", m.Options().Addr, role[0:min(1, len(role))])
+			errs = append(errs, fmt.Errorf("redis %s: %w", m.Options().Addr, err))
+		} else {
+			good++
 		}
 		return nil
 	})
-	if err != nil {
-		return err
+	if good == 0 {
+		if len(errs) == 0 {
+			return errors.New("redis cluster: no master known")
+		}
+		return errors.Join(errs...)
 	}
 	n := strconv.Itoa(len(c.parts))
 	if err := c.rdb.SetNX(ctx, c.PartitionsKey(), n, 0).Err(); err != nil {
@@ -163,7 +176,19 @@ func (c *Cluster) Writable(ctx context.Context) error {
 		return fmt.Errorf("%w: the presence data in this cluster has %s partitions (%s), this replica is configured with %s: set REDIS_CLUSTER_PARTITIONS=%s",
 			ErrPartitionCount, got, c.PartitionsKey(), n, got)
 	}
-	return c.parts[0].Ping(ctx) // loads every script on every master
+	return nil
+}
+
+// masterWritable checks that m is a master and loads the scripts on it.
+func masterWritable(ctx context.Context, m *redis.Client) error {
+	role, err := m.Do(ctx, "ROLE").Slice()
+	if err != nil {
+		return fmt.Errorf("role: %w", err)
+	}
+	if len(role) == 0 || role[0] != "master" {
+		return fmt.Errorf("a %v, not a master: it takes no writes", role[0:min(1, len(role))])
+	}
+	return loadScripts(ctx, m)
 }
 
 // ErrPartitionCount is returned by Writable when the cluster's data set was
@@ -328,6 +353,11 @@ func (c *Cluster) Kick(ctx context.Context, ids []string) ([]int64, error) {
 	return res, nil
 }
 
+// mirrorWait bounds the mirror writes of one heartbeat batch: the mirror
+// keys hash over every master, and a hung one must not hold the reply for
+// the sessions already stored.
+const mirrorWait = time.Second
+
 // syncMirrors brings the mirrors of items in line with their partitions
 // after a heartbeat, for the items whose partition applied it (ok):
 //
@@ -337,22 +367,25 @@ func (c *Cluster) Kick(ctx context.Context, ids []string) ([]int64, error) {
 //     the relay removed. Both with GET, which fails on a key of another
 //     type without writing it, so another program's key under the prefix
 //     is left alone, and tells whether the key existed.
-//  2. For the users whose session the call opened, the refreshes that
-//     found no mirror, and entries ignored as Stale (a resent connection
-//     entry), check the deadline key in the partition, and (3) remove the
-//     mirror of a user whose session ended meanwhile (a disconnect stored
-//     by another replica, whose relay found no mirror yet to remove), SET
-//     it for the others who are online.
+//  2. For the refreshes that found no mirror and the entries ignored as
+//     Stale (a resent connection entry of a user who may be online), SET
+//     the mirror.
+//  3. For every user whose mirror was SET (1 or 2), check the deadline key
+//     in the partition, and remove the mirror (GETDEL) when the session has
+//     ended meanwhile (a disconnect stored by another replica, whose relay
+//     found no mirror yet to remove).
 //
 // A refresh, the common case, costs one command. A mirror written here
 // never outlives the session for long: whichever of this check and the
-// relay's comes second removes it. Failures are counted and logged, not
-// returned: the sessions are stored, and the next heartbeat writes the
-// mirror again.
+// relay's comes second removes it. The whole is bounded by mirrorWait.
+// Failures are counted and logged, not returned: the sessions are stored,
+// and the next heartbeat writes the mirror again.
 func syncMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T) string, res []int64, ok []bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mirrorWait)
+	defer cancel()
 	opened := map[string]bool{}  // sessions the call opened
 	refresh := map[string]bool{} // sessions refreshed
-	check := map[string]bool{}   // to check after: true for opened
+	var missing []string         // refreshes without a mirror, stale entries: SET, then check
 	for i, it := range items {
 		id := user(it)
 		switch {
@@ -362,56 +395,68 @@ func syncMirrors[T any](ctx context.Context, c *Cluster, items []T, user func(T)
 		case res[i] == 0:
 			refresh[id] = true
 		case res[i] == Stale:
-			check[id] = false
+			missing = append(missing, id)
 		}
 	}
 	for id := range opened {
 		delete(refresh, id)
-		check[id] = true
+	}
+	set := func(p redis.Pipeliner, id string, xx bool) *redis.Cmd {
+		if xx {
+			return p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "XX", "GET")
+		}
+		return p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
 	}
 	if len(opened)+len(refresh) > 0 {
 		p := c.rdb.Pipeline()
+		for id := range opened {
+			set(p, id, false)
+		}
 		ids := make([]string, 0, len(refresh))
 		cmds := make([]*redis.Cmd, 0, len(refresh))
-		for id := range opened {
-			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
-		}
 		for id := range refresh {
 			ids = append(ids, id)
-			cmds = append(cmds, p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "XX", "GET"))
+			cmds = append(cmds, set(p, id, true))
 		}
 		c.mirrorResults(p.Exec(ctx))
 		for k, cmd := range cmds {
-			if errors.Is(cmd.Err(), redis.Nil) { // no mirror: not set (XX)
-				if _, seen := check[ids[k]]; !seen {
-					check[ids[k]] = false
-				}
+			if errors.Is(cmd.Err(), redis.Nil) { // no mirror, so not set (XX)
+				missing = append(missing, ids[k])
 			}
 		}
+	}
+	check := make([]string, 0, len(opened)+len(missing))
+	for id := range opened {
+		check = append(check, id)
+	}
+	if len(missing) > 0 {
+		p := c.rdb.Pipeline()
+		for _, id := range missing {
+			if !opened[id] {
+				opened[id] = true // checked once
+				set(p, id, false)
+				check = append(check, id)
+			}
+		}
+		c.mirrorResults(p.Exec(ctx))
 	}
 	if len(check) == 0 {
 		return
 	}
-	ids := make([]string, 0, len(check))
 	p := c.rdb.Pipeline()
-	live := make([]*redis.IntCmd, 0, len(check))
-	for id := range check {
-		ids = append(ids, id)
-		live = append(live, p.Exists(ctx, c.parts[c.PartitionOf(id)].keys.User(id)))
+	live := make([]*redis.IntCmd, len(check))
+	for i, id := range check {
+		live[i] = p.Exists(ctx, c.parts[c.PartitionOf(id)].keys.User(id))
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		c.mirrorFailed(len(ids), err)
+		c.mirrorFailed(len(check), err)
 		return
 	}
 	p = c.rdb.Pipeline()
 	n := 0
-	for i, id := range ids {
-		switch online := live[i].Val() == 1; {
-		case !online && check[id]:
+	for i, id := range check {
+		if live[i].Val() == 0 {
 			p.GetDel(ctx, c.mirror.User(id))
-			n++
-		case online && !check[id]:
-			p.Do(ctx, "SET", c.mirror.User(id), "1", "PX", c.ttl, "GET")
 			n++
 		}
 	}
@@ -504,6 +549,7 @@ const (
 	stepReannounce
 	stepLease
 	stepGateway
+	stepCount
 	numSteps
 )
 
@@ -728,25 +774,16 @@ func (c *Cluster) Claim(ctx context.Context, ids []string) (int, error) {
 	return int(total.Load()), nil
 }
 
-// Count returns the number of open sessions over all partitions.
+// Count returns the number of open sessions over all partitions, each
+// partition's count read on its own (see eachPartition); with a
+// PartitionsError, the sum of those that answered.
 func (c *Cluster) Count(ctx context.Context) (int64, error) {
-	p := c.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(c.parts))
-	for i, s := range c.parts {
-		cmds[i] = p.Get(ctx, s.keys.Count())
-	}
-	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, fmt.Errorf("count online users: %w", err)
-	}
+	ns, err := eachPartition(ctx, c, stepCount, func(ctx context.Context, s *Store) (int64, error) { return s.Count(ctx) })
 	var n int64
-	for _, cmd := range cmds {
-		v, err := cmd.Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return 0, fmt.Errorf("count online users: %w", err)
-		}
+	for _, v := range ns {
 		n += v
 	}
-	return n, nil
+	return n, err
 }
 
 // Status is Store.Status in id's partition.

@@ -119,8 +119,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("ping redis: %w", err)
 	}
+	return loadScripts(ctx, s.rdb)
+}
+
+// loadScripts loads every script on rdb (on a cluster client, on every
+// node).
+func loadScripts(ctx context.Context, rdb redis.Scripter) error {
 	for _, sc := range []*redis.Script{scriptHeartbeat, scriptDisconnect, scriptConnect, scriptRelease, scriptLease, scriptLapse, scriptSweep, scriptClaim, scriptReset, scriptReannounce, scriptTrim, scriptStatus, scriptList} {
-		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+		if err := sc.Load(ctx, rdb).Err(); err != nil {
 			return fmt.Errorf("load scripts: %w", err)
 		}
 	}
@@ -312,7 +318,7 @@ func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis
 	if len(again) == 0 {
 		return cmds, err
 	}
-	if lerr := script.Load(ctx, rdb).Err(); lerr != nil {
+	if lerr := loadWhere(ctx, rdb, script, calls, again); lerr != nil {
 		return cmds, fmt.Errorf("reload script: %w", lerr)
 	}
 	_ = send(again) // each command keeps its own error
@@ -322,6 +328,31 @@ func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis
 		}
 	}
 	return cmds, nil
+}
+
+// loadWhere loads script where the calls idx failed with NOSCRIPT: on one
+// server, there; on a cluster, on the master of each call's first key only
+// (go-redis's ScriptLoad on a cluster client needs every node, replicas
+// included, to answer).
+func loadWhere(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall, idx []int) error {
+	cc, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return script.Load(ctx, rdb).Err()
+	}
+	done := map[string]bool{}
+	for _, i := range idx {
+		m, err := cc.MasterForKey(ctx, calls[i].keys[0])
+		if err != nil {
+			return err
+		}
+		if addr := m.Options().Addr; !done[addr] {
+			if err := script.Load(ctx, m).Err(); err != nil {
+				return err
+			}
+			done[addr] = true
+		}
+	}
+	return nil
 }
 
 // appendResults appends the per-entry results of script calls (each reply

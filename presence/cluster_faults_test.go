@@ -1,0 +1,365 @@
+package presence_test
+
+// Tests of the Redis Cluster store with presenced's client options, when a
+// master hangs or loses its scripts, and of the mirror's refresh path.
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/presenced/presenced/config"
+	"github.com/presenced/presenced/internal/app"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/presenced/presenced/internal/testenv"
+	"github.com/presenced/presenced/presence"
+)
+
+// prodClusterClient is a cluster client as presenced makes it
+// (app.NewRedisClusterClient: ContextTimeoutEnabled, a 1 s slot-map reload,
+// the pool for the partitions' blocking reads).
+func prodClusterClient(t *testing.T, rc *testenv.RedisCluster) *redis.ClusterClient {
+	t.Helper()
+	cfg := config.Default()
+	cfg.RedisURL, cfg.RedisClusterAddrs, cfg.RedisPassword = "", strings.Join(rc.Addrs(), ","), rc.Password
+	cc, err := app.NewRedisClusterClient(cfg, "presenced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// setGate holds the first pipeline that SETs key without XX until released.
+type setGate struct {
+	key     string
+	mu      sync.Mutex
+	armed   bool
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (g *setGate) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (g *setGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (g *setGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			a := cmd.Args()
+			if len(a) < 2 || !strings.EqualFold(cmd.Name(), "set") || a[1] != g.key {
+				continue
+			}
+			xx := false
+			for _, x := range a {
+				if s, ok := x.(string); ok && strings.EqualFold(s, "XX") {
+					xx = true
+				}
+			}
+			g.mu.Lock()
+			hold := g.armed && !xx
+			if hold {
+				g.armed = false
+			}
+			g.mu.Unlock()
+			if hold {
+				close(g.reached)
+				<-g.release
+			}
+			break
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestClusterMirrorRestoredOnRefreshIsChecked: alice is online with her
+// mirror missing. Replica A's refresh finds no mirror and writes it; between
+// that and A's check, replica B stores alice's disconnect and B's relay
+// reads the offline (nothing to remove yet). A's check after its SET finds
+// the session gone and removes the mirror, so it does not say online for a
+// TTL.
+func TestClusterMirrorRestoredOnRefreshIsChecked(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	opts := presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}
+	ctx := context.Background()
+	ccA := rc.Client(t)
+	a := presence.NewCluster(ccA, opts, 6, nil)
+	if err := a.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ccB := rc.Client(t)
+	b := presence.NewCluster(ccB, opts, 6, nil)
+	ob := b.Outboxes("relay-b")[b.PartitionOf("alice")]
+	if err := ob.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Heartbeat(ctx, []string{"alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ob.ReadNew(ctx, 100, -1); err != nil { // the online
+		t.Fatal(err)
+	}
+	// The mirror is missing while alice is online.
+	if err := ccA.Del(ctx, a.MirrorKey("alice")).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gate := &setGate{key: a.MirrorKey("alice"), armed: true, reached: make(chan struct{}), release: make(chan struct{})}
+	ccA.AddHook(gate)
+	hb := make(chan error, 1)
+	go func() {
+		_, err := a.Heartbeat(ctx, []string{"alice"})
+		hb <- err
+	}()
+	select {
+	case <-gate.reached:
+	case err := <-hb:
+		t.Fatalf("heartbeat returned without rewriting the missing mirror: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the mirror write never came")
+	}
+	// Replica B: the disconnect, then its relay reads the offline.
+	if res, err := b.Disconnect(ctx, []string{"alice"}); err != nil || res[0] <= 0 {
+		t.Fatalf("disconnect = %v, %v; want an offline", res, err)
+	}
+	evs, err := ob.ReadNew(ctx, 100, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].UserID != "alice" || evs[0].Status != "offline" {
+		t.Fatalf("relay read %+v, want alice's offline", evs)
+	}
+	close(gate.release)
+	if err := <-hb; err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.Status(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mirror := ccB.Exists(ctx, b.MirrorKey("alice")).Val(); !st.Online && mirror == 1 {
+		t.Fatalf("alice is offline (offline read by the relay), but her seed key exists for another %v",
+			ccB.PTTL(ctx, b.MirrorKey("alice")).Val().Round(time.Second))
+	}
+}
+
+// partitionOn returns an id whose partition lives on master addr and whose
+// mirror key lives on master mirrorAddr.
+func idOn(t *testing.T, cc *redis.ClusterClient, c *presence.Cluster, addr, mirrorAddr string) string {
+	t.Helper()
+	owners := map[int]string{}
+	slots, err := cc.ClusterSlots(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := func(slot int) string {
+		if a, ok := owners[slot]; ok {
+			return a
+		}
+		for _, s := range slots {
+			if slot >= s.Start && slot <= s.End {
+				owners[slot] = s.Nodes[0].Addr
+				return s.Nodes[0].Addr
+			}
+		}
+		return ""
+	}
+	for i := 0; i < 100000; i++ {
+		id := "u" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + string(rune('a'+(i/26)%26)) + string(rune('a'+(i/676)%26))
+		if owner(presence.KeySlot(c.Partitions()[c.PartitionOf(id)].Keys().Epoch())) == addr &&
+			owner(presence.KeySlot(c.MirrorKey(id))) == mirrorAddr {
+			return id
+		}
+	}
+	t.Fatal("no id found")
+	return ""
+}
+
+// TestClusterNoScriptReloadedOnItsMasterOnly: master M1 lost its scripts
+// (NOSCRIPT) while master M2 hangs. A heartbeat whose partition and mirror
+// are on M1 loads the script on M1 alone and is resent at once: the hung
+// master does not fail the partitions of others.
+func TestClusterNoScriptReloadedOnItsMasterOnly(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := prodClusterClient(t, rc)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms := rc.Masters(t)
+	m1, m2 := ms[0], ms[1]
+	id := idOn(t, cc, c, m1, m1)
+	if _, err := c.Heartbeat(ctx, []string{id}); err != nil {
+		t.Fatal(err)
+	}
+	// M1 restarted: no scripts. M2 hangs for 8 s (the cluster has not failed it over yet).
+	if err := rc.Node(t, m1).Client(t).ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Node(t, m2).Client(t).Do(ctx, "CLIENT", "PAUSE", 8000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := c.Heartbeat(ctx, []string{id})
+	t.Logf("heartbeat took %v, err %v", time.Since(start).Round(time.Millisecond), err)
+	if err != nil {
+		t.Fatalf("heartbeat of %s (partition and mirror on healthy master %s) failed after %v while master %s hangs: %v",
+			id, m1, time.Since(start).Round(time.Millisecond), m2, err)
+	}
+}
+
+// TestClusterHungMirrorMasterDoesNotHoldHeartbeat: a hung master holds no
+// partition of the batch, only the user's mirror. The heartbeat returns
+// within the mirror's bound (mirrorWait), not after the hang, and the
+// failed mirror write is counted.
+func TestClusterHungMirrorMasterDoesNotHoldHeartbeat(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := prodClusterClient(t, rc)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms := rc.Masters(t)
+	m1, m2 := ms[0], ms[1]
+	id := idOn(t, cc, c, m1, m2)
+	if _, err := c.Heartbeat(ctx, []string{id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Node(t, m2).Client(t).Do(ctx, "CLIENT", "PAUSE", 15000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := c.Heartbeat(ctx, []string{id})
+	took := time.Since(start)
+	t.Logf("heartbeat took %v (err %v), mirror failures %d", took.Round(time.Millisecond), err, c.MirrorFailures())
+	if took > 5*time.Second {
+		t.Fatalf("heartbeat of %s (partition on healthy master %s) took %v because its mirror lives on hung master %s",
+			id, m1, took.Round(time.Millisecond), m2)
+	}
+}
+
+// TestClusterWritableWithAReplicaHung: one replica hangs (or is loading,
+// or down and not yet marked failed) while every master answers: Writable
+// (the start-up check and the rejoin check) succeeds, since scripts are
+// loaded on the masters only.
+func TestClusterWritableWithAReplicaHung(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 1)
+	cc := prodClusterClient(t, rc)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	masters := map[string]bool{}
+	for _, m := range rc.Masters(t) {
+		masters[m] = true
+	}
+	var replica string
+	for _, a := range rc.Addrs() {
+		if !masters[a] {
+			replica = a
+			break
+		}
+	}
+	if err := rc.Node(t, replica).Client(t).Do(ctx, "CLIENT", "PAUSE", 5000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The masters answer.
+	mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer mcancel()
+	if err := cc.ForEachMaster(mctx, func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() }); err != nil {
+		t.Fatalf("setup: masters: %v", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second) // the rejoin check's bound is 1 s
+	defer cancel()
+	if err := c.Writable(wctx); err != nil {
+		t.Fatalf("every master answers, replica %s hangs: Writable = %v", replica, err)
+	}
+}
+
+// TestClusterCountBoundedWhenAMasterHangs: the worker reads Count after
+// every sweep. With a master hung, Count returns within the per-partition
+// wait (the sum of the partitions that answered, with a PartitionsError),
+// so the reconcile loop is not held for the length of the hang.
+func TestClusterCountBoundedWhenAMasterHangs(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := prodClusterClient(t, rc)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hung := rc.Masters(t)[1]
+	if err := rc.Node(t, hung).Client(t).Do(ctx, "CLIENT", "PAUSE", 10000, "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := c.Count(ctx) // as worker.sweepAll calls it
+	took := time.Since(start)
+	if took > 2*time.Second {
+		t.Fatalf("Count with master %s hung took %v (err %v): the worker's sweep loop waits as long; OutageThreshold is 5 s",
+			hung, took.Round(time.Millisecond), err)
+	}
+}
+
+// TestClusterHungMasterSweepLoopClaimsHealthyPartitions: the worker's
+// loop (a Sweep, then Count, every 200 ms) with presenced's client options
+// and a master hung past OutageThreshold: a user due on a healthy master is
+// claimed at its deadline, not graced as after an outage.
+func TestClusterHungMasterSweepLoopClaimsHealthyPartitions(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	cc := prodClusterClient(t, rc)
+	const ttl = 3 * time.Second
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64, OutageThreshold: 2 * time.Second}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	u := "user-u"
+	uMaster := slotOwner(t, cc, presence.KeySlot(c.Partitions()[c.PartitionOf(u)].Keys().Epoch()))
+	var hung string
+	for _, m := range rc.Masters(t) {
+		if m != uMaster {
+			hung = m
+			break
+		}
+	}
+	if _, err := c.Sweep(ctx, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, []string{u}); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var graced, claimed int
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			r, _ := c.Sweep(ctx, 1000)
+			graced += r.Graced
+			claimed += r.Claimed
+			_, _ = c.Count(ctx)
+		}
+	}()
+	pause := 3 * time.Second
+	if err := rc.Node(t, hung).Client(t).Do(ctx, "CLIENT", "PAUSE", pause.Milliseconds(), "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(ttl + time.Second)
+	close(stop)
+	<-done
+	st, err := c.Status(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if graced > 0 || claimed == 0 || st.Online {
+		t.Fatalf("master %s hung for %v; user %s on healthy master %s: online %v, graced %d, claimed %d; want the offline, not an outage's grace",
+			hung, pause, u, uMaster, st.Online, graced, claimed)
+	}
+}
