@@ -7,6 +7,7 @@ package presence_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,75 +115,97 @@ func TestClusterMirrorsWrittenOnPartialFailure(t *testing.T) {
 	}
 }
 
-// mirrorGate holds the mirror pipeline of a heartbeat (SET <mirror> ... GET)
-// until released, to interleave another replica's disconnect and relay read
-// at the point where Cluster.Heartbeat has stored the session but not yet
-// written the mirror.
-type mirrorGate struct {
-	key      string
-	reached  chan struct{}
-	release  chan struct{}
-	reachedN int
+// setGate holds the first pipeline that SETs key without XX until released.
+type setGate struct {
+	key     string
+	mu      sync.Mutex
+	armed   bool
+	reached chan struct{}
+	release chan struct{}
 }
 
-func (g *mirrorGate) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (g *mirrorGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-func (g *mirrorGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (g *setGate) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (g *setGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (g *setGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		for _, cmd := range cmds {
 			a := cmd.Args()
-			if len(a) > 1 && strings.EqualFold(cmd.Name(), "set") && a[1] == g.key && g.reachedN == 0 {
-				g.reachedN++
+			if len(a) < 2 || !strings.EqualFold(cmd.Name(), "set") || a[1] != g.key {
+				continue
+			}
+			xx := false
+			for _, x := range a {
+				if s, ok := x.(string); ok && strings.EqualFold(s, "XX") {
+					xx = true
+				}
+			}
+			g.mu.Lock()
+			hold := g.armed && !xx
+			if hold {
+				g.armed = false
+			}
+			g.mu.Unlock()
+			if hold {
 				close(g.reached)
 				<-g.release
-				break
 			}
+			break
 		}
 		return next(ctx, cmds)
 	}
 }
 
-// TestClusterMirrorNotRewrittenAfterOfflineRead: replica A stores alice's
-// heartbeat and is about to write her mirror; replica B ends the session
-// and its relay reads the offline and finds no mirror to remove; then A's
-// SET writes the mirror. A's check after its SET finds the session gone
-// and removes the mirror, so it does not say online for a TTL.
-func TestClusterMirrorNotRewrittenAfterOfflineRead(t *testing.T) {
+// mirrorRace is two replicas of one cluster, A and B, with B's relay of
+// alice's partition, to interleave B's disconnect and relay read with A's
+// write of alice's mirror, held by a gate on A's client.
+type mirrorRace struct {
+	a, b     *presence.Cluster
+	ccA, ccB *redis.ClusterClient
+	ob       *presence.Outbox
+}
+
+func newMirrorRace(t *testing.T) *mirrorRace {
+	t.Helper()
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	opts := presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}
+	r := &mirrorRace{ccA: rc.Client(t), ccB: rc.Client(t)}
+	r.a = presence.NewCluster(r.ccA, opts, 6, nil)
+	if err := r.a.Writable(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.b = presence.NewCluster(r.ccB, opts, 6, nil)
+	r.ob = r.b.Outboxes("relay-b")[r.b.PartitionOf("alice")]
+	if err := r.ob.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// run sends A's heartbeat of alice and holds it at its first plain SET of
+// her mirror; meanwhile B disconnects alice and B's relay reads the
+// outbox, whose events of alice must be want ("online,offline"). Then A
+// goes on. alice is offline, so her mirror must be gone.
+func (r *mirrorRace) run(t *testing.T, want string) {
+	t.Helper()
 	ctx := context.Background()
-
-	ccA := rc.Client(t)
-	a := presence.NewCluster(ccA, opts, 6, nil)
-	if err := a.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ccB := rc.Client(t)
-	b := presence.NewCluster(ccB, opts, 6, nil)
-	ob := b.Outboxes("relay-b")[b.PartitionOf("alice")]
-	if err := ob.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	gate := &mirrorGate{key: a.MirrorKey("alice"), reached: make(chan struct{}), release: make(chan struct{})}
-	ccA.AddHook(gate)
+	gate := &setGate{key: r.a.MirrorKey("alice"), armed: true, reached: make(chan struct{}), release: make(chan struct{})}
+	r.ccA.AddHook(gate)
 	hb := make(chan error, 1)
 	go func() {
-		_, err := a.Heartbeat(ctx, []string{"alice"})
+		_, err := r.a.Heartbeat(ctx, []string{"alice"})
 		hb <- err
 	}()
 	select {
 	case <-gate.reached:
 	case err := <-hb:
-		t.Fatalf("heartbeat returned before writing the mirror: %v", err)
+		t.Fatalf("heartbeat returned without writing the mirror: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("the mirror write never came")
 	}
-	// Replica B: the disconnect, then its relay reads the batch.
-	if res, err := b.Disconnect(ctx, []string{"alice"}); err != nil || res[0] <= 0 {
+	if res, err := r.b.Disconnect(ctx, []string{"alice"}); err != nil || res[0] <= 0 {
 		t.Fatalf("disconnect = %v, %v; want an offline", res, err)
 	}
-	evs, err := ob.ReadNew(ctx, 100, -1)
+	evs, err := r.ob.ReadNew(ctx, 100, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,22 +215,51 @@ func TestClusterMirrorNotRewrittenAfterOfflineRead(t *testing.T) {
 			statuses = append(statuses, string(e.Status))
 		}
 	}
-	if strings.Join(statuses, ",") != "online,offline" {
-		t.Fatalf("events read = %v, want online,offline", statuses)
+	if strings.Join(statuses, ",") != want {
+		t.Fatalf("events read = %v, want %s", statuses, want)
 	}
 	close(gate.release)
 	if err := <-hb; err != nil {
 		t.Fatal(err)
 	}
-	st, err := b.Status(ctx, "alice")
+	st, err := r.b.Status(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mirror := ccB.Exists(ctx, b.MirrorKey("alice")).Val()
-	pttl := ccB.PTTL(ctx, b.MirrorKey("alice")).Val()
-	if !st.Online && mirror == 1 {
-		t.Fatalf("alice is offline (offline read by the relay), but her seed key exists for another %v", pttl.Round(time.Second))
+	if mirror := r.ccB.Exists(ctx, r.b.MirrorKey("alice")).Val(); st.Online || mirror == 1 {
+		t.Fatalf("alice online %v after her offline was read; her seed key exists %v for another %v", st.Online, mirror == 1,
+			r.ccB.PTTL(ctx, r.b.MirrorKey("alice")).Val().Round(time.Second))
 	}
+}
+
+// TestClusterMirrorNotRewrittenAfterOfflineRead: replica A stores alice's
+// heartbeat and is about to write her mirror; replica B ends the session
+// and its relay reads the offline and finds no mirror to remove; then A's
+// SET writes the mirror. A's check after its SET finds the session gone
+// and removes the mirror, so it does not say online for a TTL.
+func TestClusterMirrorNotRewrittenAfterOfflineRead(t *testing.T) {
+	newMirrorRace(t).run(t, "online,offline")
+}
+
+// TestClusterMirrorRestoredOnRefreshIsChecked: alice is online with her
+// mirror missing. Replica A's refresh finds no mirror and writes it; between
+// that and A's check, replica B stores alice's disconnect and B's relay
+// reads the offline (nothing to remove yet). A's check after its SET finds
+// the session gone and removes the mirror, so it does not say online for a
+// TTL.
+func TestClusterMirrorRestoredOnRefreshIsChecked(t *testing.T) {
+	r := newMirrorRace(t)
+	ctx := context.Background()
+	if _, err := r.a.Heartbeat(ctx, []string{"alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ob.ReadNew(ctx, 100, -1); err != nil { // the online
+		t.Fatal(err)
+	}
+	if err := r.ccA.Del(ctx, r.a.MirrorKey("alice")).Err(); err != nil { // the mirror lost
+		t.Fatal(err)
+	}
+	r.run(t, "offline")
 }
 
 // TestClusterHungMasterDoesNotGraceOtherPartitions: one master stops
