@@ -1,8 +1,7 @@
 package presence_test
 
 // Tests of presence.Cluster's mirror of the seed key
-// ("presence:user:<id>") and of its steps when a partition is blocked or
-// its master hangs.
+// ("presence:user:<id>") when a partition is blocked or replicas race.
 
 import (
 	"context"
@@ -260,82 +259,6 @@ func TestClusterMirrorRestoredOnRefreshIsChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.run(t, "offline")
-}
-
-// TestClusterHungMasterDoesNotGraceOtherPartitions: one master stops
-// answering (CLIENT PAUSE; a host lost before the cluster fails it over)
-// for longer than OutageThreshold. The sweep steps of the other masters'
-// partitions go on (a hung partition's call is left running and skipped),
-// so a user on a healthy master goes offline at its deadline instead of
-// being graced as after an outage.
-func TestClusterHungMasterDoesNotGraceOtherPartitions(t *testing.T) {
-	rc := testenv.StartRedisCluster(t, 3, 0)
-	cc := rc.Client(t)
-	const ttl = 3 * time.Second
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64, OutageThreshold: 2 * time.Second}, 6, nil)
-	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// u lives on one master; another master is the one that hangs.
-	u := "user-u"
-	uMaster := slotOwner(t, cc, presence.KeySlot(c.Partitions()[c.PartitionOf(u)].Keys().Epoch()))
-	var hung string
-	for _, m := range rc.Masters(t) {
-		if m != uMaster {
-			hung = m
-			break
-		}
-	}
-	hungPart := -1
-	for p, s := range c.Partitions() {
-		if slotOwner(t, cc, presence.KeySlot(s.Keys().Epoch())) == hung {
-			hungPart = p
-		}
-	}
-	if hungPart < 0 {
-		t.Fatal("no partition on the other master")
-	}
-	if _, err := c.Sweep(ctx, 1000); err != nil { // creates every partition's marker
-		t.Fatal(err)
-	}
-	if _, err := c.Heartbeat(ctx, []string{u}); err != nil {
-		t.Fatal(err)
-	}
-	// The worker's reconcile loop: a sweep every 200 ms.
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	var graced, claimed int
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			r, _ := c.Sweep(ctx, 1000)
-			graced += r.Graced
-			claimed += r.Claimed
-		}
-	}()
-	pause := 3 * time.Second // above OutageThreshold, below the TTL
-	if err := rc.Node(t, hung).Client(t).Do(ctx, "CLIENT", "PAUSE", pause.Milliseconds(), "ALL").Err(); err != nil {
-		t.Fatal(err)
-	}
-	// u's deadline passes at ttl; give the sweep a second after it and
-	// after the pause.
-	time.Sleep(ttl + time.Second)
-	close(stop)
-	<-done
-	st, err := c.Status(ctx, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if graced > 0 || claimed == 0 || st.Online {
-		t.Fatalf("master %s (partition %d) hung for %v; user %s on healthy master %s: deadline passed %v ago, online %v, graced %d, claimed %d; want the offline, not an outage's grace",
-			hung, hungPart, pause, u, uMaster, time.Second, st.Online, graced, claimed)
-	}
 }
 
 // TestClusterConnectRetryWritesMirror: a connect batch fails with a
