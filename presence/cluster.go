@@ -134,7 +134,7 @@ func (c *Cluster) Outboxes(consumer string) []*Outbox {
 	return out
 }
 
-// Writable checks that the masters answer as masters and take the scripts
+// Writable checks that the partitions' masters answer as masters and take the scripts
 // (loaded on each master, not on replicas, which may be loading or gone),
 // and that the data set's partition count is this store's (recording it
 // when none is). It succeeds when at least one master does: a replica
@@ -142,22 +142,39 @@ func (c *Cluster) Outboxes(consumer string) []*Outbox {
 // PartitionsError), so it rejoins as soon as some partitions work again,
 // and starts while a master fails over.
 func (c *Cluster) Writable(ctx context.Context) error {
+	// The masters of the partitions, from the client's slot map (not
+	// ForEachMaster, which reloads the map first from a node picked at
+	// random, and waits on it when that node hangs).
+	masters := map[string]*redis.Client{}
+	var errs []error
+	for _, p := range c.parts {
+		m, err := c.rdb.MasterForKey(ctx, p.keys.Epoch())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		masters[m.Options().Addr] = m
+	}
 	var (
 		mu   sync.Mutex
 		good int
-		errs []error
+		wg   sync.WaitGroup
 	)
-	_ = c.rdb.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-		err := masterWritable(ctx, m)
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("redis %s: %w", m.Options().Addr, err))
-		} else {
-			good++
-		}
-		return nil
-	})
+	for addr, m := range masters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := masterWritable(ctx, m)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("redis %s: %w", addr, err))
+			} else {
+				good++
+			}
+		}()
+	}
+	wg.Wait()
 	if good == 0 {
 		if len(errs) == 0 {
 			return errors.New("redis cluster: no master known")
