@@ -66,11 +66,11 @@ func idOn(t *testing.T, cc *redis.ClusterClient, c *presence.Cluster, addr, mirr
 	return ""
 }
 
-// TestClusterNoScriptReloadedOnItsMasterOnly: master M1 lost its scripts
+// TestClusterNoScriptResentWithAMasterHung: master M1 lost its scripts
 // (NOSCRIPT) while master M2 hangs. A heartbeat whose partition and mirror
-// are on M1 loads the script on M1 alone and is resent at once: the hung
-// master does not fail the partitions of others.
-func TestClusterNoScriptReloadedOnItsMasterOnly(t *testing.T) {
+// are on M1 is resent with the script's body at once: the hung master does
+// not fail the partitions of others.
+func TestClusterNoScriptResentWithAMasterHung(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := prodClusterClient(t, rc)
 	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
@@ -257,5 +257,50 @@ func TestClusterHungMasterSweepLoopClaimsHealthyPartitions(t *testing.T) {
 	if graced > 0 || claimed == 0 || st.Online {
 		t.Fatalf("master %s hung for %v; user %s on healthy master %s: online %v, graced %d, claimed %d; want the offline, not an outage's grace",
 			hung, pause, u, uMaster, st.Online, graced, claimed)
+	}
+}
+
+// TestClusterScriptsAfterManualFailover: a replica promoted by CLUSTER
+// FAILOVER has none of the scripts (SCRIPT LOAD is not replicated). The
+// next heartbeat of that master's partition finds no script there and is
+// resent with the script's body: it succeeds, and the session replicated
+// before the failover is refreshed, not opened again.
+func TestClusterScriptsAfterManualFailover(t *testing.T) {
+	rc := testenv.StartRedisCluster(t, 3, 1)
+	cc := prodClusterClient(t, rc)
+	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	ctx := context.Background()
+	if err := c.Writable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Heartbeat(ctx, []string{"alice"}); err != nil {
+		t.Fatal(err)
+	}
+	slot := presence.KeySlot(c.Partitions()[c.PartitionOf("alice")].Keys().Epoch())
+	old := slotOwner(t, cc, slot)
+	var standby string
+	for _, a := range rc.Addrs() {
+		info := rc.Node(t, a).Client(t).Info(ctx, "replication").Val()
+		if strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+old[strings.LastIndex(old, ":")+1:]) {
+			standby = a
+		}
+	}
+	if standby == "" {
+		t.Fatalf("no replica of %s", old)
+	}
+	sc := rc.Node(t, standby).Client(t)
+	if err := sc.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		role, _ := sc.Do(ctx, "ROLE").Slice()
+		return len(role) > 0 && role[0] == "master"
+	}, "%s not promoted", standby)
+	res, err := c.Heartbeat(ctx, []string{"alice", "bob"})
+	if err != nil {
+		t.Fatalf("heartbeat after the failover: %v", err)
+	}
+	if res[0] != 0 {
+		t.Fatalf("alice's heartbeat after the failover = %d, want a refresh (0): her session was replicated", res[0])
 	}
 }

@@ -286,26 +286,32 @@ func (s *Store) runChunks(ctx context.Context, script *redis.Script, n int, buil
 }
 
 // pipelineCalls sends calls of script in one pipeline (on a cluster
-// client, one per master, sent concurrently). The calls that fail with
-// NOSCRIPT (Redis restarted, or a replica promoted, without the script)
-// did not run: it loads the script (on every master) and sends those once
-// more. Every command's own error stays on it; err is the first.
+// client, one per master, sent concurrently), by its SHA. The calls that
+// fail with NOSCRIPT (Redis restarted, or a replica promoted, without the
+// script) did not run: they are sent once more with the script's body
+// (EVAL, which also caches it on the server that runs it, wherever the
+// cluster routes the call). Every command's own error stays on it; err is
+// the first.
 func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	cmds := make([]*redis.Cmd, len(calls))
-	send := func(idx []int) error {
+	all := make([]int, len(calls))
+	for i := range all {
+		all[i] = i
+	}
+	send := func(idx []int, body bool) error {
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, i := range idx {
-				cmds[i] = script.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
+				if body {
+					cmds[i] = script.Eval(ctx, p, calls[i].keys, calls[i].args...)
+				} else {
+					cmds[i] = script.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
+				}
 			}
 			return nil
 		})
 		return err
 	}
-	all := make([]int, len(calls))
-	for i := range all {
-		all[i] = i
-	}
-	err := send(all)
+	err := send(all, false)
 	if err == nil {
 		return cmds, nil
 	}
@@ -318,41 +324,13 @@ func pipelineCalls(ctx context.Context, rdb redis.UniversalClient, script *redis
 	if len(again) == 0 {
 		return cmds, err
 	}
-	if lerr := loadWhere(ctx, rdb, script, calls, again); lerr != nil {
-		return cmds, fmt.Errorf("reload script: %w", lerr)
-	}
-	_ = send(again) // each command keeps its own error
+	_ = send(again, true) // each command keeps its own error
 	for _, c := range cmds {
 		if c.Err() != nil {
 			return cmds, c.Err()
 		}
 	}
 	return cmds, nil
-}
-
-// loadWhere loads script where the calls idx failed with NOSCRIPT: on one
-// server, there; on a cluster, on the master of each call's first key only
-// (go-redis's ScriptLoad on a cluster client needs every node, replicas
-// included, to answer).
-func loadWhere(ctx context.Context, rdb redis.UniversalClient, script *redis.Script, calls []scriptCall, idx []int) error {
-	cc, ok := rdb.(*redis.ClusterClient)
-	if !ok {
-		return script.Load(ctx, rdb).Err()
-	}
-	done := map[string]bool{}
-	for _, i := range idx {
-		m, err := cc.MasterForKey(ctx, calls[i].keys[0])
-		if err != nil {
-			return err
-		}
-		if addr := m.Options().Addr; !done[addr] {
-			if err := script.Load(ctx, m).Err(); err != nil {
-				return err
-			}
-			done[addr] = true
-		}
-	}
-	return nil
 }
 
 // appendResults appends the per-entry results of script calls (each reply
