@@ -54,7 +54,7 @@ type Cluster struct {
 	ttl    string // opts.TTL in ms, for the mirror's SET
 
 	log            *slog.Logger
-	busy           [numSteps][]atomic.Bool // a step's call running, per partition (see eachPartition)
+	busy           [numLoopSteps][]atomic.Bool // a loop step's call running, per partition (see eachPartition)
 	mirrorFailures atomic.Int64
 	lastMirrorLog  atomic.Int64 // unix ms of the last mirror failure logged
 }
@@ -556,8 +556,11 @@ const (
 	partitionWait = time.Second
 )
 
-// The steps that run on every partition; one call per step and partition
-// runs at a time.
+// The steps that run on every partition. The loop steps (sweep, lapse,
+// re-announce: one caller each, every interval) run one call per
+// partition at a time: a call still running is skipped. The others
+// (leases, the gateway query, the count) have callers that may overlap
+// (the worker and the query service), so each call runs on its own.
 type stepKind int
 
 const (
@@ -567,8 +570,10 @@ const (
 	stepLease
 	stepGateway
 	stepCount
-	numSteps
 )
+
+// numLoopSteps: the steps before it are the loop steps.
+const numLoopSteps = stepLease
 
 // errStillRunning: the partition's previous call of the step has not
 // returned (its master hangs); this step skipped it.
@@ -582,8 +587,9 @@ var errNoAnswer = fmt.Errorf("no answer within %s", partitionWait)
 // bounded by PartitionTimeout, and returns the results of those that
 // returned within partitionWait, with a PartitionsError naming the others
 // and the ones that failed. A call still running is left to finish on its
-// own, and the partition skipped (errStillRunning) until it has: a hung
-// master costs the steps one partitionWait, not one per call.
+// own (within PartitionTimeout); for a loop step, the partition is skipped
+// (errStillRunning) until it has: a hung master costs the loop one
+// partitionWait, not one per round.
 func eachPartition[R any](ctx context.Context, c *Cluster, step stepKind, f func(ctx context.Context, s *Store) (R, error)) ([]R, error) {
 	type result struct {
 		r   R
@@ -591,15 +597,21 @@ func eachPartition[R any](ctx context.Context, c *Cluster, step stepKind, f func
 	}
 	n := len(c.parts)
 	chans := make([]chan result, n)
+	loop := step < numLoopSteps
 	for p, s := range c.parts {
-		busy := &c.busy[step][p]
-		if !busy.CompareAndSwap(false, true) {
-			continue
+		var busy *atomic.Bool
+		if loop {
+			busy = &c.busy[step][p]
+			if !busy.CompareAndSwap(false, true) {
+				continue
+			}
 		}
 		ch := make(chan result, 1)
 		chans[p] = ch
 		go func() {
-			defer busy.Store(false)
+			if busy != nil {
+				defer busy.Store(false)
+			}
 			pctx, cancel := context.WithTimeout(ctx, PartitionTimeout)
 			defer cancel()
 			r, err := f(pctx, s)

@@ -163,8 +163,10 @@ func TestClusterWritableWithAReplicaHung(t *testing.T) {
 	// The masters answer.
 	mctx, mcancel := context.WithTimeout(ctx, 2*time.Second)
 	defer mcancel()
-	if err := cc.ForEachMaster(mctx, func(ctx context.Context, m *redis.Client) error { return m.Ping(ctx).Err() }); err != nil {
-		t.Fatalf("setup: masters: %v", err)
+	for m := range masters {
+		if err := rc.Node(t, m).Client(t).Ping(mctx).Err(); err != nil {
+			t.Fatalf("setup: master %s: %v", m, err)
+		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Second) // the rejoin check's bound is 1 s
 	defer cancel()
