@@ -188,15 +188,25 @@ func TestCheckStream(t *testing.T) {
 		{"fits", &jetstream.StreamConfig{Name: name, Subjects: events, Duplicates: 30 * time.Second}, 0, "ok", "duplicate window 30s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_ = js.DeleteStream(ctx, name)
+			// A stream of its own per case: the server removes a deleted
+			// stream's files in the background, and creating one of the
+			// same name at once can fail ("error creating store").
+			sname := name + "_" + strings.ReplaceAll(tc.name, " ", "_")
+			env := maps.Clone(env)
+			env["PRESENCE_STREAM"] = sname
 			if tc.stream != nil {
-				if _, err := js.CreateStream(ctx, *tc.stream); err != nil {
+				cfg := *tc.stream
+				cfg.Name = sname
+				if _, err := js.CreateStream(ctx, cfg); err != nil {
 					t.Fatal(err)
 				}
+				// Deleted before the next case's, which takes the same subjects.
+				t.Cleanup(func() { _ = js.DeleteStream(ctx, sname) })
 			}
+			contains := strings.ReplaceAll(tc.contains, `"`+name+`"`, `"`+sname+`"`)
 			code, out := checkRun(t, env)
-			if code != tc.code || outcome(out, "nats stream "+name) != tc.outcome || !strings.Contains(out, tc.contains) {
-				t.Fatalf("exit %d, stream check %s; want exit %d, %s, and %q in:\n%s", code, outcome(out, "nats stream "+name), tc.code, tc.outcome, tc.contains, out)
+			if code != tc.code || outcome(out, "nats stream "+sname) != tc.outcome || !strings.Contains(out, contains) {
+				t.Fatalf("exit %d, stream check %s; want exit %d, %s, and %q in:\n%s", code, outcome(out, "nats stream "+sname), tc.code, tc.outcome, contains, out)
 			}
 		})
 	}
