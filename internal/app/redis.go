@@ -251,11 +251,11 @@ func RedisClusterOptions(cfg config.Config) (*redis.ClusterOptions, error) {
 		// (presence.PartitionTimeout), so that a hung master fails its own
 		// partitions' calls only: go-redis applies a context's deadline to
 		// the socket only with this on.
-		ContextTimeoutEnabled: true,
-		Username:                   cfg.RedisUsername,
-		Password:                   cfg.RedisPassword,
-		DisableIdentity:            true,
-		MaintNotificationsConfig:   &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		ContextTimeoutEnabled:    true,
+		Username:                 cfg.RedisUsername,
+		Password:                 cfg.RedisPassword,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	tc, err := switchedTLS(cfg, cfg.RedisClusterTLS, "REDIS_CLUSTER_TLS")
 	if err != nil {
