@@ -73,11 +73,8 @@ func idOn(t *testing.T, cc *redis.ClusterClient, c *presence.Cluster, addr, mirr
 func TestClusterNoScriptResentWithAMasterHung(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := prodClusterClient(t, rc)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ms := rc.Masters(t)
 	m1, m2 := ms[0], ms[1]
 	id := idOn(t, cc, c, m1, m1)
@@ -107,11 +104,8 @@ func TestClusterNoScriptResentWithAMasterHung(t *testing.T) {
 func TestClusterHungMirrorMasterDoesNotHoldHeartbeat(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := prodClusterClient(t, rc)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ms := rc.Masters(t)
 	m1, m2 := ms[0], ms[1]
 	id := idOn(t, cc, c, m1, m2)
@@ -182,11 +176,8 @@ func TestClusterWritableWithAReplicaHung(t *testing.T) {
 func TestClusterCountBoundedWhenAMasterHangs(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := prodClusterClient(t, rc)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	hung := rc.Masters(t)[1]
 	if err := rc.Node(t, hung).Client(t).Do(ctx, "CLIENT", "PAUSE", 10000, "ALL").Err(); err != nil {
 		t.Fatal(err)
@@ -208,20 +199,11 @@ func TestClusterHungMasterSweepLoopClaimsHealthyPartitions(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := prodClusterClient(t, rc)
 	const ttl = 3 * time.Second
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64, OutageThreshold: 2 * time.Second}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{TTL: ttl, OutageThreshold: 2 * time.Second})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	u := "user-u"
 	uMaster := slotOwner(t, cc, presence.KeySlot(c.Partitions()[c.PartitionOf(u)].Keys().Epoch()))
-	var hung string
-	for _, m := range rc.Masters(t) {
-		if m != uMaster {
-			hung = m
-			break
-		}
-	}
+	hung := otherMaster(t, rc, uMaster)
 	if _, err := c.Sweep(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
@@ -270,11 +252,8 @@ func TestClusterHungMasterSweepLoopClaimsHealthyPartitions(t *testing.T) {
 func TestClusterScriptsAfterManualFailover(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 1)
 	cc := prodClusterClient(t, rc)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.Heartbeat(ctx, []string{"alice"}); err != nil {
 		t.Fatal(err)
 	}

@@ -40,13 +40,7 @@ func blockPartition(t *testing.T, rc *testenv.RedisCluster, cc *redis.ClusterCli
 	ctx := context.Background()
 	slot := presence.KeySlot(c.Partitions()[c.PartitionOf(id)].Keys().Epoch())
 	src := slotOwner(t, cc, slot)
-	var dst string
-	for _, m := range rc.Masters(t) {
-		if m != src {
-			dst = m
-			break
-		}
-	}
+	dst := otherMaster(t, rc, src)
 	srcC, dstC := rc.Node(t, src).Client(t), rc.Node(t, dst).Client(t)
 	if err := dstC.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", rc.NodeID(t, src)).Err(); err != nil {
 		t.Fatal(err)
@@ -69,11 +63,8 @@ func TestClusterMirrorsWrittenOnPartialFailure(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := rc.Client(t)
 	const ttl = 2 * time.Second
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: ttl, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{TTL: ttl})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ids := idsInDistinctPartitions(c, 3, "u")
 	known, blocked, fresh := ids[0], ids[1], ids[2]
 	if _, err := c.Heartbeat(ctx, []string{known, blocked}); err != nil {
@@ -269,11 +260,8 @@ func TestClusterMirrorRestoredOnRefreshIsChecked(t *testing.T) {
 func TestClusterConnectRetryWritesMirror(t *testing.T) {
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := rc.Client(t)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, 6, nil)
+	c := clusterOn(t, cc, 6, presence.Options{})
 	ctx := context.Background()
-	if err := c.Writable(ctx); err != nil {
-		t.Fatal(err)
-	}
 	ids := idsInDistinctPartitions(c, 2, "c")
 	healthy, blocked := ids[0], ids[1]
 	if _, err := c.Heartbeat(ctx, []string{blocked}); err != nil { // its partition's epoch

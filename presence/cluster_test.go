@@ -21,13 +21,42 @@ func clusterStore(t *testing.T, n int) (*testenv.RedisCluster, *redis.ClusterCli
 	t.Helper()
 	rc := testenv.StartRedisCluster(t, 3, 0)
 	cc := rc.Client(t)
-	c := presence.NewCluster(cc, presence.Options{Prefix: testenv.Prefix(t) + ":", TTL: time.Minute, Shards: 64}, n, nil)
+	return rc, cc, clusterOn(t, cc, n, presence.Options{})
+}
+
+// clusterOn is a presence.Cluster of n partitions on cc, ready to write
+// (Writable), with opts: where zero, a prefix of the test's own, a minute's
+// TTL and 64 shards.
+func clusterOn(t *testing.T, cc *redis.ClusterClient, n int, opts presence.Options) *presence.Cluster {
+	t.Helper()
+	if opts.Prefix == "" {
+		opts.Prefix = testenv.Prefix(t) + ":"
+	}
+	if opts.TTL == 0 {
+		opts.TTL = time.Minute
+	}
+	if opts.Shards == 0 {
+		opts.Shards = 64
+	}
+	c := presence.NewCluster(cc, opts, n, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := c.Writable(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return rc, cc, c
+	return c
+}
+
+// otherMaster returns a master of rc other than addr.
+func otherMaster(t *testing.T, rc *testenv.RedisCluster, addr string) string {
+	t.Helper()
+	for _, m := range rc.Masters(t) {
+		if m != addr {
+			return m
+		}
+	}
+	t.Fatalf("no master besides %s", addr)
+	return ""
 }
 
 // slotOwner returns the address of the master serving slot.
@@ -99,13 +128,7 @@ func TestClusterMigratingSlotRefusesScripts(t *testing.T) {
 	keys := part.Keys()
 	slot := presence.KeySlot(keys.Epoch())
 	src := slotOwner(t, cc, slot)
-	var dst string
-	for _, m := range rc.Masters(t) {
-		if m != src {
-			dst = m
-			break
-		}
-	}
+	dst := otherMaster(t, rc, src)
 	srcC, dstC := rc.Node(t, src).Client(t), rc.Node(t, dst).Client(t)
 	srcID, dstID := rc.NodeID(t, src), rc.NodeID(t, dst)
 	must := func(err error) {
