@@ -107,6 +107,57 @@ func (v *consumerView) apply(ev client.Event) {
 	}
 }
 
+// clusterScenario is three presenced replicas on a Redis Cluster with one
+// NATS server, and a downstream consumer keeping its view through the Go
+// client.
+type clusterScenario struct {
+	cl    *client.Client
+	view  *consumerView
+	reps  []*clusterReplica
+	store *presence.Cluster // replica 0's, to read what the cluster holds
+}
+
+func startClusterScenario(t *testing.T, rc *testenv.RedisCluster, ttl time.Duration, partitions int) *clusterScenario {
+	t.Helper()
+	n := testenv.StartNATS(t)
+	prefix := testenv.Prefix(t) + ":"
+	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	sc := &clusterScenario{view: &consumerView{online: map[string]int64{}, events: map[string][]client.Event{}}}
+	sc.cl = client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTimeout(3*time.Second))
+	stop, err := sc.cl.Subscribe(context.Background(), sc.view.apply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	for range 3 {
+		sc.reps = append(sc.reps, startClusterReplica(t, rc, n.URL(), prefix, subjects, ttl, partitions))
+	}
+	sc.store = sc.reps[0].store
+	return sc
+}
+
+// every runs f every interval until ctx is done, on a goroutine the test
+// waits for when it ends.
+func every(t *testing.T, ctx context.Context, interval time.Duration, f func()) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			f()
+			sleepCtx(ctx, interval)
+		}
+	}()
+	t.Cleanup(wg.Wait)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
 // TestRedisClusterFailoverAndReshard runs three presenced replicas on a
 // Redis Cluster of three masters and three replicas (redis-cli --cluster
 // create) while users heartbeat, expire and disconnect, moves a third of
@@ -125,24 +176,9 @@ func TestRedisClusterFailoverAndReshard(t *testing.T) {
 		partitions = 12
 	)
 	rc := testenv.StartRedisCluster(t, 3, 1)
-	n := testenv.StartNATS(t)
-	prefix := testenv.Prefix(t) + ":"
-	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	sc := startClusterScenario(t, rc, ttl, partitions)
+	cl, view, reps, store := sc.cl, sc.view, sc.reps, sc.store
 	ctx := context.Background()
-
-	view := &consumerView{online: map[string]int64{}, events: map[string][]client.Event{}}
-	cl := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTimeout(3*time.Second))
-	stop, err := cl.Subscribe(ctx, view.apply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stop() })
-
-	var reps []*clusterReplica
-	for range 3 {
-		reps = append(reps, startClusterReplica(t, rc, n.URL(), prefix, subjects, ttl, partitions))
-	}
-	store := reps[0].store
 
 	// Load: keepers heartbeat every 400 ms throughout; every 150 ms a new
 	// wave of 40 users comes online, and half of each wave disconnects a
@@ -256,12 +292,7 @@ func TestRedisClusterFailoverAndReshard(t *testing.T) {
 	// Keep the keepers alive while the rest expires.
 	keepCtx, stopKeep := context.WithCancel(ctx)
 	defer stopKeep()
-	go func() {
-		for keepCtx.Err() == nil {
-			send(cl.Heartbeat, keepers)
-			time.Sleep(400 * time.Millisecond)
-		}
-	}()
+	every(t, keepCtx, 400*time.Millisecond, func() { send(cl.Heartbeat, keepers) })
 	why := ""
 	testenv.Eventually(t, 60*time.Second, func() bool {
 		got, err := store.GetOnlineUsers(ctx, all)
@@ -390,30 +421,11 @@ func TestRedisClusterFailoverLosingWritesResetsItsPartitions(t *testing.T) {
 		partitions = 12
 	)
 	rc := testenv.StartRedisCluster(t, 3, 1, testenv.WithPassword("pw"))
-	n := testenv.StartNATS(t)
-	prefix := testenv.Prefix(t) + ":"
-	subjects := contract.Subjects{Prefix: testenv.Prefix(t)}
+	scn := startClusterScenario(t, rc, ttl, partitions)
+	cl, view, store := scn.cl, scn.view, scn.store
 	ctx := context.Background()
-	view := &consumerView{online: map[string]int64{}, events: map[string][]client.Event{}}
-	cl := client.New(n.Conn(t), client.WithPrefix(subjects.Prefix), client.WithTimeout(3*time.Second))
-	stop, err := cl.Subscribe(ctx, view.apply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stop() })
-	var reps []*clusterReplica
-	for range 3 {
-		reps = append(reps, startClusterReplica(t, rc, n.URL(), prefix, subjects, ttl, partitions))
-	}
-	store := reps[0].store
-
 	keepAlive := func(ctx context.Context, ids []string) {
-		go func() {
-			for ctx.Err() == nil {
-				_, _ = cl.Heartbeat(ctx, ids...)
-				time.Sleep(300 * time.Millisecond)
-			}
-		}()
+		every(t, ctx, 300*time.Millisecond, func() { _, _ = cl.Heartbeat(ctx, ids...) })
 	}
 	named := func(p string, k int) []string {
 		out := make([]string, k)
