@@ -106,22 +106,21 @@ func (c *ClusterExpiry) Masters() []string {
 
 // Reconnects returns how many times a subscription was re-established.
 func (c *ClusterExpiry) Reconnects() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.stoppedReconnects.Load()
-	for _, s := range c.subs {
-		n += s.l.Reconnects()
-	}
-	return n
+	return c.total(&c.stoppedReconnects, (*ExpiryListener).Reconnects)
 }
 
 // Dropped returns how many expired ids were left to the sweep.
 func (c *ClusterExpiry) Dropped() int64 {
+	return c.total(&c.stoppedDropped, (*ExpiryListener).Dropped)
+}
+
+// total is a counter of the listeners stopped plus f of those running.
+func (c *ClusterExpiry) total(stopped *atomic.Int64, f func(*ExpiryListener) int64) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := c.stoppedDropped.Load()
+	n := stopped.Load()
 	for _, s := range c.subs {
-		n += s.l.Dropped()
+		n += f(s.l)
 	}
 	return n
 }
