@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/presenced/presenced/contract"
 	"github.com/presenced/presenced/internal/testenv"
@@ -448,4 +449,25 @@ func tlsPing(addr string, tc *tls.Config) error {
 		return errors.New("got " + got)
 	}
 	return nil
+}
+
+// queryEveryEndpoint asks each query endpoint once about u-4 (and u-5) and
+// fails on an error reply.
+func queryEveryEndpoint(t *testing.T, nc *nats.Conn, subjects contract.Subjects) {
+	t.Helper()
+	for ep, body := range map[string]any{
+		contract.QueryStatus: map[string]any{"userId": "u-4"},
+		contract.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},
+		contract.QueryList:   map[string]any{},
+		contract.QueryCount:  map[string]any{},
+	} {
+		data, _ := json.Marshal(body)
+		msg, err := nc.Request(subjects.Query(ep), data, 10*time.Second)
+		if err != nil {
+			t.Fatalf("query %s: %v", ep, err)
+		}
+		if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+			t.Fatalf("query %s: error %s %s", ep, code, msg.Header.Get(micro.ErrorHeader))
+		}
+	}
 }

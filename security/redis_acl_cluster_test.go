@@ -2,14 +2,12 @@ package security_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/micro"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/presenced/presenced/config"
@@ -121,21 +119,7 @@ func TestRedisACLCluster(t *testing.T) {
 	waitEvent(t, offline, "c-1", "offline")
 
 	heartbeat(t, nc, subjects, "u-4")
-	for ep, body := range map[string]any{
-		contract.QueryStatus: map[string]any{"userId": "u-4"},
-		contract.QueryOnline: map[string]any{"userIds": []string{"u-4", "u-5"}},
-		contract.QueryList:   map[string]any{},
-		contract.QueryCount:  map[string]any{},
-	} {
-		data, _ := json.Marshal(body)
-		msg, err := nc.Request(subjects.Query(ep), data, 10*time.Second)
-		if err != nil {
-			t.Fatalf("query %s: %v", ep, err)
-		}
-		if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-			t.Fatalf("query %s: error %s %s", ep, code, msg.Header.Get(micro.ErrorHeader))
-		}
-	}
+	queryEveryEndpoint(t, nc, subjects)
 
 	if code := w.stop(t); code != 0 {
 		t.Fatalf("presenced exit %d:\n%s", code, w.out)
